@@ -1,0 +1,202 @@
+"""Lazy, bounds-checked access to a Hugging Face safetensors checkpoint (one file or sharded with an index).
+
+Why not `safetensors.safe_open`: with numpy it cannot return bf16 or fp8 tensors (numpy has neither type), and
+the torch framework is not a runtime dependency here. The safetensors format is a u64 header length, a JSON
+header and a flat data block, so we parse the header, validate every offset against the file size, and map
+the data read-only. A tensor is only read when asked for, and only the rows asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import CheckpointError
+
+# safetensors dtype -> (numpy storage dtype, bytes per element)
+_STORAGE = {
+    "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8"),
+    "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1"),
+    "I8": np.dtype("i1"), "U8": np.dtype("u1"), "I16": np.dtype("<i2"), "U16": np.dtype("<u2"),
+    "I32": np.dtype("<i4"), "U32": np.dtype("<u4"), "I64": np.dtype("<i8"), "U64": np.dtype("<u8"),
+    "BOOL": np.dtype("u1"),
+}
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def _fp8_e4m3_table() -> np.ndarray:
+    codes = np.arange(256, dtype=np.uint32)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exp = (codes >> 3) & 0xF
+    man = (codes & 0x7).astype(np.float64)
+    val = np.where(exp == 0, man / 8.0 * 2.0 ** -6, (1.0 + man / 8.0) * 2.0 ** (exp.astype(np.float64) - 7))
+    val = np.where((exp == 0xF) & (man == 7), np.nan, val)  # e4m3fn: only S.1111.111 is NaN, no infinities
+    return (sign * val).astype(np.float32)
+
+
+def _fp8_e5m2_table() -> np.ndarray:
+    codes = np.arange(256, dtype=np.uint16)
+    return (codes << 8).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+FP8_E4M3 = _fp8_e4m3_table()
+FP8_E5M2 = _fp8_e5m2_table()
+
+
+def decode_float(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Storage array of a safetensors float dtype -> float32."""
+    if dtype == "F32":
+        return np.asarray(raw, dtype=np.float32)
+    if dtype == "BF16":
+        return bf16_to_f32(np.asarray(raw))
+    if dtype in ("F16", "F64"):
+        return np.asarray(raw).astype(np.float32)
+    if dtype == "F8_E4M3":
+        return FP8_E4M3[np.asarray(raw)]
+    if dtype == "F8_E5M2":
+        return FP8_E5M2[np.asarray(raw)]
+    raise CheckpointError(f"tensor dtype {dtype} is not a float type")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    begin: int  # absolute file offset
+    end: int
+
+
+class SafetensorsFile:
+    """One .safetensors file: its header, validated, and a read-only mapping of its data."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise CheckpointError(f"cannot open {path}: {exc.strerror}") from exc
+        with fh:
+            size = path.stat().st_size
+            head = fh.read(8)
+            if len(head) != 8:
+                raise CheckpointError(f"{path}: truncated safetensors file (no header)")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > _MAX_HEADER or 8 + hlen > size:
+                raise CheckpointError(f"{path}: corrupt or truncated safetensors header (length {hlen}, file {size})")
+            try:
+                header = json.loads(fh.read(hlen))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise CheckpointError(f"{path}: corrupt safetensors header: {exc}") from exc
+            if not isinstance(header, dict):
+                raise CheckpointError(f"{path}: corrupt safetensors header")
+            data_start = 8 + hlen
+            self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            self.entries: dict[str, TensorEntry] = {}
+            for name, info in header.items():
+                try:
+                    dtype = info["dtype"]
+                    shape = tuple(int(d) for d in info["shape"])
+                    b, e = (int(x) for x in info["data_offsets"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise CheckpointError(f"{path}: bad header entry for {name!r}") from exc
+                if dtype not in _STORAGE:
+                    raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+                nbytes = int(np.prod(shape, dtype=np.int64)) * _STORAGE[dtype].itemsize
+                if any(d < 0 for d in shape) or b < 0 or e - b != nbytes:
+                    raise CheckpointError(f"{path}: tensor {name!r}: offsets {b}..{e} do not match "
+                                          f"{dtype}{list(shape)}")
+                if data_start + e > size:
+                    raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + e}, "
+                                          f"file has {size}")
+                self.entries[name] = TensorEntry(name, dtype, shape, path, data_start + b, data_start + e)
+            self._size = size
+            self._map: mmap.mmap | None = None
+            if size > 0:
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def raw(self, entry: TensorEntry) -> np.ndarray:
+        """The tensor's storage as a read-only numpy view on the mapping (no copy)."""
+        if self._map is None:
+            raise CheckpointError(f"{self.path}: empty file")
+        if self.path.stat().st_size != self._size:
+            raise CheckpointError(f"{self.path}: file changed size while converting")
+        dt = _STORAGE[entry.dtype]
+        arr = np.frombuffer(self._map, dtype=dt, count=(entry.end - entry.begin) // dt.itemsize,
+                            offset=entry.begin)
+        return arr.reshape(entry.shape)
+
+    def close(self) -> None:
+        # numpy views may still reference the map; let garbage collection close it
+        self._map = None
+
+
+class Checkpoint:
+    """All safetensors shards of a model directory, addressed by tensor name."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.dir = model_dir
+        index = model_dir / "model.safetensors.index.json"
+        files: list[Path]
+        expected: dict[str, str] = {}
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{index}: not a valid safetensors index: {exc}") from exc
+            expected = dict(weight_map)
+            names = sorted(set(expected.values()))
+            missing = [n for n in names if not (model_dir / n).exists()]
+            if missing:
+                raise CheckpointError(f"{model_dir}: missing shard(s) listed in the index: {', '.join(missing)}")
+            files = [model_dir / n for n in names]
+        else:
+            files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{model_dir}: no .safetensors files")
+        self.files = [SafetensorsFile(f) for f in files]
+        self.entries: dict[str, tuple[SafetensorsFile, TensorEntry]] = {}
+        for sf in self.files:
+            for name, entry in sf.entries.items():
+                if name in self.entries:
+                    raise CheckpointError(f"tensor {name!r} appears in two shards")
+                self.entries[name] = (sf, entry)
+        for name, shard in expected.items():
+            if name not in self.entries:
+                raise CheckpointError(f"tensor {name!r} is listed in the index (shard {shard}) but absent")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def names(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self.entries[name][1]
+        except KeyError:
+            raise CheckpointError(f"checkpoint has no tensor {name!r}") from None
+
+    def raw(self, name: str) -> np.ndarray:
+        sf, entry = self.entries[name] if name in self.entries else (None, self.entry(name))
+        assert sf is not None
+        return sf.raw(entry)
+
+    def total_bytes(self) -> int:
+        return sum(e.end - e.begin for _, e in self.entries.values())
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()

@@ -1,0 +1,143 @@
+"""`convert()`: Hugging Face checkpoint -> streaming GGUF. The one entry point of the converter."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+from gguf import GGMLQuantizationType as T
+
+from ..ggml_lib import Ggml, default_threads
+from .archs import arch_for
+from .checkpoint import Checkpoint
+from .errors import ConversionError
+from .recipe import ROUTER_TYPES, Recipe, Role, parse_type
+from .source import resolve_source
+from .vocab import load_vocab
+from .weights import Weights
+from .writer import StreamingWriter, plan_tensors, streaming_layout
+
+DEFAULT_ALIGNMENT = 16 * 1024
+
+
+@dataclass
+class ConversionReport:
+    output: Path
+    arch: str
+    tensors: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    peak_rss: int
+    expert_type: str
+    fallbacks: list[str] = field(default_factory=list)
+    transcoded_experts: int = 0
+    transcode_max_error: float = 0.0
+
+    def summary(self) -> str:
+        gbps_in = self.bytes_in / self.seconds / 1e9 if self.seconds else 0.0
+        gbps_out = self.bytes_out / self.seconds / 1e9 if self.seconds else 0.0
+        lines = [f"wrote {self.output} ({self.arch}, {self.tensors} tensors, {self.bytes_out / 1e9:.3f} GB) in "
+                 f"{self.seconds:.1f} s: {gbps_in:.2f} GB/s in, {gbps_out:.2f} GB/s out, "
+                 f"peak RSS {self.peak_rss / 2**20:.0f} MiB"]
+        if self.transcoded_experts:
+            lines.append(f"transcoded {self.transcoded_experts} MLX 4-bit experts to Q4_1 directly "
+                         f"(max |error| {self.transcode_max_error:.3g})")
+        lines += [f"note: {f}" for f in self.fallbacks]
+        return "\n".join(lines)
+
+
+def _type(v: str | T | None, allowed: tuple[T, ...] | None = None, what: str = "tensor type") -> T | None:
+    if v is None or isinstance(v, T):
+        return v
+    return parse_type(v, allowed, what) if allowed else parse_type(v, what=what)
+
+
+def _peak_rss() -> int:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb if sys.platform == "darwin" else kb * 1024
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    cfg = model_dir / "config.json"
+    if not cfg.exists():
+        raise ConversionError(f"{model_dir}: no config.json (is this a Hugging Face model directory?)")
+    try:
+        data = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"{cfg}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConversionError(f"{cfg}: not a JSON object")
+    return data
+
+
+def convert(src: str | Path, output: str | Path, *, experts: str | T | None = None,
+            dense: str | T = T.Q8_0, router: str | T = T.F32, align: int = DEFAULT_ALIGNMENT,
+            threads: int | None = None, progress: bool = False, vocab_pre: str | None = None,
+            revision: str | None = None) -> ConversionReport:
+    """Convert SRC (a model directory or a Hugging Face repo id) into a streaming GGUF at OUTPUT.
+
+    experts: routed experts' type (default Q4_K; Q4_1 for an MLX 4-bit checkpoint, an exact transcode);
+    dense: attention, shared experts, embeddings, output (default Q8_0); router: routers and shared-expert
+    gates (F32, F16 or BF16); align: general.alignment, a power of two (default 16 KiB).
+    """
+    if align <= 0 or align & (align - 1) or align % 32:
+        raise ConversionError(f"--align must be a power of two and at least 32, got {align}")
+    experts_t = _type(experts)
+    dense_t = _type(dense)
+    router_t = _type(router, ROUTER_TYPES, "router type")
+    assert dense_t is not None and router_t is not None
+    output = Path(output)
+    model_dir = resolve_source(src, revision=revision)
+    config = read_config(model_dir)
+    arch_cls = arch_for(config)
+    ggml = Ggml.load()
+    ckpt = Checkpoint(model_dir)
+    try:
+        weights = Weights(ckpt, config)
+        arch = arch_cls(config, weights)
+        specs = arch.specs()
+        if experts_t is None:
+            mlx4 = all(s.load_expert_mlx is not None for s in specs if s.is_expert) and weights.mlx_bits == 4
+            experts_t = T.Q4_1 if mlx4 else T.Q4_K
+        recipe = Recipe(experts=experts_t, dense=dense_t, router=router_t)
+        embd = next((s for s in specs if s.name == "token_embd.weight"), None)
+        if embd is None:
+            raise ConversionError("checkpoint has no token embedding")
+        vocab = load_vocab(model_dir, embd.shape[0], arch.vocab_pre_default, vocab_pre)
+        planned = plan_tensors(specs, recipe, align)
+        layout = streaming_layout(planned, arch.n_experts)
+
+        def metadata(w: gguf.GGUFWriter) -> None:
+            w.add_name(config.get("_name_or_path") or model_dir.name)
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            arch.add_hparams(w)
+            vocab.write(w)
+            w.add_string("flashmoe.recipe", f"experts={experts_t.name} dense={dense_t.name} router={router_t.name}")
+
+        total = sum(p.nbytes for p in planned)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=output.name,
+                       dynamic_ncols=True)
+        try:
+            stats = StreamingWriter(ggml, threads or default_threads()).write(
+                output, arch.arch_name, metadata, planned, layout, align, bar.update if bar else None)
+        finally:
+            if bar:
+                bar.close()
+        bytes_in = sum(ckpt.entries[n][1].end - ckpt.entries[n][1].begin for n in ckpt.entries)
+        return ConversionReport(output, arch.arch_name, stats.tensors, bytes_in, stats.bytes_out,
+                                stats.seconds, _peak_rss(), experts_t.name, list(recipe.fallbacks),
+                                stats.transcoded_experts, stats.transcode_max_error)
+    finally:
+        ckpt.close()
+
+
+__all__ = ["ConversionReport", "convert", "DEFAULT_ALIGNMENT", "Role"]

@@ -1,0 +1,17 @@
+"""Exceptions the converter raises; the CLI turns each into a one-line error and a non-zero exit."""
+
+
+class ConversionError(Exception):
+    """Base class: anything that stops a conversion for a reason the user can act on."""
+
+
+class CheckpointError(ConversionError):
+    """The input checkpoint is missing, truncated, corrupt or inconsistent."""
+
+
+class UnsupportedArchitectureError(ConversionError):
+    """config.json names an architecture the converter has no module for."""
+
+
+class RecipeError(ConversionError):
+    """A requested tensor type is unknown or not allowed for that role."""

@@ -1,0 +1,182 @@
+"""Writes a streaming GGUF from tensor specs, in one pass and bounded memory.
+
+The header (metadata, tensor infos, the `flashmoe.*` layout) is computed from the specs before any data is
+read; then each tensor is produced, quantized and appended, routed experts one expert at a time. Output goes
+to a temporary file beside the target and is renamed only once complete and flushed, so a failed or interrupted
+conversion never leaves a partial file under the target name.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from ..ggml_lib import Ggml
+from ..layout import FORMAT_VERSION, ExpertTensor, StreamingLayout
+from .archs.base import TensorSpec
+from .errors import ConversionError
+from .recipe import Recipe, tensor_nbytes
+from .transcode import transcode_q4_1
+
+
+@dataclass
+class PlannedTensor:
+    spec: TensorSpec
+    gtype: T
+    nbytes: int
+    offset: int = 0   # in the data section
+
+
+@dataclass
+class WriteStats:
+    bytes_out: int = 0
+    seconds: float = 0.0
+    tensors: int = 0
+    transcoded_experts: int = 0
+    transcode_max_error: float = 0.0
+    fallbacks: list[str] = field(default_factory=list)
+
+
+def _pad(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def plan_tensors(specs: list[TensorSpec], recipe: Recipe, alignment: int) -> list[PlannedTensor]:
+    out = []
+    off = 0
+    for s in specs:
+        gtype = recipe.type_for(s.name, s.role, s.shape)
+        p = PlannedTensor(s, gtype, tensor_nbytes(gtype, s.shape), off)
+        off += _pad(p.nbytes, alignment)
+        out.append(p)
+    return out
+
+
+def streaming_layout(planned: list[PlannedTensor], n_expert: int) -> StreamingLayout:
+    experts = [p for p in planned if p.spec.is_expert]
+    tensors = tuple(ExpertTensor(p.spec.name, p.spec.layer or 0, p.spec.expert_kind or "", p.offset,
+                                 p.nbytes // p.spec.shape[0]) for p in experts)
+    expert_bytes = sum(p.nbytes for p in experts)
+    return StreamingLayout(FORMAT_VERSION, n_expert, tensors, expert_bytes,
+                           sum(p.nbytes for p in planned) - expert_bytes)
+
+
+def _add_kv(w: gguf.GGUFWriter, key: str, value: object, kind: str) -> None:
+    vt = gguf.GGUFValueType
+    if kind == "u32":
+        w.add_uint32(key, int(value))  # type: ignore[arg-type]
+    elif kind == "u64":
+        w.add_uint64(key, int(value))  # type: ignore[arg-type]
+    elif kind == "str[]":
+        w.add_key_value(key, list(value), vt.ARRAY, sub_type=vt.STRING)  # type: ignore[call-overload]
+    elif kind == "u32[]":
+        w.add_key_value(key, [int(v) for v in value], vt.ARRAY, sub_type=vt.UINT32)  # type: ignore[attr-defined]
+    elif kind == "u64[]":
+        w.add_key_value(key, [int(v) for v in value], vt.ARRAY, sub_type=vt.UINT64)  # type: ignore[attr-defined]
+    else:
+        raise ValueError(kind)
+
+
+class StreamingWriter:
+    def __init__(self, ggml: Ggml, threads: int) -> None:
+        self.ggml = ggml
+        self.threads = threads
+
+    def encode(self, data: np.ndarray, gtype: T) -> np.ndarray:
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if gtype == T.F32:
+            return data.reshape(-1).view(np.uint8)
+        rows = data.reshape(-1, data.shape[-1])
+        return self.ggml.quantize_rows(gtype, rows, self.threads).reshape(-1)
+
+    def write(self, out: Path, arch_name: str, add_metadata: Callable[[gguf.GGUFWriter], None],
+              planned: list[PlannedTensor], layout: StreamingLayout, alignment: int,
+              progress: Callable[[int], None] | None = None) -> WriteStats:
+        stats = WriteStats()
+        t0 = time.monotonic()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        w = gguf.GGUFWriter(tmp, arch_name)
+        try:
+            w.add_custom_alignment(alignment)
+            add_metadata(w)
+            for key, (value, kind) in layout.to_kv().items():
+                _add_kv(w, key, value, kind)
+            for p in planned:
+                w.add_tensor_info(p.spec.name, p.spec.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.gtype)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            assert w.fout is not None
+            f = w.fout[0]
+            f.write(b"\0" * (_pad(f.tell(), alignment) - f.tell()))
+            data_start = f.tell()
+            for p in planned:
+                if f.tell() - data_start != p.offset:
+                    raise ConversionError(f"internal error: {p.spec.name} at {f.tell() - data_start}, "
+                                          f"planned {p.offset}")
+                written = self._write_tensor(f, p, stats, progress)
+                if written != p.nbytes:
+                    raise ConversionError(f"internal error: {p.spec.name}: wrote {written} bytes, planned {p.nbytes}")
+                f.write(b"\0" * (_pad(written, alignment) - written))
+                stats.tensors += 1
+            f.flush()
+            os.fsync(f.fileno())
+            stats.bytes_out = f.tell()
+            w.close()
+            os.replace(tmp, out)
+        except BaseException:
+            w.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        stats.seconds = time.monotonic() - t0
+        return stats
+
+    def _write_tensor(self, f, p: PlannedTensor, stats: WriteStats,
+                      progress: Callable[[int], None] | None) -> int:
+        s = p.spec
+        written = 0
+        if s.is_expert:
+            assert s.load_expert is not None
+            for i in range(s.shape[0]):
+                if p.gtype == T.Q4_1 and s.load_expert_mlx is not None:
+                    m = s.load_expert_mlx(i)
+                    if m.bits == 4 and m.group % 32 == 0:
+                        data, err = transcode_q4_1(m)
+                        if data.shape[0] != s.shape[1] or data.shape[1] * 32 // 20 != s.shape[2]:
+                            raise ConversionError(f"{s.name}: MLX expert {i} has shape {data.shape}")
+                        stats.transcoded_experts += 1
+                        stats.transcode_max_error = max(stats.transcode_max_error, err)
+                        f.write(data.tobytes())
+                        written += data.nbytes
+                        if progress:
+                            progress(data.nbytes)
+                        continue
+                arr = s.load_expert(i)
+                if arr.shape != s.shape[1:]:
+                    raise ConversionError(f"{s.name}: expert {i} has shape {list(arr.shape)}, "
+                                          f"expected {list(s.shape[1:])}")
+                enc = self.encode(arr, p.gtype)
+                f.write(enc.tobytes())
+                written += enc.nbytes
+                if progress:
+                    progress(enc.nbytes)
+            return written
+        assert s.load is not None
+        arr = s.load()
+        if tuple(arr.shape) != s.shape:
+            raise ConversionError(f"{s.name}: produced shape {list(arr.shape)}, expected {list(s.shape)}")
+        if not np.isfinite(arr).all():
+            raise ConversionError(f"{s.name} ({s.source}): contains NaN or infinity")
+        enc = self.encode(arr, p.gtype)
+        f.write(enc.tobytes())
+        if progress:
+            progress(enc.nbytes)
+        return enc.nbytes

@@ -1,0 +1,96 @@
+"""The `flashmoe` command: a thin layer over the library. Every failure is one line on stderr and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        return int(float(num) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .converter import archs, convert
+    if args.list_archs:
+        for model_type, gguf_arch in archs.supported():
+            print(f"{model_type:14s} -> {gguf_arch}")
+        return 0
+    if not args.src or not args.output:
+        print("flashmoe convert: error: SRC and -o OUT.gguf are required", file=sys.stderr)
+        return 2
+    report = convert(args.src, args.output, experts=args.experts, dense=args.dense, router=args.router,
+                     align=args.align, threads=args.threads, progress=not args.quiet, vocab_pre=args.vocab_pre,
+                     revision=args.revision)
+    print(report.summary())
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import inspect_gguf
+    info = inspect_gguf(args.file)
+    print(info.render(verbose=args.verbose))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    run_demo(cache_dir=args.cache_dir, prompt=args.prompt, n_tokens=args.tokens)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flashmoe", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="Hugging Face MoE checkpoint -> streaming GGUF")
+    c.add_argument("src", nargs="?", help="model directory or Hugging Face repo id (owner/name)")
+    c.add_argument("-o", "--output", type=Path, help="output .gguf")
+    c.add_argument("--experts", default=None, help="routed experts' type (default Q4_K; Q4_1 for MLX 4-bit input)")
+    c.add_argument("--dense", default="Q8_0", help="attention, shared experts, embeddings, output (default Q8_0)")
+    c.add_argument("--router", default="F32", help="routers and shared-expert gates: F32, F16 or BF16 (default F32)")
+    c.add_argument("--align", type=_size, default=16 * 1024, help="general.alignment in bytes (default 16K)")
+    c.add_argument("--threads", type=int, default=None, help="quantization threads (default: all cores)")
+    c.add_argument("--vocab-pre", default=None, help="override the pre-tokenizer name llama.cpp should use")
+    c.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    c.add_argument("--list-archs", action="store_true", help="list supported architectures and exit")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=_cmd_convert)
+
+    i = sub.add_parser("inspect", help="types, sizes and streaming layout of a GGUF")
+    i.add_argument("file", type=Path)
+    i.add_argument("-v", "--verbose", action="store_true", help="list every tensor")
+    i.set_defaults(func=_cmd_inspect)
+
+    d = sub.add_parser("demo", help="build a tiny random MoE, convert it and run it through llama-cpp-python")
+    d.add_argument("--cache-dir", type=Path, default=None, help="where the demo checkpoint and GGUF are kept")
+    d.add_argument("-p", "--prompt", default="The capital of France is")
+    d.add_argument("-n", "--tokens", type=int, default=16)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .converter.errors import ConversionError
+    from .ggml_lib import GgmlLibraryError
+    from .inspection import InspectError
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConversionError, InspectError, GgmlLibraryError, OSError) as exc:
+        print(f"flashmoe {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"flashmoe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Access to the ggml that llama-cpp-python ships (libggml-base), through cffi's ABI mode.
+
+Only a handful of stable, exported C functions are used: the quantizer (`ggml_quantize_chunk`), row sizes
+and the per-type `to_float` dequantizer. They are the same routines llama-quantize calls, so our bytes equal
+llama.cpp's for the same input.
+
+The library is opened by its soname (`libggml-base.so.0`), the name libllama links against: pip installs
+`libggml-base.so` and `libggml-base.so.0` as two separate files, and loading the other one would give this
+process a second ggml (see shared/notes/llama-cpp-integration.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cffi import FFI
+from gguf import GGMLQuantizationType, GGML_QUANT_SIZES
+
+_CDEF = """
+size_t ggml_quantize_chunk(int type, const float * src, void * dst, int64_t start, int64_t nrows,
+                           int64_t n_per_row, const float * imatrix);
+bool   ggml_quantize_requires_imatrix(int type);
+size_t ggml_row_size(int type, int64_t ne);
+int64_t ggml_blck_size(int type);
+size_t ggml_type_size(int type);
+const char * ggml_type_name(int type);
+typedef void (*ggml_to_float_t)(const void * x, float * y, int64_t k);
+typedef void (*ggml_from_float_t)(const float * x, void * y, int64_t k);
+struct ggml_type_traits {
+    const char * type_name;
+    int64_t blck_size;
+    int64_t blck_size_interleave;
+    size_t type_size;
+    bool is_quantized;
+    ggml_to_float_t to_float;
+    ggml_from_float_t from_float_ref;
+};
+const struct ggml_type_traits * ggml_get_type_traits(int type);
+"""
+
+
+class GgmlLibraryError(RuntimeError):
+    """llama-cpp-python's ggml libraries could not be found or do not look as expected."""
+
+
+def llama_cpp_lib_dir() -> Path:
+    """The directory holding llama-cpp-python's shared libraries, found without importing llama_cpp."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise GgmlLibraryError("llama-cpp-python is not installed (pip install llama-cpp-python==0.3.36)")
+    lib_dir = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    if not lib_dir.is_dir():
+        raise GgmlLibraryError(f"llama-cpp-python has no lib/ directory at {lib_dir}")
+    return lib_dir
+
+
+def _library_path(lib_dir: Path, stem: str) -> Path:
+    for name in (f"{stem}.so.0", f"{stem}.so", f"{stem}.dylib"):
+        if (lib_dir / name).exists():
+            return lib_dir / name
+    raise GgmlLibraryError(f"{stem} not found in {lib_dir}")
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    gtype: GGMLQuantizationType
+    block_size: int
+    type_size: int
+
+    def row_bytes(self, n_per_row: int) -> int:
+        return n_per_row // self.block_size * self.type_size
+
+
+class Ggml:
+    """A handle on libggml-base. Create one with `Ggml.load()`; it is cheap to share."""
+
+    def __init__(self, path: Path) -> None:
+        self.ffi = FFI()
+        self.ffi.cdef(_CDEF)
+        try:
+            self.lib = self.ffi.dlopen(str(path))
+        except OSError as exc:
+            raise GgmlLibraryError(f"cannot load {path}: {exc}") from exc
+        self.path = path
+        # sanity check: our view of the type table must match ggml's
+        for t in (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q8_0, GGMLQuantizationType.BF16):
+            blck, size = GGML_QUANT_SIZES[t]
+            if self.lib.ggml_blck_size(int(t)) != blck or self.lib.ggml_type_size(int(t)) != size:
+                raise GgmlLibraryError(f"{path}: ggml type table disagrees with gguf-py for {t.name}")
+
+    _instance: "Ggml | None" = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def load(cls) -> "Ggml":
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls(_library_path(llama_cpp_lib_dir(), "libggml-base"))
+            return cls._instance
+
+    def type_info(self, gtype: GGMLQuantizationType) -> TypeInfo:
+        blck, size = GGML_QUANT_SIZES[gtype]
+        return TypeInfo(gtype, blck, size)
+
+    def requires_imatrix(self, gtype: GGMLQuantizationType) -> bool:
+        return bool(self.lib.ggml_quantize_requires_imatrix(int(gtype)))
+
+    def quantize_rows(self, gtype: GGMLQuantizationType, rows: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Quantize a float32 matrix [nrows, n_per_row] row by row; returns uint8 [nrows, row_bytes]."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim != 2:
+            raise ValueError(f"quantize_rows expects a 2-D array, got shape {rows.shape}")
+        nrows, n_per_row = rows.shape
+        info = self.type_info(gtype)
+        if n_per_row % info.block_size:
+            raise ValueError(f"row length {n_per_row} is not a multiple of {gtype.name}'s block size {info.block_size}")
+        if self.requires_imatrix(gtype):
+            raise ValueError(f"{gtype.name} needs an importance matrix, which the converter does not compute")
+        out = np.empty((nrows, info.row_bytes(n_per_row)), dtype=np.uint8)
+        if nrows == 0:
+            return out
+        src = self.ffi.from_buffer("float[]", rows)
+        dst = self.ffi.from_buffer("char[]", out)
+
+        def work(r0: int, r1: int) -> None:
+            # ggml_quantize_chunk indexes src by `start` elements and dst by start row
+            n = self.lib.ggml_quantize_chunk(int(gtype), src, dst, r0 * n_per_row, r1 - r0, n_per_row,
+                                             self.ffi.NULL)
+            if n != (r1 - r0) * info.row_bytes(n_per_row):
+                raise GgmlLibraryError(f"ggml_quantize_chunk wrote {n} bytes, expected "
+                                       f"{(r1 - r0) * info.row_bytes(n_per_row)}")
+
+        threads = max(1, min(threads, nrows))
+        if threads == 1 or nrows * n_per_row < 1 << 16:
+            work(0, nrows)
+        else:
+            step = -(-nrows // threads)
+            with ThreadPoolExecutor(threads) as pool:  # cffi releases the GIL during the call
+                list(pool.map(lambda r: work(r, min(r + step, nrows)), range(0, nrows, step)))
+        return out
+
+    def dequantize(self, gtype: GGMLQuantizationType, data: np.ndarray, n_elements: int) -> np.ndarray:
+        """ggml's own `to_float` for a quantized byte buffer; returns float32 [n_elements]."""
+        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        info = self.type_info(gtype)
+        if n_elements % info.block_size or data.nbytes != n_elements // info.block_size * info.type_size:
+            raise ValueError(f"{data.nbytes} bytes do not hold {n_elements} {gtype.name} elements")
+        if gtype == GGMLQuantizationType.F32:
+            return data.view(np.float32).copy()
+        traits = self.lib.ggml_get_type_traits(int(gtype))
+        if traits.to_float == self.ffi.NULL:
+            raise ValueError(f"ggml has no to_float for {gtype.name}")
+        out = np.empty(n_elements, dtype=np.float32)
+        traits.to_float(self.ffi.from_buffer("char[]", data), self.ffi.from_buffer("float[]", out), n_elements)
+        return out
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
