@@ -12,6 +12,8 @@ from tiny_models import TINY
 
 ARCHS = sorted(TINY)
 PROMPT = [11, 450, 77, 1203, 9, 3020, 600, 42, 5, 1999, 256, 3333]
+# a longer prompt for the quantized recipe: random models have flat logits, so agreement is a rate
+LONG_PROMPT = [int(t) for t in np.random.default_rng(1).integers(10, 3900, 48)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -39,7 +41,7 @@ def test_default_recipe_greedy_mostly_agrees_and_routers_stay_f32(arch: str) -> 
     experts = [t for t in reader.tensors if "_exps." in t.name]
     assert experts and all(t.tensor_type.name == "Q4_K" for t in experts)
     # teacher-forced greedy agreement: argmax of each position's logits
-    ref = hf_logits(checkpoint(arch), PROMPT).argmax(-1)
-    got = llama_logits(gguf, PROMPT).argmax(-1)
+    ref = hf_logits(checkpoint(arch), LONG_PROMPT).argmax(-1)
+    got = llama_logits(gguf, LONG_PROMPT).argmax(-1)
     agree = float((ref == got).mean())
-    assert agree >= 0.6, f"greedy agreement {agree:.2f}"
+    assert agree >= 0.6, f"greedy agreement {agree:.2f} over {len(LONG_PROMPT)} positions"

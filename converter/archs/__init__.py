@@ -6,9 +6,12 @@ from typing import Any
 
 from ..errors import UnsupportedArchitectureError
 from .base import MoeArch, TensorSpec
+from .mixtral import Mixtral
+from .olmoe import Olmoe
+from .qwen2_moe import Qwen2Moe
 from .qwen3_moe import Qwen3Moe
 
-ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe,)
+ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe)
 
 
 def supported() -> list[tuple[str, str]]:
