@@ -43,7 +43,8 @@ def converted(name: str, recipe: str, **kw: object) -> Path:
     from flashmoe_gguf.converter import convert
     out = cache_root() / f"{name}-v{BUILDER_VERSION}-{recipe}.gguf"
     if not out.exists():
-        types = {"f32": dict(experts="F32", dense="F32", router="F32"), "default": {}}[recipe]
+        types: dict[str, object] = {"f32": dict(experts="F32", dense="F32", router="F32"), "default": {},
+                                    "f32-align32": dict(experts="F32", dense="F32", router="F32", align=32)}[recipe]
         convert(checkpoint(name), out, **types, **kw)  # type: ignore[arg-type]
     return out
 
