@@ -38,6 +38,8 @@ class ConversionReport:
     fallbacks: list[str] = field(default_factory=list)
     transcoded_experts: int = 0
     transcode_max_error: float = 0.0
+    requantized_experts: int = 0
+    requant_rms_error: float = 0.0
 
     def summary(self) -> str:
         gbps_in = self.bytes_in / self.seconds / 1e9 if self.seconds else 0.0
@@ -48,6 +50,9 @@ class ConversionReport:
         if self.transcoded_experts:
             lines.append(f"transcoded {self.transcoded_experts} MLX 4-bit experts to Q4_1 directly "
                          f"(max |error| {self.transcode_max_error:.3g})")
+        if self.requantized_experts:
+            lines.append(f"re-quantized {self.requantized_experts} MLX experts to {self.expert_type} (no exact "
+                         f"mapping): worst RMS error {self.requant_rms_error:.3%} of the MLX weights' RMS")
         lines += [f"note: {f}" for f in self.fallbacks]
         return "\n".join(lines)
 
@@ -135,7 +140,8 @@ def convert(src: str | Path, output: str | Path, *, experts: str | T | None = No
         bytes_in = sum(ckpt.entries[n][1].end - ckpt.entries[n][1].begin for n in ckpt.entries)
         return ConversionReport(output, arch.arch_name, stats.tensors, bytes_in, stats.bytes_out,
                                 stats.seconds, _peak_rss(), experts_t.name, list(recipe.fallbacks),
-                                stats.transcoded_experts, stats.transcode_max_error)
+                                stats.transcoded_experts, stats.transcode_max_error,
+                                stats.requantized_experts, stats.requant_rms_error)
     finally:
         ckpt.close()
 

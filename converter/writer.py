@@ -41,6 +41,8 @@ class WriteStats:
     tensors: int = 0
     transcoded_experts: int = 0
     transcode_max_error: float = 0.0
+    requantized_experts: int = 0          # MLX experts that had no exact mapping to the chosen type
+    requant_rms_error: float = 0.0        # worst per-expert RMS error / RMS of the MLX weights
     fallbacks: list[str] = field(default_factory=list)
 
 
@@ -164,6 +166,12 @@ class StreamingWriter:
                     raise ConversionError(f"{s.name}: expert {i} has shape {list(arr.shape)}, "
                                           f"expected {list(s.shape[1:])}")
                 enc = self.encode(arr, p.gtype)
+                if s.load_expert_mlx is not None and p.gtype != T.F32:
+                    # no exact mapping from MLX to this type: measure what re-quantizing cost
+                    back = self.ggml.dequantize(p.gtype, enc, arr.size).reshape(arr.shape)
+                    rms = float(np.sqrt(np.mean((back - arr) ** 2)) / max(np.sqrt(np.mean(arr ** 2)), 1e-30))
+                    stats.requantized_experts += 1
+                    stats.requant_rms_error = max(stats.requant_rms_error, rms)
                 f.write(enc.tobytes())
                 written += enc.nbytes
                 if progress:
