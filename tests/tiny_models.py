@@ -32,6 +32,28 @@ class TinyModel:
     post_build: Callable[[Path], None] | None = field(default=None, compare=False)
 
 
+def _deepseek_extras(model_dir: Path) -> None:
+    """DeepSeek-V3 post-build: a random `e_score_correction_bias` (a buffer, so the builder leaves it at zero) and
+    a multi-token-prediction layer after the last one, as DeepSeek-V3 ships `model.layers.61.*`."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    n, H, E = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["n_routed_experts"]
+    path = model_dir / "model.safetensors"
+    t = load_file(path)
+    rng = np.random.default_rng(1)
+    for k in t:
+        if k.endswith("e_score_correction_bias"):
+            t[k] = (0.1 * rng.standard_normal(t[k].shape)).astype(np.float32)
+    mtp = {"eh_proj.weight": (H, 2 * H), "enorm.weight": (H,), "hnorm.weight": (H,), "mlp.gate.weight": (E, H),
+           "mlp.gate.e_score_correction_bias": (E,), "mlp.experts.0.down_proj.weight": (H, 64),
+           "self_attn.kv_b_proj.weight": (64, 64), "shared_head.norm.weight": (H,)}
+    for k, shp in mtp.items():
+        t[f"model.layers.{n}.{k}"] = rng.standard_normal(shp).astype(np.float32)
+    save_file(t, str(path), metadata={"format": "pt"})
+
+
 # Dimensions are multiples of 256 where a K-quant needs whole rows of 256.
 TINY: dict[str, TinyModel] = {
     "qwen3_moe": TinyModel("qwen3_moe", dict(
@@ -53,6 +75,24 @@ TINY: dict[str, TinyModel] = {
         num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
         max_position_embeddings=512, tie_word_embeddings=False),
         tokenizer="gpt-2", bpe_regex=""),
+    # MLA rows (kv_lora_rank, qk_nope_head_dim, ...) are narrower than 256: those fall back to Q8_0 for K-quants.
+    "deepseek_v3": TinyModel("deepseek_v3", dict(
+        hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=3,
+        first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=64, kv_lora_rank=64,
+        qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, n_routed_experts=8, num_experts_per_tok=2,
+        n_shared_experts=1, n_group=2, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+        scoring_func="sigmoid", topk_method="noaux_tc", max_position_embeddings=512, tie_word_embeddings=False),
+        post_build=_deepseek_extras),
+    # plain q_proj, half-split rope (rope_interleave false), YaRN, v_head_dim != qk_nope_head_dim, no scoring_func
+    "deepseek_v3_lite": TinyModel("deepseek_v3", dict(
+        hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=3,
+        first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=96,
+        qk_nope_head_dim=48, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8, num_experts_per_tok=2,
+        n_shared_experts=2, n_group=4, topk_group=2, routed_scaling_factor=1.5, norm_topk_prob=False,
+        rope_interleave=False, max_position_embeddings=512, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=128,
+                             beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0)),
+        post_build=_deepseek_extras),
 }
 
 

@@ -10,8 +10,9 @@ from .mixtral import Mixtral
 from .olmoe import Olmoe
 from .qwen2_moe import Qwen2Moe
 from .qwen3_moe import Qwen3Moe
+from .deepseek_v3 import DeepseekV3
 
-ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe)
+ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe, DeepseekV3)
 
 
 def supported() -> list[tuple[str, str]]:
