@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from flashmoe_gguf.converter.vocab import _QWEN35 as QWEN35_REGEX
 from flashmoe_gguf.tiny import bpe_tokenizer, spm_tokenizer, vocab_gguf, write_tokenizer
 
 BUILDER_VERSION = 3
@@ -54,12 +55,58 @@ def _deepseek_extras(model_dir: Path) -> None:
     save_file(t, str(path), metadata={"format": "pt"})
 
 
+def _qwen35_release_layout(model_dir: Path) -> None:
+    """Qwen3.5-MoE post-build: rewrite what Qwen3_5MoeForCausalLM saved into the layout Qwen publishes (a VLM
+    config nesting `text_config`, tensors under `model.language_model.`, experts stacked as
+    `experts.gate_up_proj` / `experts.down_proj`) plus vision-tower and MTP tensors the converter must skip.
+    transformers still loads it as Qwen3_5MoeForCausalLM, so the reference forward is unchanged."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    text = json.loads((model_dir / "config.json").read_text())
+    text.pop("architectures", None)
+    n, H, E = text["num_hidden_layers"], text["hidden_size"], text["num_experts"]
+    cfg = {"architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
+           "text_config": text, "tie_word_embeddings": False,
+           "vision_config": {"model_type": "qwen3_5_moe_vision", "depth": 1, "hidden_size": 64,
+                             "intermediate_size": 128, "num_heads": 2, "out_hidden_size": H,
+                             "num_position_embeddings": 64}}
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    path = model_dir / "model.safetensors"
+    t = load_file(path)
+    out = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v for k, v in t.items()
+           if ".experts." not in k}
+    for i in range(n):
+        e = f"model.layers.{i}.mlp.experts"
+        out[f"model.language_model.layers.{i}.mlp.experts.gate_up_proj"] = np.stack(
+            [np.concatenate([t[f"{e}.{j}.gate_proj.weight"], t[f"{e}.{j}.up_proj.weight"]]) for j in range(E)])
+        out[f"model.language_model.layers.{i}.mlp.experts.down_proj"] = np.stack(
+            [t[f"{e}.{j}.down_proj.weight"] for j in range(E)])
+    rng = np.random.default_rng(1)
+    extra = {"mtp.fc.weight": (H, 2 * H), "mtp.pre_fc_norm_embedding.weight": (H,), "mtp.norm.weight": (H,),
+             "mtp.layers.0.input_layernorm.weight": (H,), "mtp.layers.0.mlp.gate.weight": (E, H),
+             "mtp.layers.0.mlp.experts.0.gate_proj.weight": (64, H),
+             "model.visual.blocks.0.attn.qkv.weight": (192, 64), "model.visual.merger.linear_fc2.weight": (H, 256)}
+    out.update({k: rng.standard_normal(shp).astype(np.float32) for k, shp in extra.items()})
+    save_file(out, str(path), metadata={"format": "pt"})
+
+
 # Dimensions are multiples of 256 where a K-quant needs whole rows of 256.
 TINY: dict[str, TinyModel] = {
     "qwen3_moe": TinyModel("qwen3_moe", dict(
         hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=True, max_position_embeddings=512, rope_theta=1000000.0, tie_word_embeddings=False)),
+    # 3 Gated DeltaNet layers + 1 gated full-attention layer; 2 key heads for 4 value heads (V-head reordering);
+    # built as the text model, then rewritten into the published VLM layout (see _qwen35_release_layout)
+    "qwen3_5_moe": TinyModel("qwen3_5_moe_text", dict(
+        hidden_size=256, moe_intermediate_size=256, shared_expert_intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64, linear_value_head_dim=64,
+        linear_conv_kernel_dim=4, max_position_embeddings=512, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="default", rope_theta=10000000.0, partial_rotary_factor=0.25,
+                             mrope_section=[3, 3, 2], mrope_interleaved=True)),
+        tokenizer="qwen35", bpe_regex=QWEN35_REGEX, post_build=_qwen35_release_layout),
     "mixtral": TinyModel("mixtral", dict(
         hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=512,

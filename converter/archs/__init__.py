@@ -10,9 +10,10 @@ from .mixtral import Mixtral
 from .olmoe import Olmoe
 from .qwen2_moe import Qwen2Moe
 from .qwen3_moe import Qwen3Moe
+from .qwen3_5_moe import Qwen35Moe
 from .deepseek_v3 import DeepseekV3
 
-ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe, DeepseekV3)
+ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe, DeepseekV3, Qwen35Moe)
 
 
 def supported() -> list[tuple[str, str]]:
