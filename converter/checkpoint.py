@@ -2,14 +2,14 @@
 
 Why not `safetensors.safe_open`: with numpy it cannot return bf16 or fp8 tensors (numpy has neither type), and
 the torch framework is not a runtime dependency here. The safetensors format is a u64 header length, a JSON
-header and a flat data block, so we parse the header, validate every offset against the file size, and map
-the data read-only. A tensor is only read when asked for, and only the rows asked for.
+header and a flat data block, so we parse the header, validate every offset against the file size, and read
+a tensor (or one expert's slice of a stacked tensor) with pread only when asked for.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,24 +123,43 @@ class SafetensorsFile:
                                           f"file has {size}")
                 self.entries[name] = TensorEntry(name, dtype, shape, path, data_start + b, data_start + e)
             self._size = size
-            self._map: mmap.mmap | None = None
-            if size > 0:
-                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
 
-    def raw(self, entry: TensorEntry) -> np.ndarray:
-        """The tensor's storage as a read-only numpy view on the mapping (no copy)."""
-        if self._map is None:
-            raise CheckpointError(f"{self.path}: empty file")
-        if self.path.stat().st_size != self._size:
-            raise CheckpointError(f"{self.path}: file changed size while converting")
+    def raw(self, entry: TensorEntry, index: int | None = None) -> np.ndarray:
+        """The tensor's storage (or its `index`-th slice along axis 0), read with pread into a new array.
+
+        Reads rather than maps, so the process holds only what it is converting right now.
+        """
         dt = _STORAGE[entry.dtype]
-        arr = np.frombuffer(self._map, dtype=dt, count=(entry.end - entry.begin) // dt.itemsize,
-                            offset=entry.begin)
-        return arr.reshape(entry.shape)
+        shape = entry.shape
+        begin, end = entry.begin, entry.end
+        if index is not None:
+            if not shape or not 0 <= index < shape[0]:
+                raise CheckpointError(f"{self.path}: {entry.name}: index {index} out of range for {list(shape)}")
+            step = (end - begin) // shape[0]
+            begin, end, shape = begin + index * step, begin + (index + 1) * step, shape[1:]
+        out = np.empty(shape, dtype=dt)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise CheckpointError(f"cannot open {self.path}: {exc.strerror}") from exc
+        try:
+            if os.fstat(fd).st_size != self._size:
+                raise CheckpointError(f"{self.path}: file changed size while converting")
+            done = 0
+            while done < end - begin:
+                n = os.preadv(fd, [buf[done:]], begin + done)
+                if n <= 0:
+                    raise CheckpointError(f"{self.path}: truncated while reading {entry.name}")
+                done += n
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: read error in {entry.name}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        return out
 
     def close(self) -> None:
-        # numpy views may still reference the map; let garbage collection close it
-        self._map = None
+        pass
 
 
 class Checkpoint:
@@ -189,10 +208,11 @@ class Checkpoint:
         except KeyError:
             raise CheckpointError(f"checkpoint has no tensor {name!r}") from None
 
-    def raw(self, name: str) -> np.ndarray:
-        sf, entry = self.entries[name] if name in self.entries else (None, self.entry(name))
-        assert sf is not None
-        return sf.raw(entry)
+    def raw(self, name: str, index: int | None = None) -> np.ndarray:
+        """Storage array of a tensor, or of its `index`-th slice along the first axis."""
+        self.entry(name)  # a clear error for an unknown name
+        sf, entry = self.entries[name]
+        return sf.raw(entry, index)
 
     def total_bytes(self) -> int:
         return sum(e.end - e.begin for _, e in self.entries.values())

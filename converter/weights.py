@@ -102,8 +102,7 @@ class Weights:
 
     def mlx(self, name: str, index: int | None = None) -> MlxQuant:
         base = name[: -len(".weight")]
-        sel = (lambda a: a[index]) if index is not None else (lambda a: a)
-        q = np.asarray(sel(self.ckpt.raw(name)))
+        q = self.ckpt.raw(name, index)
         scales = self._float_raw(f"{base}.scales", index)
         biases = self._float_raw(f"{base}.biases", index)
         bits = self._mlx_bits_of(name)
@@ -117,12 +116,7 @@ class Weights:
         e = self.ckpt.entry(name)
         if e.dtype not in FLOAT_DTYPES + ("F8_E4M3", "F8_E5M2"):
             raise CheckpointError(f"{name}: expected a float tensor, found {e.dtype}")
-        raw = self.ckpt.raw(name)
-        if index is not None:
-            if not raw.ndim or not 0 <= index < raw.shape[0]:
-                raise CheckpointError(f"{name}: index {index} out of range for shape {e.shape}")
-            raw = raw[index]
-        return decode_float(raw, e.dtype)
+        return decode_float(self.ckpt.raw(name, index), e.dtype)
 
     def get(self, name: str, index: int | None = None) -> np.ndarray:
         """The tensor (or its `index`-th slice along axis 0) as a float32 array."""
