@@ -9,10 +9,14 @@ conversion never leaves a partial file under the target name.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from functools import partial
+from typing import BinaryIO, Callable, Iterator
 
 import gguf
 import numpy as np
@@ -87,16 +91,25 @@ def _add_kv(w: gguf.GGUFWriter, key: str, value: object, kind: str) -> None:
 
 
 class StreamingWriter:
+    """Produces and quantizes chunks (one expert, or a block of rows) on a thread pool, writes them in order.
+
+    At most `2 x threads` chunks are in flight, so memory stays bounded by a few experts or row blocks.
+    ggml's quantizer and numpy's conversions release the GIL, so the chunks really run in parallel.
+    """
+
+    ROW_BLOCK_ELEMENTS = 1 << 21
+
     def __init__(self, ggml: Ggml, threads: int) -> None:
         self.ggml = ggml
-        self.threads = threads
+        self.threads = max(1, threads)
+        self._lock = threading.Lock()
 
     def encode(self, data: np.ndarray, gtype: T) -> np.ndarray:
         data = np.ascontiguousarray(data, dtype=np.float32)
         if gtype == T.F32:
             return data.reshape(-1).view(np.uint8)
         rows = data.reshape(-1, data.shape[-1])
-        return self.ggml.quantize_rows(gtype, rows, self.threads).reshape(-1)
+        return self.ggml.quantize_rows(gtype, rows, 1).reshape(-1)
 
     def write(self, out: Path, arch_name: str, add_metadata: Callable[[gguf.GGUFWriter], None],
               planned: list[PlannedTensor], layout: StreamingLayout, alignment: int,
@@ -106,6 +119,7 @@ class StreamingWriter:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
         w = gguf.GGUFWriter(tmp, arch_name)
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="flashmoe-quant")
         try:
             w.add_custom_alignment(alignment)
             add_metadata(w)
@@ -124,7 +138,7 @@ class StreamingWriter:
                 if f.tell() - data_start != p.offset:
                     raise ConversionError(f"internal error: {p.spec.name} at {f.tell() - data_start}, "
                                           f"planned {p.offset}")
-                written = self._write_tensor(f, p, stats, progress)
+                written = self._write_tensor(pool, f, p, stats, progress)
                 if written != p.nbytes:
                     raise ConversionError(f"internal error: {p.spec.name}: wrote {written} bytes, planned {p.nbytes}")
                 f.write(b"\0" * (_pad(written, alignment) - written))
@@ -135,56 +149,76 @@ class StreamingWriter:
             w.close()
             os.replace(tmp, out)
         except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
             w.close()
             tmp.unlink(missing_ok=True)
             raise
+        pool.shutdown()
         stats.seconds = time.monotonic() - t0
         return stats
 
-    def _write_tensor(self, f, p: PlannedTensor, stats: WriteStats,
+    def _write_tensor(self, pool: ThreadPoolExecutor, f: BinaryIO, p: PlannedTensor, stats: WriteStats,
                       progress: Callable[[int], None] | None) -> int:
-        s = p.spec
+        window: deque[Future[np.ndarray]] = deque()
         written = 0
+
+        def drain_one() -> None:
+            nonlocal written
+            data = window.popleft().result()
+            f.write(memoryview(data))
+            written += data.nbytes
+            if progress:
+                progress(data.nbytes)
+
+        for job in self._jobs(p, stats):
+            window.append(pool.submit(job))
+            while len(window) > 2 * self.threads:
+                drain_one()
+        while window:
+            drain_one()
+        return written
+
+    def _jobs(self, p: PlannedTensor, stats: WriteStats) -> Iterator[Callable[[], np.ndarray]]:
+        s = p.spec
         if s.is_expert:
-            assert s.load_expert is not None
             for i in range(s.shape[0]):
-                if p.gtype == T.Q4_1 and s.load_expert_mlx is not None:
-                    m = s.load_expert_mlx(i)
-                    if m.bits == 4 and m.group % 32 == 0:
-                        data, err = transcode_q4_1(m)
-                        if data.shape[0] != s.shape[1] or data.shape[1] * 32 // 20 != s.shape[2]:
-                            raise ConversionError(f"{s.name}: MLX expert {i} has shape {data.shape}")
-                        stats.transcoded_experts += 1
-                        stats.transcode_max_error = max(stats.transcode_max_error, err)
-                        f.write(data.tobytes())
-                        written += data.nbytes
-                        if progress:
-                            progress(data.nbytes)
-                        continue
-                arr = s.load_expert(i)
-                if arr.shape != s.shape[1:]:
-                    raise ConversionError(f"{s.name}: expert {i} has shape {list(arr.shape)}, "
-                                          f"expected {list(s.shape[1:])}")
-                enc = self.encode(arr, p.gtype)
-                if s.load_expert_mlx is not None and p.gtype != T.F32:
-                    # no exact mapping from MLX to this type: measure what re-quantizing cost
-                    back = self.ggml.dequantize(p.gtype, enc, arr.size).reshape(arr.shape)
-                    rms = float(np.sqrt(np.mean((back - arr) ** 2)) / max(np.sqrt(np.mean(arr ** 2)), 1e-30))
-                    stats.requantized_experts += 1
-                    stats.requant_rms_error = max(stats.requant_rms_error, rms)
-                f.write(enc.tobytes())
-                written += enc.nbytes
-                if progress:
-                    progress(enc.nbytes)
-            return written
+                yield partial(self._encode_expert, p, i, stats)
+            return
         assert s.load is not None
         arr = s.load()
         if tuple(arr.shape) != s.shape:
             raise ConversionError(f"{s.name}: produced shape {list(arr.shape)}, expected {list(s.shape)}")
         if not np.isfinite(arr).all():
             raise ConversionError(f"{s.name} ({s.source}): contains NaN or infinity")
+        rows = np.ascontiguousarray(arr, dtype=np.float32).reshape(-1, s.shape[-1] if s.shape else 1)
+        step = max(1, self.ROW_BLOCK_ELEMENTS // max(rows.shape[1], 1))
+        for r in range(0, rows.shape[0], step):
+            yield partial(self.encode, rows[r:r + step], p.gtype)
+
+    def _encode_expert(self, p: PlannedTensor, i: int, stats: WriteStats) -> np.ndarray:
+        s = p.spec
+        assert s.load_expert is not None
+        if p.gtype == T.Q4_1 and s.load_expert_mlx is not None:
+            m = s.load_expert_mlx(i)
+            if m.bits == 4 and m.group % 32 == 0:
+                data, err = transcode_q4_1(m)
+                if data.shape[0] != s.shape[1] or data.shape[1] * 32 // 20 != s.shape[2]:
+                    raise ConversionError(f"{s.name}: MLX expert {i} has shape {data.shape}")
+                with self._lock:
+                    stats.transcoded_experts += 1
+                    stats.transcode_max_error = max(stats.transcode_max_error, err)
+                return data.reshape(-1)
+        arr = s.load_expert(i)
+        if arr.shape != s.shape[1:]:
+            raise ConversionError(f"{s.name}: expert {i} has shape {list(arr.shape)}, expected {list(s.shape[1:])}")
+        if not np.isfinite(arr).all():
+            raise ConversionError(f"{s.name}: expert {i} contains NaN or infinity")
         enc = self.encode(arr, p.gtype)
-        f.write(enc.tobytes())
-        if progress:
-            progress(enc.nbytes)
-        return enc.nbytes
+        if s.load_expert_mlx is not None and p.gtype != T.F32:
+            # no exact mapping from MLX to this type: measure what re-quantizing cost
+            back = self.ggml.dequantize(p.gtype, enc, arr.size).reshape(arr.shape)
+            rms = float(np.sqrt(np.mean((back - arr) ** 2)) / max(float(np.sqrt(np.mean(arr ** 2))), 1e-30))
+            with self._lock:
+                stats.requantized_experts += 1
+                stats.requant_rms_error = max(stats.requant_rms_error, rms)
+        return enc

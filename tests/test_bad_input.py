@@ -152,6 +152,6 @@ def test_interrupted_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pyte
     out = tmp_path / "o.gguf"
     with pytest.raises(KeyboardInterrupt):
         convert(checkpoint("qwen3_moe"), out)
-    assert calls["n"] == 20
+    assert calls["n"] >= 20   # jobs already running on the pool finish
     assert not out.exists()
     assert not list(tmp_path.iterdir())
