@@ -6,6 +6,7 @@ builder version, so a stale cache is never used.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import BUILDER_VERSION, build_checkpoint  # noqa: E402
+from tiny_models import BUILDER_VERSION, TINY, build_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,8 +32,16 @@ def cache() -> Path:
     return cache_root()
 
 
+def spec_key(name: str) -> str:
+    """Short hash of everything that shapes a tiny checkpoint, so a changed entry never reuses a stale cache."""
+    t = TINY[name]
+    text = repr((BUILDER_VERSION, t.model_type, sorted(t.config.items()), t.tokenizer, t.tokenizer_kind,
+                 t.bpe_regex, t.dtype, t.weight_std, t.expert_std, t.post_build.__name__ if t.post_build else None))
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
 def checkpoint(name: str) -> Path:
-    out = cache_root() / f"ckpt-{name}-v{BUILDER_VERSION}"
+    out = cache_root() / f"ckpt-{name}-{spec_key(name)}"
     if not (out / "config.json").exists():
         build_checkpoint(name, out)
     return out
@@ -41,7 +50,7 @@ def checkpoint(name: str) -> Path:
 def converted(name: str, recipe: str, **kw: object) -> Path:
     """checkpoint(name) converted with a recipe ("f32" or "default"), cached."""
     from flashmoe_gguf.converter import convert
-    out = cache_root() / f"{name}-v{BUILDER_VERSION}-{recipe}.gguf"
+    out = cache_root() / f"{name}-{spec_key(name)}-{recipe}.gguf"
     if not out.exists():
         types: dict[str, object] = {"f32": dict(experts="F32", dense="F32", router="F32"), "default": {},
                                     "f32-align32": dict(experts="F32", dense="F32", router="F32", align=32)}[recipe]

@@ -13,7 +13,7 @@ from tiny_models import TINY
 ARCHS = sorted(TINY)
 PROMPT = [11, 450, 77, 1203, 9, 3020, 600, 42, 5, 1999, 256, 3333]
 # a longer prompt for the quantized recipe: random models have flat logits, so agreement is a rate
-LONG_PROMPT = [int(t) for t in np.random.default_rng(1).integers(10, 3900, 48)]
+LONG_PROMPT = [int(t) for t in np.random.default_rng(1).integers(10, 3900, 128)]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -31,7 +31,7 @@ def _load_f32(ckpt: Path) -> dict[str, np.ndarray]:
 def build_mlx_checkpoint() -> tuple[Path, dict[str, np.ndarray]]:
     """Returns the MLX checkpoint dir and, per logical weight name, MLX's own dequantized float32 values."""
     src = checkpoint("qwen3_moe")
-    out = cache_root() / "mlx-qwen3_moe-v2"
+    out = cache_root() / f"mlx-{src.name}"
     ref_path = out / "reference.npz"
     if ref_path.exists():
         return out, dict(np.load(ref_path))

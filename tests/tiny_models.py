@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ class TinyModel:
     tokenizer_kind: str = "bpe"       # "bpe" (byte-level) or "spm" (sentencepiece-style BPE)
     bpe_regex: str | None = None
     dtype: str = "float32"
+    weight_std: float = 0.08          # std of random matrices
+    expert_std: float | None = None   # std of routed-expert matrices, if different
     post_build: Callable[[Path], None] | None = field(default=None, compare=False)
 
 
@@ -98,7 +101,9 @@ TINY: dict[str, TinyModel] = {
         num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=True, max_position_embeddings=512, rope_theta=1000000.0, tie_word_embeddings=False)),
     # 3 Gated DeltaNet layers + 1 gated full-attention layer; 2 key heads for 4 value heads (V-head reordering);
-    # built as the text model, then rewritten into the published VLM layout (see _qwen35_release_layout)
+    # built as the text model, then rewritten into the published VLM layout (see _qwen35_release_layout).
+    # Smaller routed experts: at 0.08 this random hybrid model is chaotic under 4-bit experts (transformers
+    # itself, run on Q4_K-rounded experts, agreed with its own F32 argmax on under half the positions).
     "qwen3_5_moe": TinyModel("qwen3_5_moe_text", dict(
         hidden_size=256, moe_intermediate_size=256, shared_expert_intermediate_size=512, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
@@ -106,7 +111,7 @@ TINY: dict[str, TinyModel] = {
         linear_conv_kernel_dim=4, max_position_embeddings=512, tie_word_embeddings=False,
         rope_parameters=dict(rope_type="default", rope_theta=10000000.0, partial_rotary_factor=0.25,
                              mrope_section=[3, 3, 2], mrope_interleaved=True)),
-        tokenizer="qwen35", bpe_regex=QWEN35_REGEX, post_build=_qwen35_release_layout),
+        tokenizer="qwen35", bpe_regex=QWEN35_REGEX, post_build=_qwen35_release_layout, expert_std=0.04),
     "mixtral": TinyModel("mixtral", dict(
         hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
@@ -175,8 +180,10 @@ def build_checkpoint(name: str, out: Path, seed: int = 0) -> Path:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif pname.endswith(".bias") or p.ndim == 1:
                 p.copy_(0.1 * torch.randn_like(p))
+            elif spec.expert_std is not None and re.search(r"\.experts\.", pname):
+                p.normal_(0.0, spec.expert_std)
             else:
-                p.normal_(0.0, 0.08)
+                p.normal_(0.0, spec.weight_std)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
