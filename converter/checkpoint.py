@@ -32,7 +32,9 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    u = raw.astype(np.uint32)
+    u <<= 16
+    return u.view(np.float32)
 
 
 def _fp8_e4m3_table() -> np.ndarray:
@@ -124,8 +126,10 @@ class SafetensorsFile:
                 self.entries[name] = TensorEntry(name, dtype, shape, path, data_start + b, data_start + e)
             self._size = size
 
-    def raw(self, entry: TensorEntry, index: int | None = None) -> np.ndarray:
-        """The tensor's storage (or its `index`-th slice along axis 0), read with pread into a new array.
+    def raw(self, entry: TensorEntry, index: int | None = None,
+            rows: tuple[int, int] | None = None) -> np.ndarray:
+        """The tensor's storage, read with pread into a new array: all of it, its `index`-th slice along the
+        first axis, and/or the rows [r0, r1) along the (then) first axis.
 
         Reads rather than maps, so the process holds only what it is converting right now.
         """
@@ -137,6 +141,12 @@ class SafetensorsFile:
                 raise CheckpointError(f"{self.path}: {entry.name}: index {index} out of range for {list(shape)}")
             step = (end - begin) // shape[0]
             begin, end, shape = begin + index * step, begin + (index + 1) * step, shape[1:]
+        if rows is not None:
+            r0, r1 = rows
+            if not shape or not 0 <= r0 <= r1 <= shape[0]:
+                raise CheckpointError(f"{self.path}: {entry.name}: rows {r0}..{r1} out of range for {list(shape)}")
+            step = (end - begin) // shape[0] if shape[0] else 0
+            begin, end, shape = begin + r0 * step, begin + r1 * step, (r1 - r0, *shape[1:])
         out = np.empty(shape, dtype=dt)
         buf = memoryview(out.reshape(-1).view(np.uint8))
         try:
@@ -208,11 +218,11 @@ class Checkpoint:
         except KeyError:
             raise CheckpointError(f"checkpoint has no tensor {name!r}") from None
 
-    def raw(self, name: str, index: int | None = None) -> np.ndarray:
-        """Storage array of a tensor, or of its `index`-th slice along the first axis."""
+    def raw(self, name: str, index: int | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Storage array of a tensor, of its `index`-th slice along the first axis, and/or of some rows."""
         self.entry(name)  # a clear error for an unknown name
         sf, entry = self.entries[name]
-        return sf.raw(entry, index)
+        return sf.raw(entry, index, rows)
 
     def total_bytes(self) -> int:
         return sum(e.end - e.begin for _, e in self.entries.values())

@@ -112,11 +112,18 @@ class Weights:
                                   f"do not match weight {q.shape}")
         return MlxQuant(q, scales, biases, bits, group)
 
-    def _float_raw(self, name: str, index: int | None) -> np.ndarray:
+    def _float_raw(self, name: str, index: int | None, rows: tuple[int, int] | None = None) -> np.ndarray:
         e = self.ckpt.entry(name)
         if e.dtype not in FLOAT_DTYPES + ("F8_E4M3", "F8_E5M2"):
             raise CheckpointError(f"{name}: expected a float tensor, found {e.dtype}")
-        return decode_float(self.ckpt.raw(name, index), e.dtype)
+        return decode_float(self.ckpt.raw(name, index, rows), e.dtype)
+
+    def get_rows(self, name: str, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of a matrix as float32, reading only those rows where the storage allows it."""
+        e = self.ckpt.entry(name)
+        if e.dtype in FLOAT_DTYPES and not self.is_mlx_quantized(name):
+            return np.ascontiguousarray(self._float_raw(name, None, (r0, r1)), dtype=np.float32)
+        return self.get(name)[r0:r1]
 
     def get(self, name: str, index: int | None = None) -> np.ndarray:
         """The tensor (or its `index`-th slice along axis 0) as a float32 array."""

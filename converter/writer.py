@@ -184,6 +184,12 @@ class StreamingWriter:
             for i in range(s.shape[0]):
                 yield partial(self._encode_expert, p, i, stats)
             return
+        if s.load_rows is not None and len(s.shape) == 2:
+            # row blocks read and encoded by the workers: the whole tensor is never in memory
+            step = max(1, self.ROW_BLOCK_ELEMENTS // max(s.shape[1], 1))
+            for r in range(0, s.shape[0], step):
+                yield partial(self._encode_rows, p, r, min(r + step, s.shape[0]))
+            return
         assert s.load is not None
         arr = s.load()
         if tuple(arr.shape) != s.shape:
@@ -194,6 +200,16 @@ class StreamingWriter:
         step = max(1, self.ROW_BLOCK_ELEMENTS // max(rows.shape[1], 1))
         for r in range(0, rows.shape[0], step):
             yield partial(self.encode, rows[r:r + step], p.gtype)
+
+    def _encode_rows(self, p: PlannedTensor, r0: int, r1: int) -> np.ndarray:
+        s = p.spec
+        assert s.load_rows is not None
+        arr = s.load_rows(r0, r1)
+        if tuple(arr.shape) != (r1 - r0, *s.shape[1:]):
+            raise ConversionError(f"{s.name}: rows {r0}..{r1} have shape {list(arr.shape)}")
+        if not np.isfinite(arr).all():
+            raise ConversionError(f"{s.name} ({s.source}): contains NaN or infinity")
+        return self.encode(arr, p.gtype)
 
     def _encode_expert(self, p: PlannedTensor, i: int, stats: WriteStats) -> np.ndarray:
         s = p.spec

@@ -36,6 +36,7 @@ class TensorSpec:
     load: Callable[[], Array] | None = None     # whole tensor, float32 (non-expert tensors)
     load_expert: Callable[[int], Array] | None = None        # expert i: [rows, cols] float32
     load_expert_mlx: Callable[[int], MlxQuant] | None = None  # expert i, as stored by MLX (for transcoding)
+    load_rows: Callable[[int, int], Array] | None = None      # rows [r0, r1) of an untransformed matrix
     expert_kind: str | None = None              # "gate_up", "gate", "up" or "down"
     source: str = ""                            # what it was made from, for messages
 
@@ -162,7 +163,10 @@ class MoeArch:
     def tensor(self, hf_name: str) -> Iterable[TensorSpec]:
         """Specs for one non-expert checkpoint tensor. Default: rename, same shape, same values."""
         name = self.map_name(hf_name)
-        yield self.spec(name, self.weights.shape(hf_name), lambda: self.weights.get(hf_name), hf_name)
+        spec = self.spec(name, self.weights.shape(hf_name), lambda: self.weights.get(hf_name), hf_name)
+        if len(spec.shape) == 2:
+            spec.load_rows = lambda r0, r1: self.weights.get_rows(hf_name, r0, r1)
+        yield spec
 
     def extra_tensors(self) -> Iterable[TensorSpec]:
         """Tensors that have no checkpoint counterpart (none by default)."""
