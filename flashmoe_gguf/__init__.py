@@ -20,4 +20,12 @@ def convert(*args: Any, **kwargs: Any) -> Any:
     return _convert(*args, **kwargs)
 
 
-__all__ = ["__version__", "convert"]
+def __getattr__(name: str) -> Any:
+    # the runtime imports llama_cpp (and its ggml): only when asked for
+    if name in ("Llama", "FlashMoeError"):
+        from . import runtime
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'flashmoe_gguf' has no attribute {name!r}")
+
+
+__all__ = ["FlashMoeError", "Llama", "__version__", "convert"]

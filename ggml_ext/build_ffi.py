@@ -1,0 +1,145 @@
+"""Builds the ggml extension (`flashmoe_gguf._fmext`) with cffi, against the exact ggml headers of the pinned
+llama-cpp-python.
+
+PyPI ships llama-cpp-python only as an sdist, and the installed package has no ggml headers, so the build takes
+them from that sdist: FLASHMOE_LLAMA_CPP_SRC may point at an extracted `vendor/llama.cpp`; otherwise the sdist
+is downloaded once (pip, or PyPI's JSON API with its sha256 checked) and the headers are extracted into a cache.
+Nothing of ggml is linked: at run time the extension resolves ggml's functions from the copy llama_cpp loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from cffi import FFI
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+HERE = Path(__file__).resolve().parent
+_PREFIX = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
+_MEMBERS = re.compile(r"^ggml/include/[^/]+\.h$|^ggml/src/ggml-backend-impl\.h$|^ggml/CMakeLists\.txt$")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "flashmoe-gguf" / f"ggml-headers-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def _download_sdist(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PIP_BUILD_TRACKER")}
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "-q",
+                        "--no-binary", "llama-cpp-python", "-d", str(dest),
+                        f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
+        if found:
+            return found[0]
+    except (subprocess.CalledProcessError, OSError):
+        pass
+    meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{LLAMA_CPP_PYTHON_VERSION}/json",
+                                            timeout=60))
+    sdist = next(u for u in meta["urls"] if u["packagetype"] == "sdist")
+    out = dest / sdist["filename"]
+    with urllib.request.urlopen(sdist["url"], timeout=600) as r, open(out, "wb") as f:
+        h = hashlib.sha256()
+        while chunk := r.read(1 << 20):
+            h.update(chunk)
+            f.write(chunk)
+    if h.hexdigest() != sdist["digests"]["sha256"]:
+        out.unlink()
+        raise RuntimeError("llama-cpp-python sdist: sha256 mismatch")
+    return out
+
+
+def llama_cpp_source() -> Path:
+    """A directory laid out like llama.cpp's tree, holding at least ggml's headers and CMakeLists.txt."""
+    env = os.environ.get("FLASHMOE_LLAMA_CPP_SRC")
+    if env:
+        p = Path(env)
+        if not (p / "ggml" / "include" / "ggml-backend.h").exists():
+            raise RuntimeError(f"FLASHMOE_LLAMA_CPP_SRC={env} has no ggml/include/ggml-backend.h")
+        return p
+    cache = _cache_dir()
+    if (cache / "ggml" / "src" / "ggml-backend-impl.h").exists():
+        return cache
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = _download_sdist(Path(tmp))
+        staging = cache.with_name(cache.name + f".partial-{os.getpid()}")
+        with tarfile.open(archive) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and m.name.startswith(_PREFIX) and _MEMBERS.match(m.name[len(_PREFIX):]):
+                    target = staging / m.name[len(_PREFIX):]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tar.extractfile(m)
+                    assert src is not None
+                    target.write_bytes(src.read())
+        if not (staging / "ggml" / "src" / "ggml-backend-impl.h").exists():
+            raise RuntimeError("the llama-cpp-python sdist lacks ggml's headers")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, cache)
+    return cache
+
+
+def ggml_version(src: Path) -> str:
+    text = (src / "ggml" / "CMakeLists.txt").read_text()
+    parts = [re.search(rf"set\(GGML_VERSION_{k}\s+(\d+)\)", text) for k in ("MAJOR", "MINOR", "PATCH")]
+    if not all(parts):
+        raise RuntimeError("cannot read GGML_VERSION from ggml/CMakeLists.txt")
+    return ".".join(m.group(1) for m in parts if m)
+
+
+def _cdef() -> str:
+    text = (HERE / "fm_api.h").read_text()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return text
+
+
+CORE_SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_matmul.c", "fm_pool.c", "fm_store.c"]
+KERNEL_SOURCES = ["fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c"]
+
+
+def make_ffi(relative: bool = True) -> FFI:
+    src = llama_cpp_source()
+    gen = Path(tempfile.gettempdir()) / f"flashmoe-build-{os.getpid()}"
+    gen.mkdir(parents=True, exist_ok=True)
+    (gen / "fm_build_info.h").write_text(
+        "/* generated by ggml_ext/build_ffi.py */\n"
+        f'#define FM_GGML_VERSION "{ggml_version(src)}"\n'
+        f'#define FM_LLAMA_CPP_PYTHON_VERSION "{LLAMA_CPP_PYTHON_VERSION}"\n')
+    names = list(CORE_SOURCES)
+    macros: list[tuple[str, str | None]] = []
+    if all((HERE / k).exists() for k in KERNEL_SOURCES):
+        names += KERNEL_SOURCES
+        macros.append(("FM_HAVE_KERNELS", "1"))
+    # setuptools wants paths relative to the project; cffi's own compile() changes directory, so absolute
+    sources = [os.path.relpath(HERE / n) if relative else str(HERE / n) for n in names]
+    ffi = FFI()
+    ffi.cdef(_cdef())
+    ffi.set_source(
+        "flashmoe_gguf._fmext",
+        "#include <stddef.h>\n#include <stdint.h>\n#include \"fm_api.h\"\n",
+        sources=sources,
+        include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src")],
+        extra_compile_args=["-std=gnu11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-format-truncation", "-pthread",
+                            "-fvisibility=hidden"],
+        extra_link_args=["-pthread"],
+        define_macros=macros,
+        libraries=["dl"],
+    )
+    return ffi
+
+
+ffibuilder = make_ffi() if os.environ.get("FLASHMOE_SKIP_EXT") != "1" else FFI()
+
+if __name__ == "__main__":
+    make_ffi(relative=False).compile(tmpdir=str(HERE.parent / "build" / "ffi"), verbose=True)

@@ -1,0 +1,237 @@
+/* The Python-facing API (fm_api.h): models, stats, and the expert-skipping FILE* the loader reads from. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fm_build_info.h"
+#include "fm_ggml.h"
+#include "fm_model.h"
+
+/* fm_api.h declares fm_stats identically to fm_store.h's; keep them in step */
+_Static_assert(sizeof(fm_stats) == 7 * sizeof(uint64_t) + 3 * sizeof(double), "fm_stats layout");
+
+int fm_init(const char *lib_dir, char *err, size_t err_len) {
+    if (fm_ggml_load(lib_dir, err, err_len) != 0) return -1;
+    fm_g.ggml_cpu_init();
+    return fm_backend_register(err, err_len);
+}
+
+const char *fm_built_ggml_version(void) {
+    return FM_GGML_VERSION;
+}
+
+int fm_backend_api_version(void) {
+    return GGML_BACKEND_API_VERSION;
+}
+
+fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int use_kernels,
+                       char *err, size_t err_len) {
+    fm_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    if (fm_store_open(&m->store, path, budget, io_threads, mode, direct, err, err_len) != 0) {
+        free(m);
+        return NULL;
+    }
+    m->use_kernels = use_kernels;
+    return m;
+}
+
+int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
+                        int64_t ne0, int64_t ne1, char *err, size_t err_len) {
+    if (type < 0 || type >= GGML_TYPE_COUNT) {
+        snprintf(err, err_len, "%s: unknown ggml type %d", name, type);
+        return -1;
+    }
+    size_t row = fm_g.ggml_row_size((enum ggml_type) type, ne0);
+    if (row == 0 || (uint64_t) row * (uint64_t) ne1 != stride) {
+        snprintf(err, err_len, "%s: %lld x %lld %s is not %llu bytes per expert", name, (long long) ne1,
+                 (long long) ne0, fm_g.ggml_type_name((enum ggml_type) type), (unsigned long long) stride);
+        return -1;
+    }
+    return fm_store_add_tensor(&m->store, name, offset, stride, n_expert, type, ne0, ne1, err, err_len) < 0 ? -1 : 0;
+}
+
+int fm_model_set_partner(fm_model *m, const char *a, const char *b) {
+    int ia = fm_store_find(&m->store, a), ib = fm_store_find(&m->store, b);
+    if (ia < 0 || ib < 0 || m->store.tensors[ia].n_expert != m->store.tensors[ib].n_expert) return -1;
+    m->store.tensors[ia].partner = ib;
+    return 0;
+}
+
+void fm_model_begin_load(fm_model *m) {
+    fm_backend_set_loading(m);
+}
+
+int fm_model_end_load(fm_model *m, char *err, size_t err_len) {
+    fm_backend_set_loading(NULL);
+    if (m->n_unknown) {
+        snprintf(err, err_len, "%d expert tensors of the model are not in the flashmoe index", m->n_unknown);
+        return -1;
+    }
+    for (int i = 0; i < m->store.n_tensors; i++) {
+        if (!m->store.tensors[i].bound) {
+            snprintf(err, err_len, "expert tensor %s was not placed on the flashmoe device "
+                     "(llama.cpp chose another buffer type for it)", m->store.tensors[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void fm_model_free(fm_model *m) {
+    if (!m) return;
+    fm_store_close(&m->store);
+    free(m);
+}
+
+void fm_model_get_stats(fm_model *m, fm_stats *out) {
+    fm_store_get_stats(&m->store, (struct fm_stats *) out);
+}
+
+int fm_model_error(fm_model *m, char *buf, size_t len) {
+    pthread_mutex_lock(&m->store.mu);
+    int failed = m->store.failed;
+    snprintf(buf, len, "%s", failed ? m->store.error : "");
+    pthread_mutex_unlock(&m->store.mu);
+    return failed;
+}
+
+void fm_model_inject_read_error(fm_model *m, int nth_read) {
+    pthread_mutex_lock(&m->store.mu);
+    m->store.fault_after_reads = nth_read > 0 ? (int) m->store.stats.reads + nth_read : 0;
+    pthread_mutex_unlock(&m->store.mu);
+}
+
+uint64_t fm_model_dropped_bytes(fm_model *m) {
+    return m->dropped;
+}
+
+/* ---- the expert-skipping FILE* ------------------------------------------------------------------------ */
+
+typedef struct {
+    int fd;
+    uint64_t pos, size;
+    uint64_t *ranges; /* sorted [begin, end) pairs */
+    int n;
+    uint64_t *bytes_read; /* caller's counter */
+} skip_file;
+
+static ssize_t sf_read(void *cookie, char *buf, size_t size) {
+    skip_file *f = cookie;
+    if (f->pos >= f->size) return 0;
+    uint64_t end = f->pos + size < f->size ? f->pos + size : f->size;
+    uint64_t p = f->pos;
+    int r = 0;
+    while (r < f->n && f->ranges[2 * r + 1] <= p) r++;
+    while (p < end) {
+        uint64_t stop = end;
+        int skipping = r < f->n && f->ranges[2 * r] <= p;
+        if (skipping) {
+            if (f->ranges[2 * r + 1] < stop) stop = f->ranges[2 * r + 1];
+            /* expert bytes: not read (the buffer is left as it is); the loader discards them in set_tensor */
+            p = stop;
+            r++;
+            continue;
+        }
+        if (r < f->n && f->ranges[2 * r] < stop) stop = f->ranges[2 * r];
+        while (p < stop) {
+            ssize_t n = pread(f->fd, buf + (p - f->pos), (size_t) (stop - p), (off_t) p);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                if (n == 0) errno = EIO;
+                return -1;
+            }
+            p += (uint64_t) n;
+            if (f->bytes_read) *f->bytes_read += (uint64_t) n;
+        }
+    }
+    size_t got = (size_t) (end - f->pos);
+    f->pos = end;
+    return (ssize_t) got;
+}
+
+static int sf_seek(void *cookie, off64_t *offset, int whence) {
+    skip_file *f = cookie;
+    int64_t base = whence == SEEK_SET ? 0 : whence == SEEK_CUR ? (int64_t) f->pos : (int64_t) f->size;
+    int64_t np = base + *offset;
+    if (np < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    f->pos = (uint64_t) np;
+    *offset = np;
+    return 0;
+}
+
+static int sf_close(void *cookie) {
+    skip_file *f = cookie;
+    int rc = close(f->fd);
+    free(f->ranges);
+    free(f);
+    return rc;
+}
+
+static int cmp_range(const void *a, const void *b) {
+    uint64_t x = ((const uint64_t *) a)[0], y = ((const uint64_t *) b)[0];
+    return x < y ? -1 : x > y;
+}
+
+void *fm_open_file_skipping(const char *path, const uint64_t *ranges, int n_ranges, uint64_t *bytes_read,
+                            char *err, size_t err_len) {
+    skip_file *f = calloc(1, sizeof *f);
+    if (!f || n_ranges < 0) {
+        free(f);
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (f->fd < 0 || fstat(f->fd, &st) != 0) {
+        snprintf(err, err_len, "cannot open %s: %s", path, strerror(errno));
+        if (f->fd >= 0) close(f->fd);
+        free(f);
+        return NULL;
+    }
+    f->size = (uint64_t) st.st_size;
+    f->bytes_read = bytes_read;
+    f->n = n_ranges;
+    f->ranges = malloc((size_t) (n_ranges ? n_ranges : 1) * 2 * sizeof(uint64_t));
+    if (!f->ranges) {
+        close(f->fd);
+        free(f);
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    if (n_ranges) memcpy(f->ranges, ranges, (size_t) n_ranges * 2 * sizeof(uint64_t));
+    qsort(f->ranges, (size_t) n_ranges, 2 * sizeof(uint64_t), cmp_range);
+    for (int i = 0; i < n_ranges; i++) {
+        if (f->ranges[2 * i] > f->ranges[2 * i + 1] || (i && f->ranges[2 * i] < f->ranges[2 * i - 1])) {
+            snprintf(err, err_len, "overlapping or inverted expert ranges");
+            sf_close(f);
+            return NULL;
+        }
+    }
+    cookie_io_functions_t io = {.read = sf_read, .write = NULL, .seek = sf_seek, .close = sf_close};
+    FILE *fp = fopencookie(f, "rb", io);
+    if (!fp) {
+        snprintf(err, err_len, "fopencookie failed: %s", strerror(errno));
+        sf_close(f);
+        return NULL;
+    }
+    /* GGUF parsing makes many tiny reads: a buffer keeps them from becoming syscalls */
+    setvbuf(fp, NULL, _IOFBF, 1 << 20);
+    return fp;
+}
+
+int fm_close_file(void *file) {
+    return fclose((FILE *) file);
+}

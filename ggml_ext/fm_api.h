@@ -1,0 +1,47 @@
+/* The extension's C API as Python sees it (through cffi). Plain C types only: this file is also the cdef.
+ * Every function that can fail returns non-zero (or NULL) and writes a message into err. */
+
+typedef struct fm_model fm_model;
+
+typedef struct fm_stats {
+    uint64_t expert_bytes_read;
+    uint64_t reads;
+    uint64_t cache_hits;
+    uint64_t cache_misses;
+    uint64_t cache_bytes;
+    uint64_t cache_peak_bytes;
+    uint64_t mul_mat_id_calls;
+    double io_seconds;
+    double io_wait_seconds;
+    double compute_seconds;
+} fm_stats;
+
+/* Resolve ggml from llama-cpp-python's lib_dir (already loaded), check its version, register the device. */
+int fm_init(const char *lib_dir, char *err, size_t err_len);
+const char *fm_built_ggml_version(void);
+int fm_backend_api_version(void);
+
+/* mode: 0 = own LRU cache of `budget` bytes, 1 = OS page cache. direct: read with O_DIRECT. */
+fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int use_kernels,
+                       char *err, size_t err_len);
+int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
+                        int64_t ne0, int64_t ne1, char *err, size_t err_len);
+/* b is read together with a: when a's experts are requested, b's same experts are prefetched. */
+int fm_model_set_partner(fm_model *m, const char *a, const char *b);
+void fm_model_begin_load(fm_model *m);
+/* Ends the load; checks every registered expert tensor was placed on the flashmoe device. */
+int fm_model_end_load(fm_model *m, char *err, size_t err_len);
+void fm_model_free(fm_model *m);
+void fm_model_get_stats(fm_model *m, fm_stats *out);
+/* Non-zero if the model failed (read error, file changed...); the message goes into buf. */
+int fm_model_error(fm_model *m, char *buf, size_t len);
+/* Test hook: make the Nth expert read from now on fail with EIO (0 turns it off). */
+void fm_model_inject_read_error(fm_model *m, int nth_read);
+uint64_t fm_model_dropped_bytes(fm_model *m);
+
+/* A FILE* on the model that serves every byte except the given [begin, end) ranges, which are never read
+ * (the loader's copy of those bytes is discarded anyway). bytes_read counts what it did read. Close it with
+ * fm_close_file after loading. */
+void *fm_open_file_skipping(const char *path, const uint64_t *ranges, int n_ranges, uint64_t *bytes_read,
+                            char *err, size_t err_len);
+int fm_close_file(void *file);

@@ -1,0 +1,409 @@
+/* The flashmoe ggml backend: an ACCEL device that takes over the routed-expert MUL_MAT_ID nodes.
+ *
+ * Placement: llama.cpp tries ACCEL devices' buffer types first for CPU-resident weights and keeps the first
+ * whose device `supports_op` the weight's op. We accept MUL_MAT_ID only for `*_exps.weight` tensors of the
+ * model being loaded through flashmoe (so stock models in the same process are untouched). Our buffer type
+ * is not host memory: the loader hands us expert bytes through set_tensor and we drop them (usage WEIGHTS),
+ * backing the buffer with an untouched MAP_NORESERVE mapping; intermediates in our buffers are real memory.
+ * The backend accepts host buffers, so activations and router ids are read in place, without copies. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "fm_ggml.h"
+#include "fm_matmul.h"
+#include "fm_model.h"
+
+#define FM_NAME "FLASHMOE"
+
+typedef struct {
+    void *base;
+    size_t size;
+    fm_model *model;
+} fm_buffer_ctx;
+
+typedef struct {
+    fm_pool *pool;
+    int n_threads;
+} fm_backend_ctx;
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static fm_model *g_loading;
+static int g_registered;
+
+void fm_backend_set_loading(fm_model *m) {
+    pthread_mutex_lock(&g_mu);
+    g_loading = m;
+    pthread_mutex_unlock(&g_mu);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && memcmp(s + a - b, suffix, b) == 0;
+}
+
+/* ---- buffer ------------------------------------------------------------------------------------------ */
+
+static struct ggml_backend_buffer_type g_buft;
+
+static void buf_free(ggml_backend_buffer_t buffer) {
+    fm_buffer_ctx *c = buffer->context;
+    if (c->base) munmap(c->base, c->size);
+    free(c);
+}
+
+static void *buf_get_base(ggml_backend_buffer_t buffer) {
+    return ((fm_buffer_ctx *) buffer->context)->base;
+}
+
+static enum ggml_status buf_init_tensor(ggml_backend_buffer_t buffer, struct ggml_tensor *tensor) {
+    fm_buffer_ctx *c = buffer->context;
+    if (tensor->view_src == NULL && ends_with(tensor->name, "_exps.weight")) {
+        if (!c->model) return GGML_STATUS_FAILED;
+        int idx = fm_store_find(&c->model->store, tensor->name);
+        if (idx < 0) {
+            c->model->n_unknown++;
+            return GGML_STATUS_FAILED;
+        }
+        tensor->extra = &c->model->store.tensors[idx];
+        c->model->store.tensors[idx].bound = 1;
+        c->model->n_bound++;
+    }
+    return GGML_STATUS_SUCCESS;
+}
+
+static int is_weights(ggml_backend_buffer_t buffer) {
+    return buffer->usage == GGML_BACKEND_BUFFER_USAGE_WEIGHTS;
+}
+
+static void buf_memset_tensor(ggml_backend_buffer_t buffer, struct ggml_tensor *tensor, uint8_t value, size_t offset,
+                              size_t size) {
+    if (is_weights(buffer) || tensor->extra) return;
+    memset((char *) tensor->data + offset, value, size);
+}
+
+static void buf_set_tensor(ggml_backend_buffer_t buffer, struct ggml_tensor *tensor, const void *data, size_t offset,
+                           size_t size) {
+    fm_buffer_ctx *c = buffer->context;
+    if (is_weights(buffer) || tensor->extra) {
+        /* expert bytes: they stay on disk and are read when a token selects the expert */
+        if (c->model) c->model->dropped += size;
+        return;
+    }
+    memcpy((char *) tensor->data + offset, data, size);
+}
+
+static void buf_get_tensor(ggml_backend_buffer_t buffer, const struct ggml_tensor *tensor, void *data, size_t offset,
+                           size_t size) {
+    fm_buffer_ctx *c = buffer->context;
+    const fm_tensor *t = tensor->extra;
+    if (t && c->model) {
+        /* weights read back (rare): fetch them from the file */
+        size_t done = 0;
+        while (done < size) {
+            ssize_t n = pread(c->model->store.fd, (char *) data + done, size - done,
+                              (off_t) (t->offset + offset + done));
+            if (n <= 0) {
+                memset((char *) data + done, 0, size - done);
+                fm_store_set_error(&c->model->store, "read error while reading expert weights back");
+                return;
+            }
+            done += (size_t) n;
+        }
+        return;
+    }
+    memcpy(data, (const char *) tensor->data + offset, size);
+}
+
+static void buf_clear(ggml_backend_buffer_t buffer, uint8_t value) {
+    fm_buffer_ctx *c = buffer->context;
+    if (is_weights(buffer)) return; /* would commit the whole untouched mapping */
+    memset(c->base, value, c->size);
+}
+
+static const struct ggml_backend_buffer_i g_buffer_iface = {
+    .free_buffer = buf_free,
+    .get_base = buf_get_base,
+    .init_tensor = buf_init_tensor,
+    .memset_tensor = buf_memset_tensor,
+    .set_tensor = buf_set_tensor,
+    .get_tensor = buf_get_tensor,
+    .set_tensor_2d = NULL,
+    .get_tensor_2d = NULL,
+    .cpy_tensor = NULL,
+    .clear = buf_clear,
+    .reset = NULL,
+};
+
+static const char *buft_get_name(ggml_backend_buffer_type_t buft) {
+    (void) buft;
+    return FM_NAME;
+}
+
+static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
+    fm_buffer_ctx *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    size_t page = (size_t) sysconf(_SC_PAGESIZE);
+    c->size = size ? (size + page - 1) / page * page : page;
+    /* MAP_NORESERVE: expert weights never touch their pages; intermediates commit what they use */
+    c->base = mmap(NULL, c->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (c->base == MAP_FAILED) {
+        free(c);
+        return NULL;
+    }
+    pthread_mutex_lock(&g_mu);
+    c->model = g_loading;
+    pthread_mutex_unlock(&g_mu);
+    return fm_g.ggml_backend_buffer_init(buft, g_buffer_iface, c, size);
+}
+
+static size_t buft_get_alignment(ggml_backend_buffer_type_t buft) {
+    (void) buft;
+    return 64;
+}
+
+static bool buft_is_host(ggml_backend_buffer_type_t buft) {
+    (void) buft;
+    return false; /* the no-mmap loader would otherwise read experts straight into our (dropped) memory */
+}
+
+/* ---- backend ----------------------------------------------------------------------------------------- */
+
+static ggml_guid g_guid = {0x66, 0x6c, 0x61, 0x73, 0x68, 0x6d, 0x6f, 0x65, 0x2d, 0x67, 0x67, 0x75, 0x66, 0x00, 0x01, 0x00};
+
+static const char *be_get_name(ggml_backend_t backend) {
+    (void) backend;
+    return FM_NAME;
+}
+
+static void be_free(ggml_backend_t backend) {
+    fm_backend_ctx *c = backend->context;
+    fm_pool_free(c->pool);
+    free(c);
+    free(backend);
+}
+
+static enum ggml_status be_graph_compute(ggml_backend_t backend, struct ggml_cgraph *cgraph) {
+    fm_backend_ctx *c = backend->context;
+    int n = fm_g.ggml_graph_n_nodes(cgraph);
+    for (int i = 0; i < n; i++) {
+        struct ggml_tensor *node = fm_g.ggml_graph_node(cgraph, i);
+        switch (node->op) {
+        case GGML_OP_NONE:
+        case GGML_OP_RESHAPE:
+        case GGML_OP_VIEW:
+        case GGML_OP_PERMUTE:
+        case GGML_OP_TRANSPOSE:
+            continue;
+        case GGML_OP_MUL_MAT_ID: {
+            struct ggml_tensor *as = node->src[0];
+            const fm_tensor *t = as ? as->extra : NULL;
+            if (!t || !as->buffer || as->buffer->buft != &g_buft) return GGML_STATUS_FAILED;
+            fm_model *m = ((fm_buffer_ctx *) as->buffer->context)->model;
+            int idx = (int) (t - m->store.tensors);
+            if (fm_mul_mat_id(&m->store, c->pool, c->n_threads, idx, m->use_kernels, node) != 0) {
+                return GGML_STATUS_FAILED;
+            }
+            continue;
+        }
+        default:
+            return GGML_STATUS_FAILED;
+        }
+    }
+    return GGML_STATUS_SUCCESS;
+}
+
+static const struct ggml_backend_i g_backend_iface = {
+    .get_name = be_get_name,
+    .free = be_free,
+    .graph_compute = be_graph_compute,
+};
+
+static void fm_set_n_threads(ggml_backend_t backend, int n_threads) {
+    fm_backend_ctx *c = backend->context;
+    if (n_threads < 1) n_threads = 1;
+    c->n_threads = n_threads;
+}
+
+/* ---- device ------------------------------------------------------------------------------------------ */
+
+static struct ggml_backend_device g_dev;
+static struct ggml_backend_reg g_reg;
+
+static const char *dev_get_name(ggml_backend_dev_t dev) {
+    (void) dev;
+    return FM_NAME;
+}
+
+static const char *dev_get_description(ggml_backend_dev_t dev) {
+    (void) dev;
+    return "flashmoe-gguf: routed experts streamed from disk";
+}
+
+static void dev_get_memory(ggml_backend_dev_t dev, size_t *free_mem, size_t *total) {
+    (void) dev;
+    *free_mem = 0;
+    *total = 0;
+}
+
+static enum ggml_backend_dev_type dev_get_type(ggml_backend_dev_t dev) {
+    (void) dev;
+    return GGML_BACKEND_DEVICE_TYPE_ACCEL;
+}
+
+static void dev_get_props(ggml_backend_dev_t dev, struct ggml_backend_dev_props *props) {
+    memset(props, 0, sizeof *props);
+    props->name = dev_get_name(dev);
+    props->description = dev_get_description(dev);
+    props->type = GGML_BACKEND_DEVICE_TYPE_ACCEL;
+}
+
+static ggml_backend_t dev_init_backend(ggml_backend_dev_t dev, const char *params) {
+    (void) params;
+    fm_backend_ctx *c = calloc(1, sizeof *c);
+    ggml_backend_t be = calloc(1, sizeof *be);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (!c || !be) {
+        free(c);
+        free(be);
+        return NULL;
+    }
+    c->n_threads = ncpu > 0 ? (int) ncpu : 1;
+    c->pool = fm_pool_new(c->n_threads);
+    if (!c->pool) {
+        free(c);
+        free(be);
+        return NULL;
+    }
+    be->guid = &g_guid;
+    be->iface = g_backend_iface;
+    be->device = dev;
+    be->context = c;
+    return be;
+}
+
+static ggml_backend_buffer_type_t dev_get_buffer_type(ggml_backend_dev_t dev) {
+    (void) dev;
+    return &g_buft;
+}
+
+static bool dev_supports_op(ggml_backend_dev_t dev, const struct ggml_tensor *op) {
+    (void) dev;
+    switch (op->op) {
+    case GGML_OP_NONE:
+    case GGML_OP_RESHAPE:
+    case GGML_OP_VIEW:
+    case GGML_OP_PERMUTE:
+    case GGML_OP_TRANSPOSE:
+        return true;
+    case GGML_OP_MUL_MAT_ID: {
+        const struct ggml_tensor *as = op->src[0];
+        if (!as || !ends_with(as->name, "_exps.weight") || !op->src[1] || op->src[1]->type != GGML_TYPE_F32) {
+            return false;
+        }
+        if (as->buffer) return as->buffer->buft == &g_buft; /* scheduling: only our own expert tensors */
+        /* weight placement probe while loading: only the model loading through flashmoe */
+        pthread_mutex_lock(&g_mu);
+        int ok = g_loading != NULL && fm_store_find(&g_loading->store, as->name) >= 0;
+        pthread_mutex_unlock(&g_mu);
+        if (ok) {
+            const struct ggml_type_traits_cpu *tt = fm_g.ggml_get_type_traits_cpu(as->type);
+            ok = tt && tt->vec_dot != NULL;
+        }
+        return ok;
+    }
+    default:
+        return false;
+    }
+}
+
+static bool dev_supports_buft(ggml_backend_dev_t dev, ggml_backend_buffer_type_t buft) {
+    (void) dev;
+    return buft == &g_buft || fm_g.ggml_backend_buft_is_host(buft);
+}
+
+static const struct ggml_backend_device_i g_dev_iface = {
+    .get_name = dev_get_name,
+    .get_description = dev_get_description,
+    .get_memory = dev_get_memory,
+    .get_type = dev_get_type,
+    .get_props = dev_get_props,
+    .init_backend = dev_init_backend,
+    .get_buffer_type = dev_get_buffer_type,
+    .supports_op = dev_supports_op,
+    .supports_buft = dev_supports_buft,
+};
+
+/* ---- registry ---------------------------------------------------------------------------------------- */
+
+static const char *reg_get_name(ggml_backend_reg_t reg) {
+    (void) reg;
+    return FM_NAME;
+}
+
+static size_t reg_get_device_count(ggml_backend_reg_t reg) {
+    (void) reg;
+    return 1;
+}
+
+static ggml_backend_dev_t reg_get_device(ggml_backend_reg_t reg, size_t index) {
+    (void) reg;
+    return index == 0 ? &g_dev : NULL;
+}
+
+static struct ggml_backend_feature g_features[] = {{"FLASHMOE", "1"}, {NULL, NULL}};
+
+static struct ggml_backend_feature *fm_get_features(ggml_backend_reg_t reg) {
+    (void) reg;
+    return g_features;
+}
+
+static void *reg_get_proc_address(ggml_backend_reg_t reg, const char *name) {
+    (void) reg;
+    void *p = NULL;
+    if (strcmp(name, "ggml_backend_set_n_threads") == 0) {
+        ggml_backend_set_n_threads_t f = fm_set_n_threads;
+        memcpy(&p, &f, sizeof p);
+    } else if (strcmp(name, "ggml_backend_get_features") == 0) {
+        ggml_backend_get_features_t f = fm_get_features;
+        memcpy(&p, &f, sizeof p);
+    }
+    return p;
+}
+
+static const struct ggml_backend_reg_i g_reg_iface = {
+    .get_name = reg_get_name,
+    .get_device_count = reg_get_device_count,
+    .get_device = reg_get_device,
+    .get_proc_address = reg_get_proc_address,
+};
+
+int fm_backend_register(char *err, size_t err_len) {
+    pthread_mutex_lock(&g_mu);
+    if (g_registered) {
+        pthread_mutex_unlock(&g_mu);
+        return 0;
+    }
+    g_buft.iface.get_name = buft_get_name;
+    g_buft.iface.alloc_buffer = buft_alloc_buffer;
+    g_buft.iface.get_alignment = buft_get_alignment;
+    g_buft.iface.is_host = buft_is_host;
+    g_buft.device = &g_dev;
+    g_buft.context = NULL;
+    g_dev.iface = g_dev_iface;
+    g_dev.reg = &g_reg;
+    g_dev.context = NULL;
+    g_reg.api_version = GGML_BACKEND_API_VERSION;
+    g_reg.iface = g_reg_iface;
+    g_reg.context = NULL;
+    fm_g.ggml_backend_register(&g_reg);
+    g_registered = 1;
+    pthread_mutex_unlock(&g_mu);
+    (void) err;
+    (void) err_len;
+    return 0;
+}

@@ -1,0 +1,239 @@
+/* GGML_OP_MUL_MAT_ID for routed experts whose bytes come from the expert store.
+ *
+ * ggml semantics: as = src0 [ne00 cols, ne01 rows, n_expert], b = src1 [ne00, ne11, n_tokens] (ne11 is 1 when
+ * the activation is shared by all slots), ids = src2 [n_used, n_tokens] int32, dst [ne01, n_used, n_tokens]:
+ *     dst[:, k, t] = as[ids[k, t]] . b[:, k % ne11, t]
+ * Like ggml's CPU backend, activation rows are first quantized to the weight type's vec_dot_type with ggml's
+ * own from_float, so the products equal stock llama.cpp's. All selected experts are requested from the store
+ * at once; each is multiplied as soon as its bytes arrive, so computing overlaps the remaining reads. */
+#include "fm_matmul.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fm_ggml.h"
+#ifdef FM_HAVE_KERNELS
+#include "fm_kernels.h"
+#else
+typedef struct { const char *name; void (*dot)(int, const void *, const void *, size_t, int, float *, size_t); } fm_kernel;
+static const fm_kernel *fm_kernel_get(int type, int isa) { (void) type; (void) isa; return NULL; }
+#endif
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
+typedef struct {
+    /* shared, read-only during a task */
+    const struct ggml_tensor *b;
+    struct ggml_tensor *dst;
+    int64_t ne00, ne01, ne11;
+    size_t act_row;              /* bytes of one quantized activation row */
+    size_t w_row;                /* bytes of one weight row */
+    char *act;                   /* quantized rows, index i11 + i12 * ne11 */
+    ggml_from_float_t from_float;
+    ggml_vec_dot_t vec_dot;
+    const fm_kernel *kernel;
+    /* current expert */
+    const char *w;
+    const int *pairs;            /* (k, t) pairs packed as k + t * n_used */
+    int n_pairs;
+    int n_used;
+    char *gathered;              /* this expert's activation rows, contiguous (kernel path) */
+    float *out;                  /* [rows][n_pairs] scratch (kernel path), per thread slices */
+} mm_ctx;
+
+static void quantize_task(void *arg, int ith, int nth) {
+    mm_ctx *c = arg;
+    const struct ggml_tensor *b = c->b;
+    int64_t n = c->ne11 * b->ne[2];
+    for (int64_t r = ith; r < n; r += nth) {
+        int64_t i11 = r % c->ne11, i12 = r / c->ne11;
+        const float *src = (const float *) ((const char *) b->data + i11 * b->nb[1] + i12 * b->nb[2]);
+        char *dst = c->act + (size_t) r * c->act_row;
+        if (c->from_float) {
+            c->from_float(src, dst, c->ne00);
+        } else {
+            memcpy(dst, src, (size_t) c->ne00 * sizeof(float));
+        }
+    }
+}
+
+static void expert_task(void *arg, int ith, int nth) {
+    mm_ctx *c = arg;
+    int64_t r0 = c->ne01 * ith / nth, r1 = c->ne01 * (ith + 1) / nth;
+    struct ggml_tensor *dst = c->dst;
+    if (c->kernel) {
+        float *out = c->out + (size_t) r0 * (size_t) c->n_pairs;
+        for (int64_t r = r0; r < r1; r++) {
+            c->kernel->dot((int) c->ne00, c->w + (size_t) r * c->w_row, c->gathered, c->act_row, c->n_pairs,
+                           out + (size_t) (r - r0) * (size_t) c->n_pairs, 1);
+        }
+        for (int p = 0; p < c->n_pairs; p++) {
+            int k = c->pairs[p] % c->n_used, t = c->pairs[p] / c->n_used;
+            char *d = (char *) dst->data + (size_t) k * dst->nb[1] + (size_t) t * dst->nb[2];
+            for (int64_t r = r0; r < r1; r++) {
+                ((float *) d)[r] = out[(size_t) (r - r0) * (size_t) c->n_pairs + (size_t) p];
+            }
+        }
+        return;
+    }
+    for (int p = 0; p < c->n_pairs; p++) {
+        int k = c->pairs[p] % c->n_used, t = c->pairs[p] / c->n_used;
+        const char *a = c->act + (size_t) ((k % c->ne11) + t * c->ne11) * c->act_row;
+        float *d = (float *) ((char *) dst->data + (size_t) k * dst->nb[1] + (size_t) t * dst->nb[2]);
+        for (int64_t r = r0; r < r1; r++) {
+            float s;
+            c->vec_dot((int) c->ne00, &s, 0, c->w + (size_t) r * c->w_row, 0, a, 0, 1);
+            d[r] = s;
+        }
+    }
+}
+
+int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use_kernels,
+                  struct ggml_tensor *dst) {
+    const struct ggml_tensor *as = dst->src[0], *b = dst->src[1], *ids = dst->src[2];
+    const fm_tensor *t = &s->tensors[tensor];
+    char msg[512];
+    if (!b || !ids || b->type != GGML_TYPE_F32 || dst->type != GGML_TYPE_F32 || ids->type != GGML_TYPE_I32 ||
+        (int) as->type != t->type || as->ne[0] != t->ne0 || as->ne[1] != t->ne1 || as->ne[2] != t->n_expert ||
+        b->ne[0] != as->ne[0] || b->nb[0] != sizeof(float) || dst->nb[0] != sizeof(float) ||
+        dst->ne[0] != as->ne[1] || dst->ne[1] != ids->ne[0] || dst->ne[2] != ids->ne[1] || b->ne[2] != ids->ne[1] ||
+        (b->ne[1] != 1 && b->ne[1] != ids->ne[0])) {
+        snprintf(msg, sizeof msg, "unexpected MUL_MAT_ID operands for %s", t->name);
+        fm_store_set_error(s, msg);
+        return -1;
+    }
+    if (fm_store_check_file(s) != 0) return -1;
+    double t_start = now_s();
+    const struct ggml_type_traits_cpu *tt = fm_g.ggml_get_type_traits_cpu((enum ggml_type) t->type);
+    enum ggml_type vdt = tt->vec_dot_type;
+    mm_ctx c;
+    memset(&c, 0, sizeof c);
+    c.b = b;
+    c.dst = dst;
+    c.ne00 = as->ne[0];
+    c.ne01 = as->ne[1];
+    c.ne11 = b->ne[1];
+    c.n_used = (int) ids->ne[0];
+    c.vec_dot = tt->vec_dot;
+    c.from_float = vdt == GGML_TYPE_F32 ? NULL : fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
+    c.act_row = fm_g.ggml_row_size(vdt, c.ne00);
+    c.w_row = fm_g.ggml_row_size((enum ggml_type) t->type, c.ne00);
+    c.kernel = use_kernels ? fm_kernel_get(t->type, 0) : NULL;
+    if (c.w_row * (size_t) c.ne01 != t->stride || !c.vec_dot || (vdt != GGML_TYPE_F32 && !c.from_float)) {
+        snprintf(msg, sizeof msg, "%s: %s experts are not supported (row size %zu x %lld vs stride %llu)", t->name,
+                 fm_g.ggml_type_name((enum ggml_type) t->type), c.w_row, (long long) c.ne01,
+                 (unsigned long long) t->stride);
+        fm_store_set_error(s, msg);
+        return -1;
+    }
+    int n_tok = (int) ids->ne[1];
+    int n_pairs_total = c.n_used * n_tok;
+    int n_exp = t->n_expert;
+    /* group (k, t) pairs by expert, keeping first-seen order of experts */
+    int *count = calloc((size_t) n_exp, sizeof *count);
+    int *start = calloc((size_t) n_exp + 1, sizeof *start);
+    int *pairs = malloc((size_t) n_pairs_total * sizeof *pairs);
+    int *uniq = malloc((size_t) n_exp * sizeof *uniq);
+    int *slots = malloc((size_t) n_exp * sizeof *slots);
+    char *done = calloc((size_t) n_exp, 1);
+    c.act = malloc((size_t) (c.ne11 * b->ne[2]) * c.act_row + 64);
+    int rc = -1;
+    if (!count || !start || !pairs || !uniq || !slots || !done || !c.act) {
+        fm_store_set_error(s, "out of memory in MUL_MAT_ID");
+        goto out;
+    }
+    int n_uniq = 0;
+    for (int tk = 0; tk < n_tok; tk++) {
+        for (int k = 0; k < c.n_used; k++) {
+            int e = *(const int32_t *) ((const char *) ids->data + (size_t) k * ids->nb[0] + (size_t) tk * ids->nb[1]);
+            if (e < 0 || e >= n_exp) {
+                snprintf(msg, sizeof msg, "%s: router chose expert %d of %d", t->name, e, n_exp);
+                fm_store_set_error(s, msg);
+                goto out;
+            }
+            if (count[e]++ == 0) uniq[n_uniq++] = e;
+        }
+    }
+    for (int e = 0; e < n_exp; e++) start[e + 1] = start[e] + count[e];
+    memset(count, 0, (size_t) n_exp * sizeof *count);
+    for (int tk = 0; tk < n_tok; tk++) {
+        for (int k = 0; k < c.n_used; k++) {
+            int e = *(const int32_t *) ((const char *) ids->data + (size_t) k * ids->nb[0] + (size_t) tk * ids->nb[1]);
+            pairs[start[e] + count[e]++] = k + tk * c.n_used;
+        }
+    }
+    /* request reads first, then quantize the activations while they are in flight */
+    int wave = n_uniq;
+    if (s->mode == FM_CACHE_LRU && s->budget > 0) {
+        uint64_t fit = s->budget / (t->stride ? t->stride : 1);
+        if (fit < 1) fit = 1;
+        if ((uint64_t) wave > fit) wave = (int) fit;
+    }
+    fm_pool_run(pool, n_threads, quantize_task, &c);
+    size_t max_pairs = 0;
+    for (int i = 0; i < n_uniq; i++) {
+        size_t n = (size_t) (start[uniq[i] + 1] - start[uniq[i]]);
+        if (n > max_pairs) max_pairs = n;
+    }
+    if (c.kernel) {
+        c.gathered = malloc(max_pairs * c.act_row + 64);
+        c.out = malloc((size_t) c.ne01 * max_pairs * sizeof(float));
+        if (!c.gathered || !c.out) {
+            fm_store_set_error(s, "out of memory in MUL_MAT_ID");
+            goto out;
+        }
+    }
+    for (int w0 = 0; w0 < n_uniq; w0 += wave) {
+        int nw = n_uniq - w0 < wave ? n_uniq - w0 : wave;
+        if (fm_store_acquire(s, tensor, uniq + w0, nw, slots + w0) != 0) goto out;
+        if (t->partner >= 0) fm_store_prefetch(s, t->partner, uniq + w0, nw);
+        for (int left = nw; left > 0; left--) {
+            double tw = now_s();
+            int i = fm_store_wait_any(s, slots + w0, done + w0, nw);
+            double waited = now_s() - tw;
+            if (i < 0) {
+                fm_store_release(s, slots + w0, nw);
+                goto out;
+            }
+            int e = uniq[w0 + i];
+            c.w = fm_store_data(s, slots[w0 + i]);
+            c.pairs = pairs + start[e];
+            c.n_pairs = start[e + 1] - start[e];
+            if (c.kernel) {
+                for (int p = 0; p < c.n_pairs; p++) {
+                    int k = c.pairs[p] % c.n_used, tk = c.pairs[p] / c.n_used;
+                    memcpy(c.gathered + (size_t) p * c.act_row,
+                           c.act + (size_t) ((k % c.ne11) + tk * c.ne11) * c.act_row, c.act_row);
+                }
+            }
+            fm_pool_run(pool, n_threads, expert_task, &c);
+            done[w0 + i] = 1;
+            pthread_mutex_lock(&s->mu);
+            s->stats.io_wait_seconds += waited;
+            pthread_mutex_unlock(&s->mu);
+        }
+        fm_store_release(s, slots + w0, nw);
+    }
+    rc = 0;
+out:
+    pthread_mutex_lock(&s->mu);
+    s->stats.mul_mat_id_calls++;
+    s->stats.compute_seconds += now_s() - t_start;
+    pthread_mutex_unlock(&s->mu);
+    free(count);
+    free(start);
+    free(pairs);
+    free(uniq);
+    free(slots);
+    free(done);
+    free(c.act);
+    free(c.gathered);
+    free(c.out);
+    return rc;
+}
