@@ -305,11 +305,21 @@ static bool dev_supports_op(ggml_backend_dev_t dev, const struct ggml_tensor *op
         if (!as || !ends_with(as->name, "_exps.weight") || !op->src[1] || op->src[1]->type != GGML_TYPE_F32) {
             return false;
         }
-        if (as->buffer) return as->buffer->buft == &g_buft; /* scheduling: only our own expert tensors */
-        /* weight placement probe while loading: only the model loading through flashmoe */
-        pthread_mutex_lock(&g_mu);
-        int ok = g_loading != NULL && fm_store_find(&g_loading->store, as->name) >= 0;
-        pthread_mutex_unlock(&g_mu);
+        /* llama.cpp probes placement with a dummy buffer of the candidate type; buffers remember the model
+         * that was loading through flashmoe when they were made (NULL for anyone else's load) */
+        if (!as->buffer || as->buffer->buft != &g_buft) return false;
+        fm_buffer_ctx *bc = as->buffer->context;
+        fm_model *m = NULL;
+        if (bc) {
+            m = bc->model;
+        } else { /* ggml makes zero-size probe buffers itself, without a context */
+            pthread_mutex_lock(&g_mu);
+            m = g_loading;
+            pthread_mutex_unlock(&g_mu);
+        }
+        if (!m) return false;
+        if (as->extra) return true; /* scheduling: one of our bound expert tensors */
+        int ok = fm_store_find(&m->store, as->name) >= 0;
         if (ok) {
             const struct ggml_type_traits_cpu *tt = fm_g.ggml_get_type_traits_cpu(as->type);
             ok = tt && tt->vec_dot != NULL;
