@@ -1,0 +1,86 @@
+"""Faults while a streamed model is running: a Python exception from the call in progress, never a crash or
+wrong tokens."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_runtime import PROMPT, gguf_for, streamed
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "m.gguf"
+    shutil.copy(gguf_for("qwen3_moe", "Q4_K"), dst)
+    return dst
+
+
+def test_injected_read_error_raises(model_copy: Path) -> None:
+    from flashmoe_gguf import FlashMoeError
+    llm = streamed(model_copy, 1)   # nothing stays cached: every token reads
+    llm.eval(PROMPT[:4])
+    llm._fm.inject_read_error(3)
+    with pytest.raises(FlashMoeError, match="read error.*injected"):
+        llm.eval(PROMPT[4:8])
+    # the model stays failed rather than producing tokens from missing experts
+    with pytest.raises(FlashMoeError):
+        llm.eval([5])
+    llm.close()
+
+
+def test_truncated_while_loaded_raises(model_copy: Path) -> None:
+    from flashmoe_gguf import FlashMoeError
+    llm = streamed(model_copy, 1)
+    llm.eval(PROMPT[:4])
+    with open(model_copy, "r+b") as f:
+        f.truncate(model_copy.stat().st_size // 2)
+    with pytest.raises(FlashMoeError, match="changed size|truncated"):
+        llm.eval(PROMPT[4:8])
+    llm.close()
+
+
+def test_replaced_while_loaded_raises(model_copy: Path, tmp_path: Path) -> None:
+    from flashmoe_gguf import FlashMoeError
+    llm = streamed(model_copy, 1)
+    llm.eval(PROMPT[:4])
+    other = tmp_path / "other.gguf"
+    shutil.copy(model_copy, other)
+    os.replace(other, model_copy)
+    with pytest.raises(FlashMoeError, match="replaced"):
+        llm.eval(PROMPT[4:8])
+    llm.close()
+
+
+def test_truncated_before_load_is_a_clear_error(model_copy: Path) -> None:
+    from flashmoe_gguf import FlashMoeError
+    with open(model_copy, "r+b") as f:
+        f.truncate(model_copy.stat().st_size - 100_000)
+    with pytest.raises((FlashMoeError, ValueError)):
+        streamed(model_copy, "64M")
+
+
+def test_no_crash_in_subprocess(model_copy: Path) -> None:
+    """The same truncation in a fresh process: exits cleanly with an exception, not a signal."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_runtime import streamed, PROMPT
+from flashmoe_gguf import FlashMoeError
+llm = streamed({str(model_copy)!r}, 1)
+llm.eval(PROMPT[:4])
+open({str(model_copy)!r}, 'r+b').truncate(1000)
+try:
+    llm.eval(PROMPT[4:8])
+except FlashMoeError as e:
+    print('raised', e)
+    sys.exit(3)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "raised" in res.stdout
