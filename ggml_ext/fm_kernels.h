@@ -1,0 +1,65 @@
+/* fm_kernels.h - dot-product kernels for routed-expert matrix products (GGML_OP_MUL_MAT_ID).
+ *
+ * A kernel computes, for one quantized weight row w of n values and n_act activation rows that were
+ * quantized to the weight type's vec_dot_type by ggml's own from_float (Q8_K for K-quants, Q8_0 for
+ * Q4_0 and Q8_0, Q8_1 for Q4_1):
+ *
+ *     s[j * s_stride] = dot(w, act + j * act_stride)      for j < n_act
+ *
+ * which is what ggml's CPU vec_dot computes for each (weight row, activation row) pair, up to the order of
+ * float additions (the per-block integer sums are exact). n must be a multiple of the weight type's block
+ * size (256 for K-quants, 32 otherwise); act_stride is in bytes, s_stride in floats. With n_act > 1 each
+ * weight block is decoded once and used for several activation rows (prompt processing).
+ *
+ * Kernels are pure functions of their inputs: no allocation, no global state, safe from any thread.
+ * Buffers need no particular alignment.
+ */
+#ifndef FM_KERNELS_H
+#define FM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ggml type ids (enum ggml_type values) we handle */
+enum { FM_TYPE_Q4_0 = 2, FM_TYPE_Q4_1 = 3, FM_TYPE_Q8_0 = 8, FM_TYPE_Q2_K = 10, FM_TYPE_Q4_K = 12 };
+/* the activation (vec_dot) types, for reference */
+enum { FM_TYPE_Q8_1 = 9, FM_TYPE_Q8_K = 15 };
+
+/* instruction sets for fm_kernel_get's isa argument */
+enum { FM_ISA_BEST = 0, FM_ISA_SCALAR = 1, FM_ISA_AVX2 = 2, FM_ISA_AVX512 = 3 };
+
+/* s[j*s_stride] = dot(weight row w (n values of the weight type), activation row j at act + j*act_stride bytes
+   (vec_dot_type)), j < n_act */
+typedef void (*fm_dot_fn)(int n, const void *w, const void *act, size_t act_stride, int n_act, float *s,
+                          size_t s_stride);
+typedef struct { const char *name; fm_dot_fn dot; } fm_kernel;
+
+/* best kernel for the weight type on this CPU (runtime dispatch via __builtin_cpu_supports), or NULL if
+   unsupported; isa: 0 = best available, 1 = scalar, 2 = avx2, 3 = avx512 (returns NULL if the CPU lacks it) */
+const fm_kernel *fm_kernel_get(int ggml_type, int isa);
+
+/* the instruction set fm_kernel_get(type, 0) picks on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512) */
+int fm_kernel_best_isa(void);
+
+/* ggml's vec_dot_type for a weight type we handle (FM_TYPE_Q8_0, _Q8_1 or _Q8_K), or -1 */
+int fm_kernel_vec_dot_type(int ggml_type);
+
+/* values per block (32 or 256) and bytes per block of a weight or activation type we know, or 0 */
+int fm_kernel_block_size(int ggml_type);
+size_t fm_kernel_type_size(int ggml_type);
+
+/* ---- internal: per-instruction-set tables (fm_kernels_avx2.c, fm_kernels_avx512.c). Each returns NULL
+   for a type it does not handle, and when the file was compiled for a non-x86 target. They do not check
+   the CPU: call them only through fm_kernel_get. */
+const fm_kernel *fm_kernel_get_avx2(int ggml_type);
+const fm_kernel *fm_kernel_get_avx512(int ggml_type);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FM_KERNELS_H */

@@ -1,0 +1,288 @@
+/* fm_kernels_avx2.c - AVX2 + FMA + F16C kernels (block layouts: see fm_kernels.c).
+ *
+ * The instruction set is enabled per function (target pragma), so this file builds with the default flags
+ * and the package runs on any x86-64; fm_kernel_get only hands these out when the CPU has AVX2, FMA and F16C.
+ *
+ * Integer products: _mm256_maddubs_epi16 multiplies unsigned 8-bit weights (nibbles, 2-bit values, or |x|)
+ * by signed 8-bit activations and adds pairs into int16 (no saturation is possible: |pair| <= 2*127*128 for
+ * Q8_0 with the sign moved onto the activation, 2*15*128 for 4-bit, 2*3*128 for 2-bit); _mm256_madd_epi16
+ * then applies the sub-block scale (or 1) and adds pairs into int32. Every per-block integer sum is exact;
+ * floats enter once per block (scale * sum), as in ggml.
+ *
+ * With several activation rows, each weight block (or 64-value chunk of it) is decoded once and used for a
+ * group of up to FM_R activation rows.
+ */
+#include "fm_kernels.h"
+
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#define FM_UNROLL _Pragma("unroll")
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define FM_UNROLL _Pragma("GCC unroll 8")
+#endif
+
+#define FM_INLINE static inline __attribute__((always_inline))
+#define FM_R 4 /* activation rows per decoded weight block */
+
+FM_INLINE float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return _cvtsh_ss(h);
+}
+
+FM_INLINE float f32(const uint8_t *p) {
+    float f;
+    memcpy(&f, p, sizeof f);
+    return f;
+}
+
+FM_INLINE __m256i ld256(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
+FM_INLINE __m128i ld128(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)(const void *)p); }
+
+FM_INLINE float hsum8(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+/* 32 nibbles of a Q4_0/Q4_1 block as bytes: low nibbles (values 0..15), then high nibbles (values 16..31) */
+FM_INLINE __m256i nibbles32(const uint8_t *qs) {
+    const __m128i q = ld128(qs);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+}
+
+/* vector of int16 that picks, with _mm256_shuffle_epi8, byte `lo` (and byte `lo`+1 when `pair`) of each
+   128-bit lane for every int16 of the low lane, and byte `hi` (+1) for the high lane */
+FM_INLINE __m256i pick16(int lo, int hi, int pair) {
+    const int zl = pair ? (lo + 1) : 0x80, zh = pair ? (hi + 1) : 0x80;
+    return _mm256_set_m128i(_mm_set1_epi16((short)((zh << 8 | hi) - (zh >= 0x80 ? 65536 : 0))),
+                            _mm_set1_epi16((short)((zl << 8 | lo) - (zl >= 0x80 ? 65536 : 0))));
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Q4_K x Q8_K                                                                                           */
+
+FM_INLINE void q4k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[FM_R];
+    FM_UNROLL for (int r = 0; r < nr; ++r) acc[r] = _mm256_setzero_ps();
+    for (int i = 0; i < n / 256; ++i) {
+        const uint8_t *x = w + (size_t)i * 144;
+        const uint8_t *y0 = a + (size_t)i * 292;
+        const float dx = h2f(x), mx = h2f(x + 2);
+        uint32_t u[3];
+        memcpy(u, x + 4, sizeof u);
+        /* 6-bit scales sc[0..7] and mins mn[0..7], one byte each */
+        const uint32_t sc_lo = u[0] & 0x3f3f3f3fu;
+        const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+        const uint32_t mn_lo = u[1] & 0x3f3f3f3fu;
+        const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+        /* scales as int16 in both lanes; mins as int16, each twice (one per 16-value bsum) */
+        const __m256i scb = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+        const __m128i mb = _mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb));
+
+        __m256i sumi[FM_R];
+        FM_UNROLL for (int r = 0; r < nr; ++r) sumi[r] = _mm256_setzero_si256();
+        FM_UNROLL for (int c = 0; c < 4; ++c) { /* 64 values: 32 low nibbles, 32 high nibbles */
+            const __m256i q = ld256(x + 16 + 32 * c);
+            const __m256i lo = _mm256_and_si256(q, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            const __m256i scl = _mm256_shuffle_epi8(scb, pick16(4 * c, 4 * c, 1));
+            const __m256i sch = _mm256_shuffle_epi8(scb, pick16(4 * c + 2, 4 * c + 2, 1));
+            FM_UNROLL for (int r = 0; r < nr; ++r) {
+                const uint8_t *y = y0 + (size_t)r * as + 4 + 64 * c;
+                const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ld256(y)), scl);
+                const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ld256(y + 32)), sch);
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
+            }
+        }
+        FM_UNROLL for (int r = 0; r < nr; ++r) {
+            const uint8_t *y = y0 + (size_t)r * as;
+            const float yd = f32(y);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(yd * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            const __m256i pm = _mm256_madd_epi16(ld256(y + 260), mins);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-yd * mx), _mm256_cvtepi32_ps(pm), acc[r]);
+        }
+    }
+    FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = hsum8(acc[r]);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Q2_K x Q8_K                                                                                           */
+
+FM_INLINE void q2k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    __m256 acc[FM_R];
+    FM_UNROLL for (int r = 0; r < nr; ++r) acc[r] = _mm256_setzero_ps();
+    for (int i = 0; i < n / 256; ++i) {
+        const uint8_t *x = w + (size_t)i * 84;
+        const uint8_t *y0 = a + (size_t)i * 292;
+        const float dx = h2f(x + 80), mx = h2f(x + 82);
+        const __m128i sc = ld128(x);
+        const __m256i scb = _mm256_broadcastsi128_si256(_mm_and_si128(sc, m4));
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), m4));
+
+        __m256i sumi[FM_R];
+        FM_UNROLL for (int r = 0; r < nr; ++r) sumi[r] = _mm256_setzero_si256();
+        FM_UNROLL for (int c = 0; c < 2; ++c) { /* 128 values from 32 bytes, 2 bits at shifts 0, 2, 4, 6 */
+            const __m256i q = ld256(x + 16 + 32 * c);
+            FM_UNROLL for (int k = 0; k < 4; ++k) {
+                const __m256i qk = _mm256_and_si256(k == 0 ? q : k == 1 ? _mm256_srli_epi16(q, 2)
+                                                              : k == 2 ? _mm256_srli_epi16(q, 4)
+                                                                       : _mm256_srli_epi16(q, 6), m3);
+                /* sub-blocks 8c+2k (first 16 values) and 8c+2k+1 (next 16) */
+                const __m256i scv = _mm256_shuffle_epi8(scb, pick16(8 * c + 2 * k, 8 * c + 2 * k + 1, 0));
+                FM_UNROLL for (int r = 0; r < nr; ++r) {
+                    const uint8_t *y = y0 + (size_t)r * as + 4 + 128 * c + 32 * k;
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(qk, ld256(y)), scv));
+                }
+            }
+        }
+        FM_UNROLL for (int r = 0; r < nr; ++r) {
+            const uint8_t *y = y0 + (size_t)r * as;
+            const float yd = f32(y);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(yd * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            const __m256i pm = _mm256_madd_epi16(ld256(y + 260), mins);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-yd * mx), _mm256_cvtepi32_ps(pm), acc[r]);
+        }
+    }
+    FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = hsum8(acc[r]);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* 32-value blocks: Q4_0 x Q8_0, Q8_0 x Q8_0, Q4_1 x Q8_1. Two float accumulators per activation row
+   (even and odd blocks) to halve the fma dependency chain.                                              */
+
+/* sum of the 32 products of unsigned bytes ux and signed bytes y, as 8 int32 */
+FM_INLINE __m256i dot_u8s8(__m256i ux, __m256i y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(ux, y), _mm256_set1_epi16(1));
+}
+
+/* one 32-value block for nr activation rows (y0 = the block in activation row 0), into acc[r][h] */
+FM_INLINE void q4_0_step(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 acc[][2], const int h,
+                         float *summs) {
+    (void)summs;
+    const __m256i bx = _mm256_sub_epi8(nibbles32(x + 2), _mm256_set1_epi8(8)); /* -8..7 */
+    const __m256i ax = _mm256_sign_epi8(bx, bx);
+    const float dx = h2f(x);
+    FM_UNROLL for (int r = 0; r < nr; ++r) {
+        const uint8_t *y = y0 + (size_t)r * as;
+        const __m256i p = dot_u8s8(ax, _mm256_sign_epi8(ld256(y + 2), bx));
+        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
+    }
+}
+
+FM_INLINE void q8_0_step(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 acc[][2], const int h,
+                         float *summs) {
+    (void)summs;
+    const __m256i bx = ld256(x + 2);
+    const __m256i ax = _mm256_sign_epi8(bx, bx);
+    const float dx = h2f(x);
+    FM_UNROLL for (int r = 0; r < nr; ++r) {
+        const uint8_t *y = y0 + (size_t)r * as;
+        const __m256i p = dot_u8s8(ax, _mm256_sign_epi8(ld256(y + 2), bx));
+        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
+    }
+}
+
+/* Q4_1: the min term m * s_y (s_y = d_y * sum of the activation block) is summed apart, as ggml does */
+FM_INLINE void q4_1_step(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 acc[][2], const int h,
+                         float *summs) {
+    const __m256i qx = nibbles32(x + 4);
+    const float dx = h2f(x), mx = h2f(x + 2);
+    FM_UNROLL for (int r = 0; r < nr; ++r) {
+        const uint8_t *y = y0 + (size_t)r * as;
+        const __m256i p = dot_u8s8(qx, ld256(y + 4));
+        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
+        summs[r] += mx * h2f(y + 2);
+    }
+}
+
+#define FM_ROWS32(name, step, xsize, ysize)                                                            \
+    FM_INLINE void name(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) { \
+        __m256 acc[FM_R][2];                                                                                \
+        float summs[FM_R];                                                                                  \
+        FM_UNROLL for (int r = 0; r < nr; ++r) {                                                            \
+            acc[r][0] = acc[r][1] = _mm256_setzero_ps();                                                    \
+            summs[r] = 0.0f;                                                                                \
+        }                                                                                                   \
+        const int nb = n / 32;                                                                              \
+        int i = 0;                                                                                          \
+        for (; i + 1 < nb; i += 2) {                                                                        \
+            step(w + (size_t)i * xsize, a + (size_t)i * ysize, as, nr, acc, 0, summs);                 \
+            step(w + (size_t)(i + 1) * xsize, a + (size_t)(i + 1) * ysize, as, nr, acc, 1, summs);     \
+        }                                                                                                   \
+        if (i < nb) step(w + (size_t)i * xsize, a + (size_t)i * ysize, as, nr, acc, 0, summs);         \
+        FM_UNROLL for (int r = 0; r < nr; ++r)                                                              \
+            s[(size_t)r * ss] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) + summs[r];                      \
+    }
+
+FM_ROWS32(q4_0_rows, q4_0_step, 18, 34)
+FM_ROWS32(q8_0_rows, q8_0_step, 34, 34)
+FM_ROWS32(q4_1_rows, q4_1_step, 20, 36)
+
+/* ---------------------------------------------------------------------------------------------------- */
+
+/* a kernel: groups of FM_R activation rows, then the remainder, each with a constant row count */
+#define FM_GROUPED(fname, rows)                                                                            \
+    static void fname(int n, const void *w, const void *act, size_t as, int n_act, float *s, size_t ss) { \
+        const uint8_t *wp = (const uint8_t *)w, *ap = (const uint8_t *)act;                                \
+        int j = 0;                                                                                          \
+        for (; j + FM_R <= n_act; j += FM_R) rows(n, wp, ap + (size_t)j * as, as, FM_R, s + (size_t)j * ss, ss); \
+        switch (n_act - j) {                                                                                \
+        case 3: rows(n, wp, ap + (size_t)j * as, as, 3, s + (size_t)j * ss, ss); break;                     \
+        case 2: rows(n, wp, ap + (size_t)j * as, as, 2, s + (size_t)j * ss, ss); break;                     \
+        case 1: rows(n, wp, ap + (size_t)j * as, as, 1, s + (size_t)j * ss, ss); break;                     \
+        default: break;                                                                                     \
+        }                                                                                                   \
+    }
+
+FM_GROUPED(dot_q4_K_avx2, q4k_rows)
+FM_GROUPED(dot_q2_K_avx2, q2k_rows)
+FM_GROUPED(dot_q4_0_avx2, q4_0_rows)
+FM_GROUPED(dot_q8_0_avx2, q8_0_rows)
+FM_GROUPED(dot_q4_1_avx2, q4_1_rows)
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+static const fm_kernel k_q4_0 = {"q4_0_avx2", dot_q4_0_avx2};
+static const fm_kernel k_q4_1 = {"q4_1_avx2", dot_q4_1_avx2};
+static const fm_kernel k_q8_0 = {"q8_0_avx2", dot_q8_0_avx2};
+static const fm_kernel k_q2_K = {"q2_K_avx2", dot_q2_K_avx2};
+static const fm_kernel k_q4_K = {"q4_K_avx2", dot_q4_K_avx2};
+
+const fm_kernel *fm_kernel_get_avx2(int type) {
+    switch (type) {
+    case FM_TYPE_Q4_0: return &k_q4_0;
+    case FM_TYPE_Q4_1: return &k_q4_1;
+    case FM_TYPE_Q8_0: return &k_q8_0;
+    case FM_TYPE_Q2_K: return &k_q2_K;
+    case FM_TYPE_Q4_K: return &k_q4_K;
+    default: return NULL;
+    }
+}
+
+#else /* not x86 with GCC or Clang */
+
+const fm_kernel *fm_kernel_get_avx2(int type) {
+    (void)type;
+    return NULL;
+}
+
+#endif
