@@ -38,6 +38,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .run import run
+    run(str(args.file), args.prompt, args.tokens, args.ram_budget, args.ctx, args.threads, args.temp, args.cache)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(cache_dir=args.cache_dir, prompt=args.prompt, n_tokens=args.tokens)
@@ -67,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-v", "--verbose", action="store_true", help="list every tensor")
     i.set_defaults(func=_cmd_inspect)
 
+    r = sub.add_parser("run", help="generate from a GGUF with routed experts streamed from disk")
+    r.add_argument("file", type=Path)
+    r.add_argument("-p", "--prompt", required=True)
+    r.add_argument("-n", "--tokens", type=int, default=64)
+    r.add_argument("--ram-budget", type=_size, default="4G", help="RAM for cached experts (default 4G)")
+    r.add_argument("--cache", choices=["lru", "os"], default="lru", help="our expert cache, or the OS page cache")
+    r.add_argument("-c", "--ctx", type=int, default=2048)
+    r.add_argument("-t", "--threads", type=int, default=None)
+    r.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    r.set_defaults(func=_cmd_run)
+
     d = sub.add_parser("demo", help="build a tiny random MoE, convert it and run it through llama-cpp-python")
     d.add_argument("--cache-dir", type=Path, default=None, help="where the demo checkpoint and GGUF are kept")
     d.add_argument("-p", "--prompt", default="The capital of France is")
@@ -79,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     from .converter.errors import ConversionError
     from .ggml_lib import GgmlLibraryError
     from .inspection import InspectError
+    from .runtime_errors import FlashMoeError
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConversionError, InspectError, GgmlLibraryError, OSError) as exc:
+    except (ConversionError, InspectError, GgmlLibraryError, FlashMoeError, OSError, ValueError) as exc:
         print(f"flashmoe {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -27,15 +27,25 @@ def run_demo(cache_dir: Path | None = None, prompt: str = "The capital of France
           f"streaming-ready: {'yes' if info.streaming_ready else 'no'}")
 
     import llama_cpp
-    print("[3/3] running it with llama-cpp-python (stock)")
+
+    from .runtime import Llama
+    budget = info.expert_bytes // 4
+    print(f"[3/3] running it with flashmoe (experts streamed from disk, RAM budget {budget / 1e6:.1f} MB = "
+          f"a quarter of the experts) and with stock llama-cpp-python (everything in RAM)")
     t0 = time.monotonic()
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=1, verbose=False, seed=0)
-    load = time.monotonic() - t0
-    t0 = time.monotonic()
+    llm = Llama(model_path=str(out), ram_budget=budget, n_ctx=256, n_threads=1, verbose=False, seed=0)
     res = llm.create_completion(prompt, max_tokens=n_tokens, temperature=0.0)
     dt = time.monotonic() - t0
-    text = res["choices"][0]["text"]
+    st = llm.flashmoe_stats()
+    llm.close()
+    stock = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=1, verbose=False, seed=0)
+    ref = stock.create_completion(prompt, max_tokens=n_tokens, temperature=0.0)
+    stock.close()
+    text, ref_text = res["choices"][0]["text"], ref["choices"][0]["text"]
     n = res["usage"]["completion_tokens"]
-    print(f"      prompt: {prompt!r}")
-    print(f"      output: {text!r}  (random weights: the words mean nothing)")
-    print(f"      loaded in {load:.2f} s, {n} tokens in {dt:.2f} s ({n / dt if dt else 0:.1f} tok/s)")
+    print(f"      prompt:  {prompt!r}")
+    print(f"      flashmoe: {text!r}")
+    print(f"      stock:    {ref_text!r}  ({'identical' if text == ref_text else 'DIFFERENT'}; random weights: the "
+          f"words mean nothing)")
+    print(f"      flashmoe: {n} tokens in {dt:.2f} s (load included), read {st['expert_bytes_read'] / 1e6:.1f} MB of "
+          f"experts, cache hit rate {st['cache_hit_rate']:.0%}, peak cache {st['cache_peak_bytes'] / 1e6:.1f} MB")

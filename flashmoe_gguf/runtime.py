@@ -27,8 +27,7 @@ _ext: Any = None
 LOAD_MODE_NONE = 0
 
 
-class FlashMoeError(RuntimeError):
-    """The streaming runtime failed: a read error, a changed model file, an unsupported file or ggml."""
+from .runtime_errors import FlashMoeError  # noqa: E402  (re-exported)
 
 
 @dataclass(frozen=True)
