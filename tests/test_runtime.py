@@ -60,9 +60,10 @@ def greedy(llm, tokens: list[int], n: int) -> list[int]:  # type: ignore[no-unty
     return out
 
 
+@pytest.mark.parametrize("kernels", [False, True], ids=["ggml-vec-dot", "fm-kernels"])
 @pytest.mark.parametrize("experts", TYPES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_matches_stock(arch: str, experts: str) -> None:
+def test_matches_stock(arch: str, experts: str, kernels: bool) -> None:
     path = gguf_for(arch, experts)
     ref_llm = stock_llama(path)
     ref_batch = logits(ref_llm, PROMPT, batch=True)
@@ -72,7 +73,7 @@ def test_matches_stock(arch: str, experts: str) -> None:
     ref_llm.close()
     total = expert_bytes(path)
     for budget in (total // 8, 2 * total):       # constant eviction, and everything cached
-        llm = streamed(path, budget, kernels=False)
+        llm = streamed(path, budget, kernels=kernels)
         got = logits(llm, PROMPT, batch=True)
         scale = np.abs(ref_batch).max()
         assert np.abs(got - ref_batch).max() <= 1e-3 * scale, f"prompt batch, budget {budget}"
