@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import gguf
-
+from .gguf_index import GGUFIndexError, read_index
 from .units import parse_size
 
 _EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate_up|gate|up|down)_exps\.weight$")
@@ -46,19 +45,18 @@ class ExpertTensor:
 def expert_tensors(path: str | Path) -> list[ExpertTensor]:
     """The routed-expert tensors of any GGUF (ours or not), from its tensor table."""
     try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise FlashMoeError(f"{path}: not a readable GGUF: {exc}") from exc
+        index = read_index(path)
+    except GGUFIndexError as exc:
+        raise FlashMoeError(str(exc)) from exc
     out = []
-    for t in reader.tensors:
+    for t in index.tensors:
         m = _EXPERT.match(t.name)
         if not m:
             continue
-        shape = [int(x) for x in t.shape]
-        if len(shape) != 3 or shape[2] <= 0 or int(t.n_bytes) % shape[2]:
-            raise FlashMoeError(f"{path}: {t.name} has shape {shape}, not [cols, rows, experts]")
-        out.append(ExpertTensor(t.name, int(m.group(1)), m.group(2), int(t.data_offset), int(t.n_bytes) // shape[2],
-                                shape[2], int(t.tensor_type), shape[0], shape[1]))
+        if len(t.shape) != 3 or t.shape[2] <= 0 or t.nbytes % t.shape[2]:
+            raise FlashMoeError(f"{path}: {t.name} has shape {list(t.shape)}, not [cols, rows, experts]")
+        out.append(ExpertTensor(t.name, int(m.group(1)), m.group(2), t.offset, t.nbytes // t.shape[2],
+                                t.shape[2], t.gtype, t.shape[0], t.shape[1]))
     return out
 
 
