@@ -236,6 +236,28 @@ size_t fm_kernel_type_size(int type) {
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* fp16 -> fp32 for every half, as ggml-cpu keeps on x86: one load per conversion is much cheaper than
+   F16C's insert + convert when a 32-value block needs two to four of them. Written once, then read-only. */
+
+float fm_fp16_table[1 << 16];
+
+void fm_kernels_init(void) {
+    static atomic_int state = 0; /* 0: not filled, 1: being filled, 2: ready */
+    if (atomic_load_explicit(&state, memory_order_acquire) == 2) return;
+    int expected = 0;
+    if (atomic_compare_exchange_strong_explicit(&state, &expected, 1, memory_order_acq_rel, memory_order_acquire)) {
+        for (uint32_t h = 0; h < (1u << 16); ++h) {
+            const uint8_t b[2] = {(uint8_t)(h & 0xff), (uint8_t)(h >> 8)};
+            fm_fp16_table[h] = fp16_to_fp32(b);
+        }
+        atomic_store_explicit(&state, 2, memory_order_release);
+    } else {
+        while (atomic_load_explicit(&state, memory_order_acquire) != 2) {
+        } /* another thread is filling it (~0.1 ms) */
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* dispatch                                                                                                */
 
 #if FM_X86
@@ -277,6 +299,7 @@ int fm_kernel_best_isa(void) {
 }
 
 const fm_kernel *fm_kernel_get(int type, int isa) {
+    fm_kernels_init();
     const int best = fm_kernel_best_isa();
     if (isa == FM_ISA_BEST) { /* the best instruction set that has a kernel for the type */
         const fm_kernel *k = NULL;

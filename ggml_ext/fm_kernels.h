@@ -11,7 +11,8 @@
  * size (256 for K-quants, 32 otherwise); act_stride is in bytes, s_stride in floats. With n_act > 1 each
  * weight block is decoded once and used for several activation rows (prompt processing).
  *
- * Kernels are pure functions of their inputs: no allocation, no global state, safe from any thread.
+ * Kernels are pure functions of their inputs: no allocation, no mutable state (they read a conversion
+ * table that fm_kernel_get fills once), safe from any thread.
  * Buffers need no particular alignment.
  */
 #ifndef FM_KERNELS_H
@@ -52,11 +53,17 @@ int fm_kernel_vec_dot_type(int ggml_type);
 int fm_kernel_block_size(int ggml_type);
 size_t fm_kernel_type_size(int ggml_type);
 
+/* Fills the fp16 conversion table the kernels use; fm_kernel_get calls it, so a kernel obtained from
+   fm_kernel_get can be called from any thread. Thread-safe and idempotent. */
+void fm_kernels_init(void);
+
 /* ---- internal: per-instruction-set tables (fm_kernels_avx2.c, fm_kernels_avx512.c). Each returns NULL
    for a type it does not handle, and when the file was compiled for a non-x86 target. They do not check
    the CPU: call them only through fm_kernel_get. */
 const fm_kernel *fm_kernel_get_avx2(int ggml_type);
 const fm_kernel *fm_kernel_get_avx512(int ggml_type);
+/* fp16 bits -> float, filled by fm_kernels_init */
+extern float fm_fp16_table[1 << 16];
 
 #ifdef __cplusplus
 }

@@ -32,10 +32,11 @@
 #define FM_INLINE static inline __attribute__((always_inline))
 #define FM_R 4 /* activation rows per decoded weight block */
 
-FM_INLINE float h2f(const uint8_t *p) {
+/* fp16 -> float through the table fm_kernels_init fills (one load; ggml-cpu converts the same way) */
+FM_INLINE float t2f(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, sizeof h);
-    return _cvtsh_ss(h);
+    return fm_fp16_table[h];
 }
 
 FM_INLINE float f32(const uint8_t *p) {
@@ -57,8 +58,7 @@ FM_INLINE float hsum8(__m256 v) {
 /* 32 nibbles of a Q4_0/Q4_1 block as bytes: low nibbles (values 0..15), then high nibbles (values 16..31) */
 FM_INLINE __m256i nibbles32(const uint8_t *qs) {
     const __m128i q = ld128(qs);
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
 }
 
 /* vector of int16 that picks, with _mm256_shuffle_epi8, byte `lo` (and byte `lo`+1 when `pair`) of each
@@ -68,6 +68,14 @@ FM_INLINE __m256i pick16(int lo, int hi, int pair) {
     return _mm256_set_m128i(_mm_set1_epi16((short)((zh << 8 | hi) - (zh >= 0x80 ? 65536 : 0))),
                             _mm_set1_epi16((short)((zl << 8 | lo) - (zl >= 0x80 ? 65536 : 0))));
 }
+
+/* shuffle_epi8 controls that broadcast int16 j of a 128-bit lane (bytes 2j, 2j+1) to the whole lane */
+#define FM_PICK(j) {2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
+                    2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
+                    2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
+                    2 * j, 2 * j + 1}
+static const uint8_t k_pick16[8][32] __attribute__((aligned(32))) = {FM_PICK(0), FM_PICK(1), FM_PICK(2), FM_PICK(3),
+                                                                      FM_PICK(4), FM_PICK(5), FM_PICK(6), FM_PICK(7)};
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Q4_K x Q8_K                                                                                           */
@@ -79,14 +87,16 @@ FM_INLINE void q4k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, co
     for (int i = 0; i < n / 256; ++i) {
         const uint8_t *x = w + (size_t)i * 144;
         const uint8_t *y0 = a + (size_t)i * 292;
-        const float dx = h2f(x), mx = h2f(x + 2);
-        uint32_t u[3];
-        memcpy(u, x + 4, sizeof u);
+        const float dx = t2f(x), mx = t2f(x + 2);
+        uint32_t u0, u1, u2;
+        memcpy(&u0, x + 4, 4);
+        memcpy(&u1, x + 8, 4);
+        memcpy(&u2, x + 12, 4);
         /* 6-bit scales sc[0..7] and mins mn[0..7], one byte each */
-        const uint32_t sc_lo = u[0] & 0x3f3f3f3fu;
-        const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
-        const uint32_t mn_lo = u[1] & 0x3f3f3f3fu;
-        const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+        const uint32_t sc_lo = u0 & 0x3f3f3f3fu;
+        const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
+        const uint32_t mn_lo = u1 & 0x3f3f3f3fu;
+        const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
         /* scales as int16 in both lanes; mins as int16, each twice (one per 16-value bsum) */
         const __m256i scb = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
         const __m128i mb = _mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo);
@@ -98,8 +108,8 @@ FM_INLINE void q4k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, co
             const __m256i q = ld256(x + 16 + 32 * c);
             const __m256i lo = _mm256_and_si256(q, m4);
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            const __m256i scl = _mm256_shuffle_epi8(scb, pick16(4 * c, 4 * c, 1));
-            const __m256i sch = _mm256_shuffle_epi8(scb, pick16(4 * c + 2, 4 * c + 2, 1));
+            const __m256i scl = _mm256_shuffle_epi8(scb, ld256(k_pick16[2 * c]));
+            const __m256i sch = _mm256_shuffle_epi8(scb, ld256(k_pick16[2 * c + 1]));
             FM_UNROLL for (int r = 0; r < nr; ++r) {
                 const uint8_t *y = y0 + (size_t)r * as + 4 + 64 * c;
                 const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ld256(y)), scl);
@@ -129,7 +139,7 @@ FM_INLINE void q2k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, co
     for (int i = 0; i < n / 256; ++i) {
         const uint8_t *x = w + (size_t)i * 84;
         const uint8_t *y0 = a + (size_t)i * 292;
-        const float dx = h2f(x + 80), mx = h2f(x + 82);
+        const float dx = t2f(x + 80), mx = t2f(x + 82);
         const __m128i sc = ld128(x);
         const __m256i scb = _mm256_broadcastsi128_si256(_mm_and_si128(sc, m4));
         const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), m4));
@@ -162,76 +172,84 @@ FM_INLINE void q2k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, co
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* 32-value blocks: Q4_0 x Q8_0, Q8_0 x Q8_0, Q4_1 x Q8_1. Two float accumulators per activation row
-   (even and odd blocks) to halve the fma dependency chain.                                              */
+/* 32-value blocks: Q4_0 x Q8_0 (kind 0), Q8_0 x Q8_0 (kind 1), Q4_1 x Q8_1 (kind 2). Per block: one
+   integer dot, one conversion, one fma with the scale (weight d * activation d, rounded to float as ggml
+   does), alternating between two accumulators. The fp16 scales go through fm_fp16_table: with F16C's
+   insert + convert, the two to four conversions per 32 values cost as much as the integer dot product. */
+
+#define XSIZE(kind) ((size_t)((kind) == 0 ? 18 : (kind) == 1 ? 34 : 20))
+#define YSIZE(kind) ((size_t)((kind) == 2 ? 36 : 34))
 
 /* sum of the 32 products of unsigned bytes ux and signed bytes y, as 8 int32 */
 FM_INLINE __m256i dot_u8s8(__m256i ux, __m256i y) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(ux, y), _mm256_set1_epi16(1));
 }
 
-/* one 32-value block for nr activation rows (y0 = the block in activation row 0), into acc[r][h] */
-FM_INLINE void q4_0_step(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 acc[][2], const int h,
-                         float *summs) {
-    (void)summs;
-    const __m256i bx = _mm256_sub_epi8(nibbles32(x + 2), _mm256_set1_epi8(8)); /* -8..7 */
-    const __m256i ax = _mm256_sign_epi8(bx, bx);
-    const float dx = h2f(x);
-    FM_UNROLL for (int r = 0; r < nr; ++r) {
-        const uint8_t *y = y0 + (size_t)r * as;
-        const __m256i p = dot_u8s8(ax, _mm256_sign_epi8(ld256(y + 2), bx));
-        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
+/* weight block x as unsigned bytes *ux and (signed kinds) the signs *sx to put onto the activations */
+FM_INLINE void decode32(const int kind, const uint8_t *x, __m256i *ux, __m256i *sx) {
+    if (kind == 0) {
+        *sx = _mm256_sub_epi8(nibbles32(x + 2), _mm256_set1_epi8(8)); /* -8..7 */
+        *ux = _mm256_sign_epi8(*sx, *sx);
+    } else if (kind == 1) {
+        *sx = ld256(x + 2);
+        *ux = _mm256_sign_epi8(*sx, *sx);
+    } else {
+        *ux = nibbles32(x + 4);
+        *sx = *ux;
     }
 }
 
-FM_INLINE void q8_0_step(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 acc[][2], const int h,
-                         float *summs) {
-    (void)summs;
-    const __m256i bx = ld256(x + 2);
-    const __m256i ax = _mm256_sign_epi8(bx, bx);
-    const float dx = h2f(x);
+/* the integer dot product of a decoded weight block with activation block y, as 8 int32 */
+FM_INLINE __m256i idot32(const int kind, __m256i ux, __m256i sx, const uint8_t *y) {
+    if (kind == 2) return dot_u8s8(ux, ld256(y + 4));
+    return dot_u8s8(ux, _mm256_sign_epi8(ld256(y + 2), sx));
+}
+
+/* block x (weights) against block y0 + r * as of each activation row, into acc[r][h] (and summ[r][h]) */
+FM_INLINE void step32(const int kind, const uint8_t *x, const uint8_t *y0, size_t as, const int nr,
+                      __m256 acc[][2], float summ[][2], const int h) {
+    __m256i ux, sx;
+    decode32(kind, x, &ux, &sx);
+    const float dx = t2f(x);
     FM_UNROLL for (int r = 0; r < nr; ++r) {
         const uint8_t *y = y0 + (size_t)r * as;
-        const __m256i p = dot_u8s8(ax, _mm256_sign_epi8(ld256(y + 2), bx));
-        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
+        const __m256i p = idot32(kind, ux, sx, y);
+        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * t2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
+        if (kind == 2) summ[r][h] += t2f(x + 2) * t2f(y + 2); /* Q4_1: m * s_y */
     }
 }
 
-/* Q4_1: the min term m * s_y (s_y = d_y * sum of the activation block) is summed apart, as ggml does */
-FM_INLINE void q4_1_step(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 acc[][2], const int h,
-                         float *summs) {
-    const __m256i qx = nibbles32(x + 4);
-    const float dx = h2f(x), mx = h2f(x + 2);
+FM_INLINE void rows32(const int kind, int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s,
+                      size_t ss) {
+    const size_t xs = XSIZE(kind), ys = YSIZE(kind);
+    __m256 acc[FM_R][2];
+    float summ[FM_R][2];
     FM_UNROLL for (int r = 0; r < nr; ++r) {
-        const uint8_t *y = y0 + (size_t)r * as;
-        const __m256i p = dot_u8s8(qx, ld256(y + 4));
-        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
-        summs[r] += mx * h2f(y + 2);
+        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        summ[r][0] = summ[r][1] = 0.0f;
+    }
+    const int nb = n / 32;
+    int i = 0;
+    for (; i + 1 < nb; i += 2) {
+        step32(kind, w + (size_t)i * xs, a + (size_t)i * ys, as, nr, acc, summ, 0);
+        step32(kind, w + (size_t)(i + 1) * xs, a + (size_t)(i + 1) * ys, as, nr, acc, summ, 1);
+    }
+    if (i < nb) step32(kind, w + (size_t)i * xs, a + (size_t)i * ys, as, nr, acc, summ, 0);
+    FM_UNROLL for (int r = 0; r < nr; ++r) {
+        const float t = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+        s[(size_t)r * ss] = kind == 2 ? t + (summ[r][0] + summ[r][1]) : t;
     }
 }
 
-#define FM_ROWS32(name, step, xsize, ysize)                                                            \
-    FM_INLINE void name(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) { \
-        __m256 acc[FM_R][2];                                                                                \
-        float summs[FM_R];                                                                                  \
-        FM_UNROLL for (int r = 0; r < nr; ++r) {                                                            \
-            acc[r][0] = acc[r][1] = _mm256_setzero_ps();                                                    \
-            summs[r] = 0.0f;                                                                                \
-        }                                                                                                   \
-        const int nb = n / 32;                                                                              \
-        int i = 0;                                                                                          \
-        for (; i + 1 < nb; i += 2) {                                                                        \
-            step(w + (size_t)i * xsize, a + (size_t)i * ysize, as, nr, acc, 0, summs);                 \
-            step(w + (size_t)(i + 1) * xsize, a + (size_t)(i + 1) * ysize, as, nr, acc, 1, summs);     \
-        }                                                                                                   \
-        if (i < nb) step(w + (size_t)i * xsize, a + (size_t)i * ysize, as, nr, acc, 0, summs);         \
-        FM_UNROLL for (int r = 0; r < nr; ++r)                                                              \
-            s[(size_t)r * ss] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) + summs[r];                      \
-    }
-
-FM_ROWS32(q4_0_rows, q4_0_step, 18, 34)
-FM_ROWS32(q8_0_rows, q8_0_step, 34, 34)
-FM_ROWS32(q4_1_rows, q4_1_step, 20, 36)
+FM_INLINE void q4_0_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    rows32(0, n, w, a, as, nr, s, ss);
+}
+FM_INLINE void q8_0_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    rows32(1, n, w, a, as, nr, s, ss);
+}
+FM_INLINE void q4_1_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    rows32(2, n, w, a, as, nr, s, ss);
+}
 
 /* ---------------------------------------------------------------------------------------------------- */
 

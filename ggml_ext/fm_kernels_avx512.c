@@ -17,7 +17,6 @@
 
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
-#include <simde/x86/f16c.h>
 #define FM_AVX512_CODE 1
 #define FM_UNROLL
 
@@ -43,10 +42,11 @@
 #define FM_INLINE static inline __attribute__((always_inline))
 #define FM_R 4 /* activation rows per decoded weight block */
 
+/* fp16 -> float through the table fm_kernels_init fills (one load; ggml-cpu converts the same way) */
 FM_INLINE float h2f(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, sizeof h);
-    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+    return fm_fp16_table[h];
 }
 
 FM_INLINE float f32(const uint8_t *p) {

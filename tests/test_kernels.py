@@ -53,9 +53,11 @@ int fm_kernel_best_isa(void);
 int fm_kernel_vec_dot_type(int ggml_type);
 int fm_kernel_block_size(int ggml_type);
 size_t fm_kernel_type_size(int ggml_type);
+void fm_kernels_init(void);
+extern float fm_fp16_table[65536];
 """
 EMULATED_CDEF = KERNEL_CDEF.split("const fm_kernel *fm_kernel_get(")[0] + \
-    "const fm_kernel *fm_kernel_get_avx512(int ggml_type);\n"
+    "const fm_kernel *fm_kernel_get_avx512(int ggml_type);\nvoid fm_kernels_init(void);\n"
 
 COMPILE_ARGS = ["-std=c11", "-O2", "-Wall", "-Wextra"]
 
@@ -115,9 +117,10 @@ def build_emulated_avx512(build_dir: Path):
     inc = simde_include()
     if inc is None:
         return None
-    return build_module("_fmk_avx512emu", [EXT / "fm_kernels_avx512.c"], EMULATED_CDEF, build_dir,
-                        include_dirs=(inc,), define_macros=(("FM_AVX512_SIMDE", "1"),),
-                        extra_args=("-Wno-psabi",))
+    mod = build_module("_fmk_avx512emu", [EXT / s for s in SOURCES], EMULATED_CDEF, build_dir,
+                       include_dirs=(inc,), define_macros=(("FM_AVX512_SIMDE", "1"),), extra_args=("-Wno-psabi",))
+    mod.lib.fm_kernels_init()  # fm_kernel_get would; the emulated kernels are taken directly
+    return mod
 
 
 def cpu_flags() -> set[str]:
@@ -458,6 +461,16 @@ def test_dispatch(kern):
     for gtype in TYPE_NAMES:
         assert lib.fm_kernel_get(gtype, 4) == ffi.NULL
         assert lib.fm_kernel_get(gtype, -1) == ffi.NULL
+
+
+def test_fp16_table(kern):
+    """the fp16 -> fp32 table the kernels convert scales with: every half, including subnormals and inf"""
+    kern.lib.fm_kernels_init()
+    table = np.frombuffer(kern.ffi.buffer(kern.lib.fm_fp16_table), dtype=np.float32)
+    want = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(table), nan)
+    assert np.array_equal(table[~nan].view(np.uint32), want[~nan].view(np.uint32))
 
 
 def test_block_sizes_match_ggml(ggml):
