@@ -236,6 +236,34 @@ size_t fm_kernel_type_size(int type) {
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* a matrix product from a kernel, tiled for the caches                                                   */
+
+#define FM_ACT_TILE_BYTES (16u << 10) /* activation rows kept in L1 while a tile of weight rows passes */
+#define FM_ROW_TILE_BYTES (64u << 10) /* weight rows kept in L2 while the activation chunks pass */
+
+void fm_kernel_matmul(const fm_kernel *k, int type, int n, const void *w, size_t w_stride, int n_rows,
+                      const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride) {
+    const int vdt = fm_kernel_vec_dot_type(type);
+    if (n_rows <= 0 || n_act <= 0 || vdt < 0) return;
+    const size_t rb = (size_t)(n / fm_kernel_block_size(type)) * fm_kernel_type_size(type);
+    const size_t ab = (size_t)(n / fm_kernel_block_size(vdt)) * fm_kernel_type_size(vdt);
+    int chunk = ab ? (int)(FM_ACT_TILE_BYTES / ab) : 4;
+    chunk = chunk >= 8 ? 8 : 4; /* whole groups of 4 (the kernels' unit of reuse) */
+    int rows = rb ? (int)(FM_ROW_TILE_BYTES / rb) : 64;
+    if (rows < 1) rows = 1;
+    const uint8_t *wp = (const uint8_t *)w, *ap = (const uint8_t *)act;
+    for (int r0 = 0; r0 < n_rows; r0 += rows) {
+        const int r1 = r0 + rows < n_rows ? r0 + rows : n_rows;
+        for (int j0 = 0; j0 < n_act; j0 += chunk) {
+            const int nj = n_act - j0 < chunk ? n_act - j0 : chunk;
+            for (int r = r0; r < r1; ++r)
+                k->dot(n, wp + (size_t)r * w_stride, ap + (size_t)j0 * act_stride, act_stride, nj,
+                       dst + (size_t)j0 * dst_stride + (size_t)r, dst_stride);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* fp16 -> fp32 for every half, as ggml-cpu keeps on x86: one load per conversion is much cheaper than
    F16C's insert + convert when a 32-value block needs two to four of them. Written once, then read-only. */
 

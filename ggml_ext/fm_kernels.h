@@ -43,6 +43,14 @@ typedef struct { const char *name; fm_dot_fn dot; } fm_kernel;
    unsupported; isa: 0 = best available, 1 = scalar, 2 = avx2, 3 = avx512 (returns NULL if the CPU lacks it) */
 const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 
+/* dst[j * dst_stride + r] = dot(weight row r at w + r * w_stride, activation row j at act + j * act_stride)
+   for r < n_rows, j < n_act: a whole matrix product (one expert's rows against the tokens routed to it)
+   through kernel k of weight type `type`, tiled so that the activation rows stay in L1 and the weight rows
+   in L2 (with many activation rows, streaming all of them past every weight row is L2-bound). Results are
+   bitwise those of k->dot. */
+void fm_kernel_matmul(const fm_kernel *k, int type, int n, const void *w, size_t w_stride, int n_rows,
+                      const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride);
+
 /* the instruction set fm_kernel_get(type, 0) picks on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512) */
 int fm_kernel_best_isa(void);
 

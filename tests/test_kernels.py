@@ -55,6 +55,8 @@ int fm_kernel_block_size(int ggml_type);
 size_t fm_kernel_type_size(int ggml_type);
 void fm_kernels_init(void);
 extern float fm_fp16_table[65536];
+void fm_kernel_matmul(const fm_kernel *k, int type, int n, const void *w, size_t w_stride, int n_rows,
+                      const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride);
 """
 EMULATED_CDEF = KERNEL_CDEF.split("const fm_kernel *fm_kernel_get(")[0] + \
     "const fm_kernel *fm_kernel_get_avx512(int ggml_type);\nvoid fm_kernels_init(void);\n"
@@ -424,6 +426,32 @@ def test_matches_ggml_vec_dot(kern, emulated, ggml, gtype, n):
         report.append(f"{label} {worst:.1e} (vs exact {worst_exact:.1e}, plain relative {worst_rel:.1e})")
     print(f"\n{TYPE_NAMES[gtype]} n={n}: |ours - ggml| / mass: " + ", ".join(report) +
           f"; ggml vs exact {ggml_err:.1e}")
+
+
+@pytest.mark.parametrize("gtype", list(TYPE_NAMES), ids=list(TYPE_NAMES.values()))
+def test_matmul_is_dot_tiled(kern, ggml, gtype):
+    """fm_kernel_matmul gives bitwise the results of one k->dot per (weight row, activation row)"""
+    ffi, lib = kern.ffi, kern.lib
+    rng = np.random.default_rng(7)
+    n = 2048 if BLOCK[gtype][0] == 256 else 1024
+    n_rows, n_act = 61, 19                       # more rows than a row tile, acts not a multiple of 4
+    wq = ggml.quantize_weights(gtype, rng.standard_normal((n_rows, n)).astype(np.float32))
+    aq = ggml.quantize_activations(gtype, rng.standard_normal((n_act, n)).astype(np.float32))
+    for isa in (1, 2, 3):
+        k = lib.fm_kernel_get(gtype, isa)
+        if k == ffi.NULL:
+            continue
+        dst = np.full((n_act, n_rows + 3), -1.0, np.float32)
+        lib.fm_kernel_matmul(k, gtype, n, ffi.from_buffer(wq), wq.shape[1], n_rows, ffi.from_buffer(aq), aq.shape[1],
+                             n_act, ffi.from_buffer("float[]", dst), n_rows + 3)
+        want = np.empty((n_act, n_rows), np.float32)
+        one = ffi.new("float *")
+        for r in range(n_rows):
+            for j in range(n_act):
+                k.dot(n, ffi.from_buffer(wq[r]), ffi.from_buffer(aq[j]), 0, 1, one, 1)
+                want[j, r] = one[0]
+        assert np.array_equal(dst[:, :n_rows].view(np.uint32), want.view(np.uint32)), ISA_NAMES[isa]
+        assert np.all(dst[:, n_rows:] == -1.0)
 
 
 def test_n_act_zero_writes_nothing(kern):
