@@ -203,6 +203,8 @@ void *fm_open_file_skipping(const char *path, const uint64_t *ranges, int n_rang
     }
     f->size = (uint64_t) st.st_size;
     f->bytes_read = bytes_read;
+    /* no readahead: it would pull the expert ranges next to what we read into the page cache */
+    posix_fadvise(f->fd, 0, 0, POSIX_FADV_RANDOM);
     f->n = n_ranges;
     f->ranges = malloc((size_t) (n_ranges ? n_ranges : 1) * 2 * sizeof(uint64_t));
     if (!f->ranges) {
