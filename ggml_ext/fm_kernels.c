@@ -299,8 +299,8 @@ static uint64_t xgetbv0(void) {
 static int detect_isa(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return FM_ISA_SCALAR;
-    const int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
-    if (!osxsave || !fma || !f16c) return FM_ISA_SCALAR;
+    const int osxsave = (c >> 27) & 1, fma = (c >> 12) & 1;
+    if (!osxsave || !fma) return FM_ISA_SCALAR;
     const uint64_t xcr0 = xgetbv0();
     if ((xcr0 & 0x6) != 0x6) return FM_ISA_SCALAR; /* xmm + ymm state */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return FM_ISA_SCALAR;

@@ -1,7 +1,8 @@
-/* fm_kernels_avx2.c - AVX2 + FMA + F16C kernels (block layouts: see fm_kernels.c).
+/* fm_kernels_avx2.c - AVX2 + FMA kernels (block layouts: see fm_kernels.c).
  *
  * The instruction set is enabled per function (target pragma), so this file builds with the default flags
- * and the package runs on any x86-64; fm_kernel_get only hands these out when the CPU has AVX2, FMA and F16C.
+ * and the package runs on any x86-64; fm_kernel_get only hands these out when the CPU (and OS) support AVX2
+ * and FMA.
  *
  * Integer products: _mm256_maddubs_epi16 multiplies unsigned 8-bit weights (nibbles, 2-bit values, or |x|)
  * by signed 8-bit activations and adds pairs into int16 (no saturation is possible: |pair| <= 2*127*128 for
@@ -21,11 +22,11 @@
 #include <immintrin.h>
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #define FM_UNROLL _Pragma("unroll")
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+#pragma GCC target("avx2,fma")
 #define FM_UNROLL _Pragma("GCC unroll 8")
 #endif
 
@@ -61,14 +62,6 @@ FM_INLINE __m256i nibbles32(const uint8_t *qs) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
 }
 
-/* vector of int16 that picks, with _mm256_shuffle_epi8, byte `lo` (and byte `lo`+1 when `pair`) of each
-   128-bit lane for every int16 of the low lane, and byte `hi` (+1) for the high lane */
-FM_INLINE __m256i pick16(int lo, int hi, int pair) {
-    const int zl = pair ? (lo + 1) : 0x80, zh = pair ? (hi + 1) : 0x80;
-    return _mm256_set_m128i(_mm_set1_epi16((short)((zh << 8 | hi) - (zh >= 0x80 ? 65536 : 0))),
-                            _mm_set1_epi16((short)((zl << 8 | lo) - (zl >= 0x80 ? 65536 : 0))));
-}
-
 /* shuffle_epi8 controls that broadcast int16 j of a 128-bit lane (bytes 2j, 2j+1) to the whole lane */
 #define FM_PICK(j) {2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
                     2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
@@ -76,6 +69,13 @@ FM_INLINE __m256i pick16(int lo, int hi, int pair) {
                     2 * j, 2 * j + 1}
 static const uint8_t k_pick16[8][32] __attribute__((aligned(32))) = {FM_PICK(0), FM_PICK(1), FM_PICK(2), FM_PICK(3),
                                                                       FM_PICK(4), FM_PICK(5), FM_PICK(6), FM_PICK(7)};
+
+/* shuffle_epi8 controls that zero-extend byte 2p of a 128-bit lane to every int16 of the low lane, and
+   byte 2p+1 to every int16 of the high lane (Q2_K: the scales of sub-blocks 2p and 2p+1) */
+#define FM_Z8(b) b, 0x80, b, 0x80, b, 0x80, b, 0x80, b, 0x80, b, 0x80, b, 0x80, b, 0x80
+#define FM_PICK2(p) {FM_Z8(2 * p), FM_Z8(2 * p + 1)}
+static const uint8_t k_pick2[8][32] __attribute__((aligned(32))) = {FM_PICK2(0), FM_PICK2(1), FM_PICK2(2), FM_PICK2(3),
+                                                                     FM_PICK2(4), FM_PICK2(5), FM_PICK2(6), FM_PICK2(7)};
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Q4_K x Q8_K                                                                                           */
@@ -153,7 +153,7 @@ FM_INLINE void q2k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, co
                                                               : k == 2 ? _mm256_srli_epi16(q, 4)
                                                                        : _mm256_srli_epi16(q, 6), m3);
                 /* sub-blocks 8c+2k (first 16 values) and 8c+2k+1 (next 16) */
-                const __m256i scv = _mm256_shuffle_epi8(scb, pick16(8 * c + 2 * k, 8 * c + 2 * k + 1, 0));
+                const __m256i scv = _mm256_shuffle_epi8(scb, ld256(k_pick2[4 * c + k]));
                 FM_UNROLL for (int r = 0; r < nr; ++r) {
                     const uint8_t *y = y0 + (size_t)r * as + 4 + 128 * c + 32 * k;
                     sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(qk, ld256(y)), scv));

@@ -25,11 +25,11 @@
 #include <immintrin.h>
 #define FM_AVX512_CODE 1
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl"))), apply_to = function)
 #define FM_UNROLL _Pragma("unroll")
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl")
 #define FM_UNROLL _Pragma("GCC unroll 8")
 #endif
 
