@@ -14,12 +14,7 @@
 #include <time.h>
 
 #include "fm_ggml.h"
-#ifdef FM_HAVE_KERNELS
 #include "fm_kernels.h"
-#else
-typedef struct { const char *name; void (*dot)(int, const void *, const void *, size_t, int, float *, size_t); } fm_kernel;
-static const fm_kernel *fm_kernel_get(int type, int isa) { (void) type; (void) isa; return NULL; }
-#endif
 
 static double now_s(void) {
     struct timespec ts;
@@ -38,6 +33,7 @@ typedef struct {
     ggml_from_float_t from_float;
     ggml_vec_dot_t vec_dot;
     const fm_kernel *kernel;
+    int type;
     /* current expert */
     const char *w;
     const int *pairs;            /* (k, t) pairs packed as k + t * n_used */
@@ -68,17 +64,15 @@ static void expert_task(void *arg, int ith, int nth) {
     int64_t r0 = c->ne01 * ith / nth, r1 = c->ne01 * (ith + 1) / nth;
     struct ggml_tensor *dst = c->dst;
     if (c->kernel) {
-        float *out = c->out + (size_t) r0 * (size_t) c->n_pairs;
-        for (int64_t r = r0; r < r1; r++) {
-            c->kernel->dot((int) c->ne00, c->w + (size_t) r * c->w_row, c->gathered, c->act_row, c->n_pairs,
-                           out + (size_t) (r - r0) * (size_t) c->n_pairs, 1);
-        }
+        /* out is [n_pairs][ne01]: this thread fills columns r0..r1 of every activation row, then copies them */
+        int n_rows = (int) (r1 - r0);
+        if (n_rows <= 0) return;
+        fm_kernel_matmul(c->kernel, c->type, (int) c->ne00, c->w + (size_t) r0 * c->w_row, c->w_row, n_rows,
+                         c->gathered, c->act_row, c->n_pairs, c->out + r0, (size_t) c->ne01);
         for (int p = 0; p < c->n_pairs; p++) {
             int k = c->pairs[p] % c->n_used, t = c->pairs[p] / c->n_used;
             char *d = (char *) dst->data + (size_t) k * dst->nb[1] + (size_t) t * dst->nb[2];
-            for (int64_t r = r0; r < r1; r++) {
-                ((float *) d)[r] = out[(size_t) (r - r0) * (size_t) c->n_pairs + (size_t) p];
-            }
+            memcpy((float *) d + r0, c->out + (size_t) p * (size_t) c->ne01 + r0, (size_t) n_rows * sizeof(float));
         }
         return;
     }
@@ -125,6 +119,7 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
     c.act_row = fm_g.ggml_row_size(vdt, c.ne00);
     c.w_row = fm_g.ggml_row_size((enum ggml_type) t->type, c.ne00);
     c.kernel = use_kernels ? fm_kernel_get(t->type, 0) : NULL;
+    c.type = t->type;
     if (c.w_row * (size_t) c.ne01 != t->stride || !c.vec_dot || (vdt != GGML_TYPE_F32 && !c.from_float)) {
         snprintf(msg, sizeof msg, "%s: %s experts are not supported (row size %zu x %lld vs stride %llu)", t->name,
                  fm_g.ggml_type_name((enum ggml_type) t->type), c.w_row, (long long) c.ne01,
