@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import Any
 import gguf
 import numpy as np
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+from .sdist import LLAMA_CPP_PYTHON_VERSION, download_sdist
+
 QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -38,13 +37,7 @@ def sdist_member(cache_dir: Path, member: str) -> Path:
     out = cache_dir / "sdist" / member
     if out.exists():
         return out
-    sdist_dir = cache_dir / "sdist-archive"
-    sdist_dir.mkdir(parents=True, exist_ok=True)
-    archive = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
-    if not archive.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
-                        "--no-binary", "llama-cpp-python", "-q", "-d", str(sdist_dir),
-                        f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"], check=True)
+    archive = download_sdist(cache_dir / "sdist-archive")
     prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/"
     with tarfile.open(archive) as tar:
         info = tar.getmember(prefix + member)

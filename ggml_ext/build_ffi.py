@@ -3,21 +3,18 @@ llama-cpp-python.
 
 PyPI ships llama-cpp-python only as an sdist, and the installed package has no ggml headers, so the build takes
 them from that sdist: FLASHMOE_LLAMA_CPP_SRC may point at an extracted `vendor/llama.cpp`; otherwise the sdist
-is downloaded once (pip, or PyPI's JSON API with its sha256 checked) and the headers are extracted into a cache.
+is downloaded once (flashmoe_gguf/sdist.py: PyPI, sha256 checked, or pip) and the headers are extracted into
+a cache.
 Nothing of ggml is linked: at run time the extension resolves ggml's functions from the copy llama_cpp loaded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib.util
 import os
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from cffi import FFI
@@ -34,31 +31,12 @@ def _cache_dir() -> Path:
 
 
 def _download_sdist(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PIP_BUILD_TRACKER")}
-    try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "-q",
-                        "--no-binary", "llama-cpp-python", "-d", str(dest),
-                        f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
-        if found:
-            return found[0]
-    except (subprocess.CalledProcessError, OSError):
-        pass
-    meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{LLAMA_CPP_PYTHON_VERSION}/json",
-                                            timeout=60))
-    sdist = next(u for u in meta["urls"] if u["packagetype"] == "sdist")
-    out = dest / sdist["filename"]
-    with urllib.request.urlopen(sdist["url"], timeout=600) as r, open(out, "wb") as f:
-        h = hashlib.sha256()
-        while chunk := r.read(1 << 20):
-            h.update(chunk)
-            f.write(chunk)
-    if h.hexdigest() != sdist["digests"]["sha256"]:
-        out.unlink()
-        raise RuntimeError("llama-cpp-python sdist: sha256 mismatch")
-    return out
+    # shared with the package (flashmoe_gguf/sdist.py), loaded by path: the package is not installed yet
+    spec = importlib.util.spec_from_file_location("_flashmoe_sdist", HERE.parent / "flashmoe_gguf" / "sdist.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return Path(mod.download_sdist(dest, LLAMA_CPP_PYTHON_VERSION))
 
 
 def llama_cpp_source() -> Path:
