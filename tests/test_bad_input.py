@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from conftest import checkpoint
 
 
 def run_convert(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # cwd outside the repository: test the installed package, not the source tree
     return subprocess.run([sys.executable, "-m", "flashmoe_gguf.cli", "convert", "-q", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tempfile.gettempdir())
 
 
 def copy_ckpt(tmp_path: Path, name: str = "qwen3_moe") -> Path:

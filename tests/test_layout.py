@@ -78,7 +78,7 @@ def test_default_alignment_reports_unaligned_slices() -> None:
 def test_inspect_cli(tmp_path: Path) -> None:
     path = converted("qwen3_moe", "default")
     res = subprocess.run([sys.executable, "-m", "flashmoe_gguf.cli", "inspect", str(path)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "architecture:  qwen3moe" in res.stdout
     assert "Q4_K" in res.stdout and "streaming-ready: yes" in res.stdout

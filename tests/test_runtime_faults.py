@@ -81,6 +81,7 @@ except FlashMoeError as e:
     print('raised', e)
     sys.exit(3)
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=model_copy.parent)
     assert res.returncode == 3, res.stderr[-2000:]
     assert "raised" in res.stdout
