@@ -7,7 +7,7 @@ import resource
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gguf
 from gguf import GGMLQuantizationType as T
@@ -81,6 +81,17 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return data
 
 
+def _check_options(experts: str | T | None, dense: str | T, router: str | T,
+                   align: int) -> tuple[T | None, T, T]:
+    if align <= 0 or align & (align - 1) or align % 32:
+        raise ConversionError(f"--align must be a power of two and at least 32, got {align}")
+    experts_t = _type(experts)
+    dense_t = _type(dense)
+    router_t = _type(router, ROUTER_TYPES, "router type")
+    assert dense_t is not None and router_t is not None
+    return experts_t, dense_t, router_t
+
+
 def convert(src: str | Path, output: str | Path, *, experts: str | T | None = None,
             dense: str | T = T.Q8_0, router: str | T = T.F32, align: int = DEFAULT_ALIGNMENT,
             threads: int | None = None, progress: bool = False, vocab_pre: str | None = None,
@@ -91,59 +102,75 @@ def convert(src: str | Path, output: str | Path, *, experts: str | T | None = No
     dense: attention, shared experts, embeddings, output (default Q8_0); router: routers and shared-expert
     gates (F32, F16 or BF16); align: general.alignment, a power of two (default 16 KiB).
     """
-    if align <= 0 or align & (align - 1) or align % 32:
-        raise ConversionError(f"--align must be a power of two and at least 32, got {align}")
-    experts_t = _type(experts)
-    dense_t = _type(dense)
-    router_t = _type(router, ROUTER_TYPES, "router type")
-    assert dense_t is not None and router_t is not None
-    output = Path(output)
+    _check_options(experts, dense, router, align)
     model_dir = resolve_source(src, revision=revision)
     config = read_config(model_dir)
-    arch_cls = arch_for(config)
-    ggml = Ggml.load()
+    arch_for(config)
+    Ggml.load()
     ckpt = Checkpoint(model_dir)
     try:
-        weights = Weights(ckpt, config)
-        arch = arch_cls(config, weights)
-        specs = arch.specs()
-        if experts_t is None:
-            mlx4 = all(s.load_expert_mlx is not None for s in specs if s.is_expert) and weights.mlx_bits == 4
-            experts_t = T.Q4_1 if mlx4 else T.Q4_K
-        recipe = Recipe(experts=experts_t, dense=dense_t, router=router_t)
-        embd = next((s for s in specs if s.name == "token_embd.weight"), None)
-        if embd is None:
-            raise ConversionError("checkpoint has no token embedding")
-        vocab = load_vocab(model_dir, embd.shape[0], arch.vocab_pre_default, vocab_pre)
-        planned = plan_tensors(specs, recipe, align)
-        layout = streaming_layout(planned, arch.n_experts)
-
-        def metadata(w: gguf.GGUFWriter) -> None:
-            w.add_name(config.get("_name_or_path") or model_dir.name)
-            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            arch.add_hparams(w)
-            vocab.write(w)
-            w.add_string("flashmoe.recipe", f"experts={experts_t.name} dense={dense_t.name} router={router_t.name}")
-
-        total = sum(p.nbytes for p in planned)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=output.name,
-                       dynamic_ncols=True)
-        try:
-            stats = StreamingWriter(ggml, threads or default_threads()).write(
-                output, arch.arch_name, metadata, planned, layout, align, bar.update if bar else None)
-        finally:
-            if bar:
-                bar.close()
-        bytes_in = sum(ckpt.entries[n][1].end - ckpt.entries[n][1].begin for n in ckpt.entries)
-        return ConversionReport(output, arch.arch_name, stats.tensors, bytes_in, stats.bytes_out,
-                                stats.seconds, _peak_rss(), experts_t.name, list(recipe.fallbacks),
-                                stats.transcoded_experts, stats.transcode_max_error,
-                                stats.requantized_experts, stats.requant_rms_error)
+        return convert_loaded(config, Weights(ckpt, config), model_dir, output, experts=experts, dense=dense,
+                              router=router, align=align, threads=threads, progress=progress,
+                              vocab_pre=vocab_pre, name=config.get("_name_or_path") or model_dir.name,
+                              bytes_in=ckpt.total_bytes())
     finally:
         ckpt.close()
 
 
-__all__ = ["ConversionReport", "convert", "DEFAULT_ALIGNMENT", "Role"]
+def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path, output: str | Path, *,
+                   experts: str | T | None = None, dense: str | T = T.Q8_0, router: str | T = T.F32,
+                   align: int = DEFAULT_ALIGNMENT, threads: int | None = None, progress: bool = False,
+                   vocab_pre: str | None = None, name: str | None = None, bytes_in: int = 0,
+                   expert_pool: int | None = None,
+                   extra_metadata: Callable[[gguf.GGUFWriter], None] | None = None) -> ConversionReport:
+    """The conversion itself, from an already opened source: config.json's dict, a `Weights` (or anything with
+    its interface), and the directory holding tokenizer.json. `convert()` is this after resolving SRC.
+
+    expert_pool: for synthetic weights only (see `StreamingWriter`): encode `expert_pool` experts per routed
+    tensor and repeat their bytes for the others. extra_metadata adds keys after the standard ones.
+    """
+    experts_t, dense_t, router_t = _check_options(experts, dense, router, align)
+    output = Path(output)
+    arch_cls = arch_for(config)
+    ggml = Ggml.load()
+    arch = arch_cls(config, weights)
+    specs = arch.specs()
+    if experts_t is None:
+        mlx4 = all(s.load_expert_mlx is not None for s in specs if s.is_expert) and weights.mlx_bits == 4
+        experts_t = T.Q4_1 if mlx4 else T.Q4_K
+    recipe = Recipe(experts=experts_t, dense=dense_t, router=router_t)
+    embd = next((s for s in specs if s.name == "token_embd.weight"), None)
+    if embd is None:
+        raise ConversionError("checkpoint has no token embedding")
+    vocab = load_vocab(tokenizer_dir, embd.shape[0], arch.vocab_pre_default, vocab_pre)
+    planned = plan_tensors(specs, recipe, align)
+    layout = streaming_layout(planned, arch.n_experts)
+
+    def metadata(w: gguf.GGUFWriter) -> None:
+        w.add_name(name or tokenizer_dir.name)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        arch.add_hparams(w)
+        vocab.write(w)
+        w.add_string("flashmoe.recipe", f"experts={experts_t.name} dense={dense_t.name} router={router_t.name}")
+        if extra_metadata is not None:
+            extra_metadata(w)
+
+    total = sum(p.nbytes for p in planned)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=output.name,
+                   dynamic_ncols=True)
+    try:
+        stats = StreamingWriter(ggml, threads or default_threads(), expert_pool=expert_pool).write(
+            output, arch.arch_name, metadata, planned, layout, align, bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    return ConversionReport(output, arch.arch_name, stats.tensors, bytes_in, stats.bytes_out,
+                            stats.seconds, _peak_rss(), experts_t.name, list(recipe.fallbacks),
+                            stats.transcoded_experts, stats.transcode_max_error,
+                            stats.requantized_experts, stats.requant_rms_error)
+
+
+__all__ = ["ConversionReport", "convert", "convert_loaded", "DEFAULT_ALIGNMENT", "Role"]

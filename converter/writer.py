@@ -99,9 +99,16 @@ class StreamingWriter:
 
     ROW_BLOCK_ELEMENTS = 1 << 21
 
-    def __init__(self, ggml: Ggml, threads: int) -> None:
+    def __init__(self, ggml: Ggml, threads: int, expert_pool: int | None = None) -> None:
+        """expert_pool (synthetic weights only, off by default): in each routed-expert tensor encode only experts
+        0..pool-1 and write expert i as the bytes of expert i % pool. Every expert is still a valid, distinct
+        byte range of real quantized blocks; only the content repeats. Quantizing tens of GB of random experts
+        would otherwise dominate the time to make a benchmark file."""
+        if expert_pool is not None and expert_pool < 1:
+            raise ConversionError(f"expert pool must be at least 1, got {expert_pool}")
         self.ggml = ggml
         self.threads = max(1, threads)
+        self.expert_pool = expert_pool
         self._lock = threading.Lock()
 
     def encode(self, data: np.ndarray, gtype: T) -> np.ndarray:
@@ -170,8 +177,15 @@ class StreamingWriter:
             if progress:
                 progress(data.nbytes)
 
-        for job in self._jobs(p, stats):
-            window.append(pool.submit(job))
+        pooled: list[Future[np.ndarray]] = []   # expert_pool: the encoded experts whose bytes repeat
+        use_pool = self.expert_pool is not None and p.spec.is_expert
+        for i, job in enumerate(self._jobs(p, stats)):
+            if use_pool and len(pooled) == self.expert_pool:
+                window.append(pooled[i % len(pooled)])
+            else:
+                window.append(pool.submit(job))
+                if use_pool:
+                    pooled.append(window[-1])
             while len(window) > 2 * self.threads:
                 drain_one()
         while window:

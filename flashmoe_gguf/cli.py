@@ -44,6 +44,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import PRESETS, synth
+    if args.list or not args.preset:
+        for name, p in PRESETS.items():
+            print(f"{name:18s} {p.description}")
+        if not args.list:
+            print("flashmoe synth: error: PRESET and -o OUT.gguf are required", file=sys.stderr)
+            return 2
+        return 0
+    if not args.output:
+        print("flashmoe synth: error: -o OUT.gguf is required", file=sys.stderr)
+        return 2
+    report = synth(args.preset, args.output, layers=args.layers, experts=args.experts, dense=args.dense,
+                   seed=args.seed, pool=args.pool, threads=args.threads, progress=not args.quiet, tiny=args.tiny)
+    print(report.summary())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(cache_dir=args.cache_dir, prompt=args.prompt, n_tokens=args.tokens)
@@ -83,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-t", "--threads", type=int, default=None)
     r.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("synth", help="random-weight streaming GGUF at a real model's shapes (for benchmarks)")
+    s.add_argument("preset", nargs="?", help="qwen3-30b-a3b, qwen35-397b-a17b or mixtral-8x7b (--list)")
+    s.add_argument("-o", "--output", type=Path, help="output .gguf")
+    s.add_argument("--layers", type=int, default=None, help="keep the first N layers (default: all)")
+    s.add_argument("--experts", default="Q4_K", help="routed experts' type (default Q4_K)")
+    s.add_argument("--dense", default="Q8_0", help="attention, shared experts, embeddings, output (default Q8_0)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--pool", type=int, default=16,
+                   help="encode N experts per routed tensor and repeat their bytes for the rest (default 16; "
+                        "0: encode every expert, slow)")
+    s.add_argument("--threads", type=int, default=None, help="quantization threads (default: all cores)")
+    s.add_argument("--list", action="store_true", help="list the presets and exit")
+    s.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # small test variant of the preset
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_synth)
 
     d = sub.add_parser("demo", help="build a tiny random MoE, convert it and run it through llama-cpp-python")
     d.add_argument("--cache-dir", type=Path, default=None, help="where the demo checkpoint and GGUF are kept")
