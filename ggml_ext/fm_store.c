@@ -33,11 +33,14 @@ void fm_store_set_error(fm_store *s, const char *msg) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static int read_expert(fm_store *s, const fm_tensor *t, fm_slot *sl, int expert, char *err, size_t err_len) {
+/* Reads one expert into buf (cap bytes); *data_off receives where its bytes start within buf. Runs without the
+ * lock, so it does not touch the slot (only the buffer the slot lent it). */
+static int read_expert(fm_store *s, const fm_tensor *t, char *buf, size_t cap, int expert, size_t *data_off,
+                       char *err, size_t err_len) {
     uint64_t off = t->offset + (uint64_t) expert * t->stride;
     size_t len = (size_t) t->stride;
     int fd = s->fd;
-    char *dst = sl->buf;
+    char *dst = buf;
     uint64_t start = off;
     size_t total = len;
     if (s->direct) {
@@ -45,7 +48,7 @@ static int read_expert(fm_store *s, const fm_tensor *t, fm_slot *sl, int expert,
         start = off & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
         total = (size_t) (((off + len - start) + FM_DIRECT_ALIGN - 1) & ~(uint64_t) (FM_DIRECT_ALIGN - 1));
     }
-    if (total > sl->cap) {
+    if (total > cap) {
         snprintf(err, err_len, "internal error: slot too small");
         return -1;
     }
@@ -65,7 +68,7 @@ static int read_expert(fm_store *s, const fm_tensor *t, fm_slot *sl, int expert,
         }
         done += (size_t) n;
     }
-    sl->data = dst + (off - start);
+    *data_off = (size_t) (off - start);
     return 0;
 }
 
@@ -81,19 +84,25 @@ static void *io_main(void *arg) {
         fm_slot *sl = &s->slots[idx];
         const fm_tensor *t = &s->tensors[sl->tensor];
         int expert = sl->expert;
+        char *buf = sl->buf;
+        size_t cap = sl->cap;
         s->stats.reads++;
         int fault = s->fault_after_reads > 0 && s->stats.reads >= (uint64_t) s->fault_after_reads;
         pthread_mutex_unlock(&s->mu);
-        /* sl->buf is owned by this read while the slot is LOADING: no lock needed for the I/O */
+        /* the buffer is owned by this read while the slot is LOADING; the slot array itself may be
+         * touched only under the lock */
         char err[512] = "";
+        size_t data_off = 0;
         double t0 = now_s();
-        int rc = fault ? -1 : read_expert(s, t, sl, expert, err, sizeof err);
+        int rc = fault ? -1 : read_expert(s, t, buf, cap, expert, &data_off, err, sizeof err);
         if (fault) snprintf(err, sizeof err, "read error in %s (expert %d of %s): %s (injected)", s->path, expert,
                             t->name, strerror(EIO));
         double dt = now_s() - t0;
         pthread_mutex_lock(&s->mu);
+        sl = &s->slots[idx];
         s->stats.io_seconds += dt;
         if (rc == 0) {
+            sl->data = buf + data_off;
             sl->state = FM_SLOT_READY;
             s->stats.expert_bytes_read += t->stride;
             if (s->mode == FM_CACHE_OS && sl->pins == 0) { /* released before the read finished */
@@ -295,10 +304,20 @@ static void evict_locked(fm_store *s, uint64_t need) {
 /* caller holds mu. Returns a slot index holding (or about to hold) the expert, or -1 on allocation failure. */
 static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
     if (!s->slot_of) {
+        /* every (tensor, expert) key owns at most one slot and freed slots are reused, so this many slots is
+         * enough for good: the table never moves while I/O threads hold pointers into it */
         size_t n = (size_t) s->n_tensors * (size_t) s->max_expert;
         s->slot_of = malloc(n * sizeof *s->slot_of);
-        if (!s->slot_of) return -1;
+        s->slots = calloc(n, sizeof *s->slots);
+        if (!s->slot_of || !s->slots) {
+            free(s->slot_of);
+            free(s->slots);
+            s->slot_of = NULL;
+            s->slots = NULL;
+            return -1;
+        }
         for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
+        s->cap_slots = (int) n;
     }
     size_t key = (size_t) tensor * (size_t) s->max_expert + (size_t) expert;
     int idx = s->slot_of[key];
@@ -324,13 +343,7 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
         s->slots[idx].buf = NULL;
         s->slots[idx].cap = 0;
     } else {
-        if (s->n_slots == s->cap_slots) {
-            int cap = s->cap_slots ? 2 * s->cap_slots : 64;
-            fm_slot *ns = realloc(s->slots, (size_t) cap * sizeof *ns);
-            if (!ns) return -1;
-            s->slots = ns;
-            s->cap_slots = cap;
-        }
+        if (s->n_slots == s->cap_slots) return -1; /* cannot happen: one slot per key at most */
         idx = s->n_slots++;
         memset(&s->slots[idx], 0, sizeof s->slots[idx]);
     }
