@@ -143,7 +143,10 @@ class Qwen35Moe(MoeArch):
         elif name.endswith("norm.weight"):       # (1 + w) RMSNorm: store 1 + w
             yield self.spec(self.map_name(name), shape, lambda: get() + np.float32(1.0), hf_name)
         else:
-            yield self.spec(self.map_name(name), shape, get, hf_name)
+            spec = self.spec(self.map_name(name), shape, get, hf_name)
+            if len(shape) == 2:   # untransformed: stream it in row blocks (the 248k-row embedding and output)
+                spec.load_rows = lambda r0, r1: self.weights.get_rows(hf_name, r0, r1)
+            yield spec
 
     def _linear_attn(self, hf_name: str, name: str, shape: tuple[int, ...]) -> TensorSpec:
         get = self.weights.get
