@@ -11,23 +11,31 @@ Two settings, in one run:
 Configurations (each in a fresh process: this file with --worker):
 
   stock           llama_cpp.Llama(path, n_ctx=512, n_threads=T, n_threads_batch=T), use_mmap default (on)
-  stock-norepack  the same with extra buffer types off (use_extra_bufts=False, as tests/reference.py does):
-                  CPU_REPACK otherwise copies the Q4_K experts into anonymous memory
+  stock-norepack  the same with extra buffer types off (use_extra_bufts=False): CPU_REPACK otherwise copies the
+                  Q4_K experts into anonymous memory. Patched on llama_cpp.llama_cpp, the name Llama calls
+                  (tests/reference.py patches the package re-export, which leaves repack on)
   flashmoe-lru    flashmoe_gguf.Llama(path, ram_budget=B, cache="lru", same n_ctx/threads)
   flashmoe-os     the same with cache="os" (no cache of its own; the page cache, inside the same cap, is it)
   flashmoe-direct (not run by default) cache="lru", direct_io=True: O_DIRECT reads, no page cache at all
+
+Every configuration gets n_threads = n_threads_batch = --threads (default 1: ggml's threads spin at barriers,
+so 2 threads on 2 cores collapse when anything else runs; --threads 1,2 measures both).
 
 B = cap - resident (non-expert) weights - --headroom in the capped runs, all expert bytes in the no-cap runs.
 Every worker is a child of its own memory cgroup (created under this process's memory cgroup, removed after,
 even on failure), so peak memory is memory.max_usage_in_bytes (RSS + page cache charged to it), and OOM is
 memory.oom_control's oom_kill count or the worker dying of SIGKILL.
 
-Measured per configuration: load time; prompt of --prompt-tokens tokens in one llm.eval (prompt tok/s;
-time to first token = that eval + the argmax); decode = --tokens greedy steps, llm.eval one token at a time
-(decode tok/s over those steps); read_bytes of /proc/<worker>/io per phase (what the disk delivered, page-cache
-misses only); flashmoe_stats() per phase (expert bytes read, cache hit rate, io_wait_seconds vs
-expert_compute_seconds); peak memory, failcnt and OOM from the cgroup. Greedy tokens are compared with
-stock-norepack's (the configuration flashmoe computes like).
+Measured per configuration: load time; prompt of --prompt-tokens tokens in one llm.eval (prompt tok/s; time to
+first token = that eval + the argmax); decode = --tokens steps of llm.eval one token at a time, each feeding the
+argmax of the previous one (greedy; --feed random feeds seeded random token ids instead: a random-weight model soon
+repeats a few tokens greedily, which makes consecutive tokens reuse experts far more than real text would), decode
+tok/s over those steps; read_bytes of /proc/<worker>/io per phase (what the disk delivered: page-cache misses and
+readahead); flashmoe_stats() per phase (expert bytes read, io_wait_seconds vs expert_compute_seconds, cache hit
+rate -- which also counts the partner-prefetch lookups, so the tool reports a hit rate by bytes too); peak memory,
+failcnt and OOM from the cgroup (no-cap runs: the warm page cache is charged to this process's group, so their peak
+is anonymous memory only). Greedy tokens are compared with stock-norepack's (the configuration flashmoe computes
+like).
 
 Disk bound, measured in the same run, just before and just after the capped runs: with a cold cache, --disk-reads
 preads of random expert slices of the real expert tensors (flashmoe_gguf.runtime.expert_tensors), --disk-threads
@@ -37,16 +45,24 @@ guest's page cache: the host may still cache parts of the disk image, which show
     decode tok/s <= bandwidth / (layers x experts_used x bytes of one expert's projections x (1 - hit rate)),
 at 0 % hits and at the capped flashmoe-lru run's hit rate.
 
-Before each timed run the tool waits (up to --wait s) until the other processes use at most --max-busy cores
-(sampled over 2 s from /proc/stat) and the 1-minute load average is at most --max-load; it records both, and
-the cores other processes used during the run. A run disturbed by more than --max-busy cores is repeated (up
-to --retries times) and the least disturbed attempt is kept. Needs root (drop_caches, cgroups).
+Before each timed run (and each disk measurement) the tool waits, up to --wait s, until other processes use at
+most --max-busy cores and the model's disk is at most --max-disk busy (sampled over 3 s from /proc/stat and
+/proc/diskstats; --max-load also gates on the 1-minute load average, which lags by minutes and counts our own
+previous worker). It records `uptime`, and the cores and disk traffic other processes used during the run; a
+run disturbed beyond --max-busy / --max-others-disk is repeated (up to --retries) and the least disturbed
+attempt kept. A worker that uses no CPU and reads nothing for --stall s is hung: its native stacks are dumped
+(py-spy dump --native, if installed), it is killed, and the configuration rerun (up to --hang-retries).
+Needs root (drop_caches, cgroups).
 
-Reproduce (12-layer Qwen3-30B-A3B-shaped model, Q4_K experts):
+Reproduce (12-layer Qwen3-30B-A3B-shaped model, Q4_K experts: 4.08 GB of experts, 0.92 GB resident, cap 1.36 GB;
+the 4-layer /work/synth/q3-4L.gguf cannot be used: its resident weights, 0.75 GB, exceed experts / 3 = 0.45 GB):
 
-    python tools/synth_checkpoint.py qwen3-30b-a3b --layers 12 -o /work/synth/q3-12L
-    flashmoe convert /work/synth/q3-12L -o /work/synth/q3-12L.gguf
-    python tools/bench_decode.py --model /work/synth/q3-12L.gguf --json /work/synth/bench_decode-12L.json
+    python tools/synth_checkpoint.py qwen3-30b-a3b --layers 12 -o /work/synth/q3-12L     # 15 GB of bf16
+    flashmoe convert /work/synth/q3-12L -o /work/synth/q3-12L.gguf                      # ~12 min on 2 cores
+    python tools/bench_decode.py --model /work/synth/q3-12L.gguf \
+        --configs stock,stock-norepack,flashmoe-lru,flashmoe-os,flashmoe-direct --json bench_decode-12L-t1.json
+    python tools/bench_decode.py --model /work/synth/q3-12L.gguf --feed random --settings capped \
+        --configs stock-norepack,flashmoe-lru,flashmoe-os,flashmoe-direct --json bench_decode-12L-t1-random.json
 """
 
 from __future__ import annotations
