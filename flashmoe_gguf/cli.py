@@ -62,6 +62,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.command import main as bench_main
+    return bench_main(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(cache_dir=args.cache_dir, prompt=args.prompt, n_tokens=args.tokens)
@@ -117,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)   # small test variant of the preset
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_synth)
+
+    b = sub.add_parser("bench", help="decode speed: flashmoe vs stock llama-cpp-python under RAM caps, with the "
+                                     "disk bound; writes a report (JSON, Markdown, PNG)")
+    from .bench.command import add_arguments as _bench_arguments
+    _bench_arguments(b)
+    b.set_defaults(func=_cmd_bench)
 
     d = sub.add_parser("demo", help="build a tiny random MoE, convert it and run it through llama-cpp-python")
     d.add_argument("--cache-dir", type=Path, default=None, help="where the demo checkpoint and GGUF are kept")

@@ -1,0 +1,313 @@
+"""`flashmoe bench FILE.gguf`: decode speed of flashmoe against stock llama-cpp-python on this machine, under RAM
+caps, with the disk bound, as a report (JSON, Markdown, PNG plots). `cli.py` calls `add_arguments` and `main`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..units import parse_size
+from . import disk as diskmod
+from .cgroup import check_available
+from .machine import QuietRule, describe
+from .model import ModelInfo, model_info
+from .plan import BUDGET_DOC, BenchPlanOptions, flashmoe_budget, make_plan
+from .report import build, derive, render_markdown, sanitize, write_json
+from .runner import Control, RunPlan, RunResult, run_config
+from .worker import ALL_CONFIGS, FLASHMOE_CONFIGS, STOCK_CONFIGS
+
+MB = 1e6
+
+
+def parse_caps(text: str, file_bytes: int) -> tuple[int, ...]:
+    """"6G,3G" or "35%,50%" (of the file size); "none" or "" for no capped runs."""
+    if text.strip().lower() in ("", "none", "0"):
+        return ()
+    caps = []
+    for part in text.split(","):
+        part = part.strip()
+        if part.endswith("%"):
+            pct = float(part[:-1])
+            if not 0 < pct <= 1000:
+                raise ValueError(f"--ram: bad percentage {part!r}")
+            caps.append(int(file_bytes * pct / 100))
+        else:
+            v = parse_size(part)
+            if v <= 0:
+                raise ValueError(f"--ram: a cap must be positive, not {part!r}")
+            caps.append(v)
+    return tuple(sorted(set(caps), reverse=True))
+
+
+def parse_ks(text: str | None) -> tuple[int | None, ...]:
+    """"4,10" -> (4, 10); None -> (None,): the file's own K."""
+    if not text:
+        return (None,)
+    ks = []
+    for part in text.split(","):
+        k = int(part)
+        if k <= 0:
+            raise ValueError(f"--k must be positive, not {k}")
+        ks.append(k)
+    return tuple(dict.fromkeys(ks))
+
+
+def parse_configs(cache: str, compare: str) -> tuple[str, ...]:
+    caches = [c.strip() for c in cache.split(",") if c.strip()]
+    bad = [c for c in caches if f"flashmoe-{c}" not in FLASHMOE_CONFIGS]
+    if bad:
+        raise ValueError(f"--cache: unknown {bad}; choose from lru, os, direct")
+    compared = [] if compare.strip().lower() in ("", "none") else [c.strip() for c in compare.split(",")]
+    bad = [c for c in compared if c not in STOCK_CONFIGS]
+    if bad:
+        raise ValueError(f"--compare: unknown {bad}; choose from {', '.join(STOCK_CONFIGS)} or none")
+    return tuple(dict.fromkeys([f"flashmoe-{c}" for c in caches] + compared))
+
+
+def add_arguments(b: argparse.ArgumentParser) -> None:
+    b.add_argument("file", type=Path, help="the GGUF (any MoE GGUF; a streaming one from convert/synth is best)")
+    b.add_argument("--ram", default="35%",
+                   help="RAM caps incl. page cache, comma-separated: sizes (6G,3G) or %% of the file (35%%); "
+                        "'none': only the no-cap run (default 35%%)")
+    b.add_argument("--tokens", type=int, default=32, help="decode steps per run (default 32)")
+    b.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
+    b.add_argument("--k", default=None, help="experts per token, comma-separated (e.g. 4,10): llama.cpp's "
+                   "<arch>.expert_used_count override, for flashmoe and stock (default: the file's)")
+    b.add_argument("--compare", default="stock", help="stock configurations to run: stock (default), "
+                   "stock-norepack (CPU_REPACK off: experts paged from the mmap), comma-separated, or none")
+    b.add_argument("--cache", default="lru", help="flashmoe cache modes: lru (default), os, direct; comma-separated")
+    b.add_argument("--report", type=Path, default=None,
+                   help="report directory (default ./flashmoe-bench-<file>-<time>)")
+    b.add_argument("--threads", type=int, default=1,
+                   help="n_threads for every run (default 1: ggml's threads spin at barriers when cores are shared)")
+    b.add_argument("--n-ctx", type=int, default=512, help="context size (default 512)")
+    b.add_argument("--headroom", default="256M", help="part of a cap kept for the process, compute buffers and the "
+                   "page cache: ram_budget = cap - resident - KV cache - headroom (default 256M)")
+    b.add_argument("--no-warm", action="store_true", help="skip the no-cap, warm-cache setting")
+    b.add_argument("--full-layers", type=int, default=None,
+                   help="layers of the full model this file is a slice of (default: from its metadata)")
+    b.add_argument("--feed", choices=("greedy", "random"), default="greedy",
+                   help="decode input: the argmax (default) or seeded random token ids (less expert reuse)")
+    b.add_argument("--probe-pairs", type=int, default=8,
+                   help="fixed-part probe steps (with/without output) in the warm flashmoe run; 0: none")
+    b.add_argument("--disk-reads", type=int, default=200, help="expert reads per disk measurement (default 200)")
+    b.add_argument("--disk-threads", type=int, default=8, help="parallel reads (default 8)")
+    b.add_argument("--disk-repeats", type=int, default=3, help="measurements per round, 0: none (default 3)")
+    b.add_argument("--wait", type=float, default=900,
+                   help="longest wait for a quiet machine before each run, s (default 900; 0: do not wait)")
+    b.add_argument("--max-busy", type=float, default=0.25, help="cores other processes may use (default 0.25)")
+    b.add_argument("--retries", type=int, default=1, help="reruns of a run other processes disturbed (default 1)")
+    b.add_argument("--timeout", type=float, default=1800, help="seconds per run before it is killed")
+    b.add_argument("--stall", type=float, default=120, help="a run with no CPU and no reads this long is hung")
+    b.add_argument("--unprivileged", action="store_true", help=argparse.SUPPRESS)   # as if not root (tests)
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+@dataclass(frozen=True)
+class Setup:
+    info: ModelInfo
+    caps: tuple[int, ...]
+    plan_options: BenchPlanOptions
+    control: Control
+    limitations: tuple[str, ...]
+    report_dir: Path
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Everything decided before the first run (no side effects but reading the model's header)."""
+    path = Path(args.file).resolve()
+    if not path.is_file():
+        raise ValueError(f"{args.file}: no such file")
+    info = model_info(path, args.full_layers)
+    caps = parse_caps(args.ram, info.file_bytes)
+    ks = parse_ks(args.k)
+    configs = parse_configs(args.cache, args.compare)
+    for name, v in (("--tokens", args.tokens), ("--prompt-tokens", args.prompt_tokens), ("--threads", args.threads)):
+        if v <= 0:
+            raise ValueError(f"{name} must be positive")
+    if args.n_ctx < args.prompt_tokens + args.tokens + 2 * args.probe_pairs + 8:
+        raise ValueError(f"--n-ctx {args.n_ctx} is too small for {args.prompt_tokens} prompt tokens, {args.tokens} "
+                         f"decode steps and {args.probe_pairs} probe pairs")
+    if not caps and args.no_warm:
+        raise ValueError("nothing to run: --ram none and --no-warm")
+    headroom = parse_size(args.headroom)
+    limitations = []
+    cg_reason = "pretending to be unprivileged (--unprivileged)" if args.unprivileged else check_available()
+    drop = not args.unprivileged and diskmod.can_drop_caches()
+    if cg_reason:
+        limitations.append(f"no memory cgroup ({cg_reason}): RAM caps are NOT enforced (flashmoe still gets the "
+                           "budget a cap implies; stock runs uncapped), peak memory is VmHWM without page cache, "
+                           "and an OOM kill cannot be told from another SIGKILL")
+    if not drop:
+        limitations.append("cannot drop the page cache (needs root): capped runs are not guaranteed cold (files "
+                           "read earlier may still be cached), the disk is measured with O_DIRECT instead")
+    rule = QuietRule(wait_s=args.wait, max_busy=args.max_busy)
+    from .machine import block_device_of
+    dev = block_device_of(path).get("device", "")
+    control = Control(cgroup=cg_reason is None, drop_caches=drop, timeout_s=args.timeout, stall_s=args.stall,
+                      quiet=rule, disk_device=dev, retries=args.retries, max_busy=args.max_busy)
+    opt = BenchPlanOptions(caps, not args.no_warm, ks, configs, args.tokens, args.prompt_tokens, args.n_ctx,
+                           args.threads, headroom, args.feed, args.probe_pairs)
+    report_dir = Path(args.report) if args.report else \
+        Path.cwd() / f"flashmoe-bench-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Setup(info, caps, opt, control, tuple(limitations), report_dir)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def main(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> int:
+    say: Callable[[str], None] = log or ((lambda s: None) if args.quiet else
+                                          (lambda s: print(s, file=sys.stderr, flush=True)))
+    st = setup(args)
+    info, opt, control = st.info, st.plan_options, st.control
+    old = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}  # `finally` cleans up
+    try:
+        return _run(args, st, say)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int:
+    info, opt, control = st.info, st.plan_options, st.control
+    st.report_dir.mkdir(parents=True, exist_ok=True)
+    kv = info.kv_cache_bytes(opt.n_ctx)
+    say(f"flashmoe bench {info.path}: {info.arch}, {info.block_count} layers, {info.n_expert} experts, K "
+        f"{info.n_expert_used}; experts {info.expert_bytes / MB:.0f} MB ({info.bytes_per_expert / MB:.2f} MB each), "
+        f"resident {info.resident_bytes / MB:.0f} MB, KV cache {kv / MB:.1f} MB")
+    for lim in st.limitations:
+        say(f"WARNING: {lim}")
+    budgets = {}
+    for cap in st.caps:
+        b = flashmoe_budget(cap, info, opt.n_ctx, opt.headroom)
+        budgets[str(cap)] = b
+        say(f"cap {cap / MB:.0f} MB -> flashmoe ram_budget {b / MB:.0f} MB"
+            + ("  (too small: flashmoe runs skipped)" if b <= 0 else ""))
+    plan = make_plan(info, opt)
+    meta: dict[str, Any] = {
+        "command": shlex.join(["flashmoe", "bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"] else
+        shlex.join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": describe(info.path), "options": {k: (str(v) if isinstance(v, Path) else v)
+                                                    for k, v in vars(args).items() if k != "func"},
+        "control": {"cgroup": control.cgroup, "drop_caches": control.drop_caches,
+                    "limitations": list(st.limitations), "quiet_rule": asdict(control.quiet)},
+        "budget_rule": BUDGET_DOC, "caps_bytes": list(st.caps), "budgets_bytes": budgets, "kv_cache_bytes": kv,
+        "plan": [p.name for p in plan],
+    }
+    meta["options"]["headroom"] = opt.headroom
+    results: list[RunResult] = []
+    rounds: list[dict[str, Any]] = []
+    disk: dict[str, Any] = {}
+    json_path = st.report_dir / "report.json"
+
+    def measure_disk(label: str, seed: int) -> None:
+        if args.disk_repeats <= 0:
+            return
+        say(f"disk: {label}: {args.disk_repeats} x {args.disk_reads} random expert reads, {args.disk_threads} threads")
+        rounds.append(diskmod.measure_round(info.path, label, args.disk_reads, args.disk_threads, args.disk_repeats,
+                                            seed, control.drop_caches))
+        say(f"disk: {label}: " + ", ".join(f"{x:.3f}" for x in rounds[-1]["repeats"]) +
+            f" GB/s; one thread {rounds[-1]['single_thread_gb_s']:.3f} GB/s")
+
+    def save(final: bool) -> dict[str, Any]:
+        derived = derive(results, info, disk, opt.n_ctx, opt.headroom)
+        rep = sanitize(build(meta, info, results, disk, derived))
+        if final:
+            rep["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        write_json(json_path, rep)
+        return rep
+
+    warmed = False
+    try:
+        measure_disk("before the runs", 0)
+        disk = diskmod.combine(rounds)
+        for i, p in enumerate(plan, 1):
+            if p.setting == "nocap" and not warmed:
+                if any(q.setting == "capped" for q in plan):
+                    measure_disk("after the capped runs", 1000)
+                    disk = diskmod.combine(rounds)
+                meta["warm_file_seconds"] = diskmod.warm_file(info.path)
+                warmed = True
+            say(f"[{i}/{len(plan)}] {p.name}")
+            r = _run_one(p, info, control, say)
+            results.append(r)
+            say(f"[{i}/{len(plan)}] {p.name}: {_line(r)}")
+            save(False)
+        if not warmed and len(rounds) == 1:
+            measure_disk("after the runs", 1000)
+        disk = diskmod.combine(rounds)
+    finally:
+        rep = save(True)
+    from .plots import make_plots, matplotlib_missing
+    missing = matplotlib_missing()
+    if missing:
+        rep["plots"] = {"files": [], "skipped": missing}
+        say(f"plots skipped: {missing}")
+    else:
+        rep["plots"] = {"files": make_plots(rep, st.report_dir)}
+    write_json(json_path, rep)
+    md = render_markdown(rep)
+    (st.report_dir / "report.md").write_text(md)
+    print(summary_lines(rep))
+    print(f"report: {st.report_dir / 'report.md'} (every figure: {json_path})")
+    return 0
+
+
+def _run_one(p: RunPlan, info: ModelInfo, control: Control, say: Callable[[str], None]) -> RunResult:
+    if p.config in FLASHMOE_CONFIGS and p.spec.budget <= 0:
+        r = RunResult(p.name, p.config, p.setting, p.k, p.k_overridden, p.cap, p.spec.budget, p.spec.threads,
+                      p.spec.command(), expert_bytes_needed_per_token=info.expert_bytes_per_token(p.k))
+        r.status = "skipped: cap below resident + KV cache + headroom"
+        return r
+
+    def on_event(e: dict[str, Any]) -> None:
+        if e["event"] == "loaded":
+            say(f"    loaded in {e['seconds']:.2f} s")
+        elif e["event"] == "token" and (e["i"] + 1) % 8 == 0:
+            say(f"    token {e['i'] + 1}/{p.spec.tokens}")
+
+    return run_config(p, info, control, lambda s: say(s), on_event)
+
+
+def _line(r: RunResult) -> str:
+    def f(x: float | None, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+    return (f"{r.status}: load {f(r.load_s, '.2f')} s, TTFT {f(r.ttft_s, '.3f')} s, prompt "
+            f"{f(r.prompt_tok_s, '.1f')} tok/s, decode {f(r.decode_tok_s, '.3f')} tok/s, peak "
+            f"{f(r.peak_memory_bytes / MB if r.peak_memory_bytes else None, '.0f')} MB"
+            + (f", expert {r.expert_bytes_per_token / MB:.2f} MB/token, hit rate {r.hit_rate_bytes:.3f}"
+               if r.expert_bytes_per_token is not None and r.hit_rate_bytes is not None else ""))
+
+
+def summary_lines(rep: dict[str, Any]) -> str:
+    out = []
+    d = rep.get("disk_bandwidth") or {}
+    if d:
+        out.append(f"disk: {d['gb_s']:.3f} GB/s cold random expert reads ({d['min_gb_s']:.3f}-{d['max_gb_s']:.3f})")
+    for r in rep["runs"]:
+        pr = rep["per_run"].get(r["name"], {})
+        frac = pr.get("fraction_of_bound_at_hit_rate")
+        out.append(f"{r['name']:45s} {r['status']:10s} decode "
+                   f"{'-' if r['decode_tok_s'] is None else format(r['decode_tok_s'], '.3f'):>8} tok/s"
+                   + (f"  ({frac:.0%} of the disk bound at its hit rate)" if frac else ""))
+    for x in rep["ratios"]:
+        if x["ratio"]:
+            out.append(f"{x['flashmoe']} / {x['versus']} ({x['setting']}, K={x['k']}, cap "
+                       f"{'-' if x['cap_bytes'] is None else format(x['cap_bytes'] / 2**30, '.2f') + 'G'}): "
+                       f"{x['ratio']:.2f}x")
+    ex = rep["extrapolation"]
+    if ex.get("applies"):
+        for x in ex["runs"]:
+            out.append(f"extrapolated to {x['full_layers']} layers: {x['run']}: {x['full_decode_tok_s']:.3f} tok/s")
+    if rep.get("memory_check_all_pass") is not None:
+        out.append(f"memory check (issue 3 rule): {'pass' if rep['memory_check_all_pass'] else 'FAIL'}")
+    return "\n".join(out)

@@ -1,0 +1,78 @@
+"""Which runs a benchmark makes, and the RAM budget flashmoe gets under a cap.
+
+The budget rule (documented in the report):
+
+    ram_budget = cap - resident (non-expert) weights - KV cache - headroom
+
+`resident` is every tensor that is not a routed expert (from the GGUF tensor table), the KV cache is what
+llama.cpp allocates for n_ctx (f16 K and V on the attention layers, plus the recurrent state of hybrid models),
+and `headroom` (--headroom) covers the interpreter and libraries, llama.cpp's compute buffers and the page cache
+the reads pass through. With no cap, flashmoe gets a budget that holds every expert.
+"""
+
+from __future__ import annotations
+
+BUDGET_DOC = ("flashmoe ram_budget = cap - resident (non-expert) weights - KV cache (n_ctx) - headroom; with no "
+              "cap, a budget that holds every expert")
+
+from dataclasses import dataclass
+
+from .model import ModelInfo
+from .runner import RunPlan
+from .worker import FLASHMOE_CONFIGS, WorkerSpec
+
+
+@dataclass(frozen=True)
+class BenchPlanOptions:
+    caps: tuple[int, ...]              # RAM caps, bytes (capped, cold runs)
+    warm: bool                         # also the no-cap, warm setting
+    ks: tuple[int | None, ...]         # None: the file's own K
+    configs: tuple[str, ...]           # flashmoe configs first, then the ones compared against
+    tokens: int
+    prompt_tokens: int
+    n_ctx: int
+    threads: int
+    headroom: int
+    feed: str = "greedy"
+    probe_pairs: int = 8
+
+
+def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int:
+    """ram_budget for a cap: cap - resident weights - KV cache - headroom (may be <= 0: the cap is too small)."""
+    return cap - info.resident_bytes - info.kv_cache_bytes(n_ctx) - headroom
+
+
+def nocap_budget(info: ModelInfo) -> int:
+    """Enough for every expert (and slack for the cache's own bookkeeping)."""
+    return info.expert_bytes + 64 * info.bytes_per_expert
+
+
+def _label(cap: int) -> str:
+    return f"cap {cap / 2**30:.2f}G"
+
+
+def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
+    """Capped (cold) runs first, for every K and cap, then the warm no-cap runs. The first flashmoe no-cap run
+    also runs the fixed-part probe (see extrapolate.py)."""
+    runs: list[RunPlan] = []
+    probe_done = False
+    for setting in ("capped", "nocap"):
+        caps: tuple[int | None, ...] = opt.caps if setting == "capped" else ((None,) if opt.warm else ())
+        for k in opt.ks:
+            k_eff = k or info.n_expert_used
+            overrides = {f"{info.arch}.expert_used_count": int(k)} if k else {}
+            for cap in caps:
+                for config in opt.configs:
+                    fm = config in FLASHMOE_CONFIGS
+                    budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom) if cap is not None
+                              else nocap_budget(info)) if fm else 0
+                    probe = 0
+                    if setting == "nocap" and fm and not probe_done and opt.probe_pairs > 0:
+                        probe, probe_done = opt.probe_pairs, True
+                    spec = WorkerSpec(config, info.path, opt.threads, opt.tokens, opt.prompt_tokens, opt.n_ctx,
+                                      budget, warmup=setting == "nocap", feed=opt.feed, kv_overrides=overrides,
+                                      probe_pairs=probe)
+                    where = _label(cap) if cap is not None else "no cap, warm"
+                    runs.append(RunPlan(f"{where} / K={k_eff} / {config}", config, setting, cap, k_eff,
+                                        bool(k), spec, cold=setting == "capped"))
+    return runs

@@ -1,0 +1,123 @@
+"""PNG plots of a report (matplotlib, optional: `pip install flashmoe-gguf[bench]`).
+
+1. decode_vs_ram.png: decode tok/s against the RAM cap, flashmoe and stock per K, with the disk bound at 0 %
+   hits and at flashmoe's hit rate; the no-cap warm runs at the right edge.
+2. time_per_token.png: where a decode token's time goes, per run: I/O wait, expert compute, the rest (flashmoe
+   runs, from flashmoe_stats()); stock runs as one undivided bar.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def matplotlib_missing() -> str | None:
+    """None if matplotlib can be imported, else why not."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        return f"matplotlib is not installed ({exc}); pip install 'flashmoe-gguf[bench]'"
+    return None
+
+
+def make_plots(rep: dict[str, Any], out_dir: Path) -> list[str]:
+    """Write the PNGs into out_dir; returns their file names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    return [decode_vs_ram(rep, out_dir / "decode_vs_ram.png"), time_per_token(rep, out_dir / "time_per_token.png")]
+
+
+def _ok(r: dict[str, Any]) -> bool:
+    return r["status"] == "ok" and bool(r["decode_tok_s"])
+
+
+def decode_vs_ram(rep: dict[str, Any], path: Path) -> str:
+    import matplotlib.pyplot as plt
+    runs = rep["runs"]
+    per = rep["per_run"]
+    caps = sorted({r["cap_bytes"] for r in runs if r["cap_bytes"] is not None})
+    warm_x = (max(caps) / 2**30 * 1.25 + 0.1) if caps else 1.0
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    series: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    failed: dict[tuple[str, int], list[float]] = {}
+    for r in runs:
+        key = (r["config"], r["k"])
+        x = r["cap_bytes"] / 2**30 if r["cap_bytes"] is not None else warm_x
+        if _ok(r):
+            series.setdefault(key, []).append((x, r["decode_tok_s"]))
+        else:
+            failed.setdefault(key, []).append(x)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (key, pts) in enumerate(sorted(series.items())):
+        pts.sort()
+        c = colors[i % len(colors)]
+        capped = [p for p in pts if p[0] != warm_x]
+        style = "-" if key[0].startswith("flashmoe") else "--"
+        if capped:
+            ax.plot([p[0] for p in capped], [p[1] for p in capped], style, marker="o", color=c,
+                    label=f"{key[0]} K={key[1]}")
+        for p in pts:
+            if p[0] == warm_x:
+                ax.plot([p[0]], [p[1]], marker="*", markersize=11, color=c,
+                        label=None if capped else f"{key[0]} K={key[1]} (no cap, warm)")
+        for x in failed.get(key, []):
+            ax.plot([x], [0], marker="x", markersize=10, color=c)
+    for key, xs in failed.items():
+        if key not in series:
+            ax.plot(xs, [0] * len(xs), "x", markersize=10, label=f"{key[0]} K={key[1]}: failed (OOM/killed)")
+    # the disk bound per K: at 0 % hits (flat in the cap) and at flashmoe-lru's hit rate per cap
+    for k in sorted({r["k"] for r in runs}):
+        b0 = [per[r["name"]].get("disk_bound_0_hit_tok_s") for r in runs if r["k"] == k]
+        b0 = [b for b in b0 if b and math.isfinite(b)]
+        if b0 and caps:
+            ax.axhline(b0[0], color="grey", linestyle=":", linewidth=1.2, label=f"disk bound, 0 % hits, K={k}")
+        pts = sorted((r["cap_bytes"] / 2**30, per[r["name"]].get("disk_bound_at_hit_rate_tok_s"))
+                     for r in runs if r["k"] == k and r["config"] == "flashmoe-lru" and r["cap_bytes"] is not None)
+        pts = [p for p in pts if p[1] and math.isfinite(p[1])]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ":", marker="^", color="black", linewidth=1,
+                    label=f"disk bound at flashmoe-lru's hit rate, K={k}")
+    if caps:
+        ax.axvline(warm_x - (warm_x - max(caps) / 2**30) / 2, color="lightgrey", linewidth=0.8)
+    ticks = [c / 2**30 for c in caps] + [warm_x]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:.2f}" for t in ticks[:-1]] + ["no cap\n(warm)"])
+    ax.set_xlabel("RAM cap incl. page cache, GiB")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{Path(rep['model']['path']).name}: decode speed vs RAM cap", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def time_per_token(rep: dict[str, Any], path: Path) -> str:
+    import matplotlib.pyplot as plt
+    runs = [r for r in rep["runs"] if _ok(r)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(runs) + 2), 5), dpi=110)
+    names = [r["name"] for r in runs]
+    x = list(range(len(runs)))
+    io = [r["time_per_token"].get("io_wait", 0.0) * 1e3 for r in runs]
+    comp = [r["time_per_token"].get("expert_compute", 0.0) * 1e3 for r in runs]
+    rest = [r["time_per_token"].get("rest", 0.0) * 1e3 for r in runs]
+    total = [r["time_per_token"].get("total", 0.0) * 1e3 for r in runs]
+    ax.bar(x, io, label="I/O wait (experts)", color="#d62728")
+    ax.bar(x, comp, bottom=io, label="expert compute", color="#1f77b4")
+    ax.bar(x, rest, bottom=[a + b for a, b in zip(io, comp)], label="the rest (attention, router, head, ...)",
+           color="#7f7f7f")
+    ax.bar(x, total, color="white", edgecolor="black", hatch="//", label="stock: total (not divided)")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("ms per decode token")
+    ax.set_title("Where the time per token goes", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name

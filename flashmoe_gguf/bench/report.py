@@ -1,0 +1,336 @@
+"""The report: every figure as JSON, and a Markdown summary of it.
+
+`derive` computes the per-run figures that need more than one run or the disk measurement (disk bounds, % of the
+bound, the memory check, ratios, the K check, the extrapolation); `write_json` and `render_markdown` write them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .disk import decode_bound
+from . import extrapolate as _extrapolate_module
+from .extrapolate import FixedPart, extrapolate_run, fixed_from_probe, full_model_ram
+from .model import ModelInfo
+from .plan import BUDGET_DOC as BUDGET_RULE
+from .runner import RunResult
+from .worker import FLASHMOE_CONFIGS
+
+MB = 1e6
+MEMORY_SLACK = 0.10       # issue 3: steady-state RSS <= non-expert weights + ram_budget + KV cache + 10 %
+
+
+
+def bound_hit_rate(r: RunResult) -> float:
+    """The hit rate the disk bound is evaluated at: for flashmoe's own cache (lru, direct) the share of the
+    expert bytes a token needs that flashmoe did not read; for the page cache (flashmoe-os, stock) the share the
+    disk did not deliver (/proc/<pid>/io read_bytes; readahead can make it negative: clamped at 0)."""
+    if r.config in ("flashmoe-lru", "flashmoe-direct") and r.hit_rate_bytes is not None:
+        return min(1.0, max(0.0, r.hit_rate_bytes))
+    if r.read_bytes_per_token is not None and r.expert_bytes_needed_per_token:
+        return min(1.0, max(0.0, 1.0 - r.read_bytes_per_token / r.expert_bytes_needed_per_token))
+    return 0.0
+
+
+def memory_check(r: RunResult, info: ModelInfo, n_ctx: int) -> dict[str, Any] | None:
+    """Issue 3's memory rule for a flashmoe run: RSS at the end of decode against
+    1.1 x (non-expert weights + ram_budget + KV cache). The interpreter and libraries (RSS before the model
+    loads) are not in that formula: `pass` compares the RSS above that baseline, `pass_including_baseline` the
+    whole RSS."""
+    if r.config not in FLASHMOE_CONFIGS or "end_of_decode" not in r.rss or r.budget_bytes is None:
+        return None
+    kv = info.kv_cache_bytes(n_ctx)
+    allowed = (info.resident_bytes + max(r.budget_bytes, 0) + kv) * (1 + MEMORY_SLACK)
+    base = r.rss.get("baseline", 0)
+    rss = r.rss["end_of_decode"]
+    return {"allowed_bytes": int(allowed), "resident_bytes": info.resident_bytes, "budget_bytes": r.budget_bytes,
+            "kv_cache_bytes": kv, "baseline_rss_bytes": base, "rss_end_of_decode_bytes": rss,
+            "vm_hwm_bytes": r.rss.get("hwm"), "rss_above_baseline_bytes": rss - base,
+            "pass": rss - base <= allowed, "pass_including_baseline": rss <= allowed,
+            "hwm_above_baseline_pass": (r.rss.get("hwm", 0) - base) <= allowed}
+
+
+def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ctx: int, headroom: int,
+           fixed_override: FixedPart | None = None) -> dict[str, Any]:
+    """Everything computed across runs."""
+    gb_s = disk.get("gb_s") if disk else None
+    per_run: dict[str, Any] = {}
+    for r in results:
+        d: dict[str, Any] = {"bound_hit_rate": bound_hit_rate(r) if r.ok() else None}
+        if gb_s and r.expert_bytes_needed_per_token:
+            d["disk_bound_0_hit_tok_s"] = decode_bound(gb_s, r.expert_bytes_needed_per_token, 0.0)
+            if r.ok():
+                b = decode_bound(gb_s, r.expert_bytes_needed_per_token, d["bound_hit_rate"])
+                d["disk_bound_at_hit_rate_tok_s"] = b
+                if r.decode_tok_s:
+                    d["fraction_of_bound_at_hit_rate"] = r.decode_tok_s / b if math.isfinite(b) else None
+                    d["fraction_of_bound_0_hit"] = r.decode_tok_s / d["disk_bound_0_hit_tok_s"]
+                    if disk.get("min_gb_s") and disk.get("max_gb_s") and math.isfinite(b):
+                        d["fraction_of_bound_range"] = [
+                            r.decode_tok_s / decode_bound(disk["max_gb_s"], r.expert_bytes_needed_per_token,
+                                                          d["bound_hit_rate"]),
+                            r.decode_tok_s / decode_bound(disk["min_gb_s"], r.expert_bytes_needed_per_token,
+                                                          d["bound_hit_rate"])]
+        mc = memory_check(r, info, n_ctx)
+        if mc is not None:
+            d["memory_check"] = mc
+        per_run[r.name] = d
+
+    # flashmoe vs each compared configuration, same setting, cap and K
+    ratios: list[dict[str, Any]] = []
+    groups: dict[tuple[str, int | None, int], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.setting, r.cap_bytes, r.k), []).append(r)
+    for (setting, cap, k), rs in groups.items():
+        for f in (r for r in rs if r.config in FLASHMOE_CONFIGS):
+            for s in (r for r in rs if r.config not in FLASHMOE_CONFIGS):
+                ratios.append({"setting": setting, "cap_bytes": cap, "k": k, "flashmoe": f.config, "versus": s.config,
+                               "flashmoe_tok_s": f.decode_tok_s if f.ok() else None, "versus_status": s.status,
+                               "versus_tok_s": s.decode_tok_s if s.ok() else None,
+                               "ratio": f.decode_tok_s / s.decode_tok_s if f.ok() and s.ok() and f.decode_tok_s
+                               and s.decode_tok_s else None})
+
+    out: dict[str, Any] = {"per_run": per_run, "ratios": ratios, "k_check": k_check(results, info),
+                           "extrapolation": extrapolation(results, info, disk, per_run, n_ctx, headroom,
+                                                          fixed_override)}
+    checks = [d["memory_check"]["pass"] for d in per_run.values() if "memory_check" in d]
+    out["memory_check_all_pass"] = all(checks) if checks else None
+    return out
+
+
+def k_check(results: list[RunResult], info: ModelInfo) -> dict[str, Any]:
+    """Did the K override apply? For every flashmoe run that finished, expert lookups per decode token must be
+    layers x K x expert tensors per layer (one lookup per selected expert and projection tensor), and expert bytes
+    needed scale with K."""
+    rows = []
+    for r in results:
+        if r.config in FLASHMOE_CONFIGS and r.ok() and r.expert_lookups_per_token is not None:
+            expected = info.layers * r.k * info.expert_tensors_per_layer
+            rows.append({"run": r.name, "k": r.k, "overridden": r.k_overridden,
+                         "expert_lookups_per_token": r.expert_lookups_per_token, "expected": expected,
+                         "expert_bytes_read_per_token": r.expert_bytes_per_token,
+                         "applied": abs(r.expert_lookups_per_token - expected) <= 0.01 * expected})
+    ks = sorted({row["k"] for row in rows})
+    return {"ks": ks, "runs": rows, "all_applied": all(row["applied"] for row in rows) if rows else None}
+
+
+def extrapolation(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], per_run: dict[str, Any],
+                  n_ctx: int, headroom: int, fixed_override: FixedPart | None) -> dict[str, Any]:
+    if not info.is_slice:
+        return {"applies": False, "why": "the file is not known to be a slice of a bigger model (no "
+                "flashmoe.synth.full_layers / flashmoe.synthetic preset in its metadata and no --full-layers)"
+                if info.full_layers is None else f"the file has all {info.full_layers} layers"}
+    fixed = fixed_override
+    if fixed is None:
+        probes = [r.probe for r in results if r.probe and r.ok()]
+        fixed = fixed_from_probe(probes[0]) if probes else None
+    out: dict[str, Any] = {"applies": True, "slice_layers": info.block_count, "full_layers": info.full_layers,
+                           "full_layers_source": info.full_layers_source,
+                           "method": (_extrapolate_module.__doc__ or "").strip(),
+                           "assumption": "every layer of the full model behaves like the slice's layers on average, "
+                           "with the same expert cache per layer (same hit rate); the RAM that needs is "
+                           "full_model_ram"}
+    if fixed is None:
+        out["fixed_part"] = None
+        out["note"] = ("the fixed part was not measured (no warm flashmoe run with the probe): full_decode_tok_s "
+                       "scales the whole token time by full/slice layers, which counts the fixed part full/slice "
+                       "times: a lower bound")
+    else:
+        out["fixed_part"] = asdict(fixed)
+    runs = []
+    for r in results:
+        if not (r.ok() and r.decode_tok_s):
+            continue
+        e = extrapolate_run(r.name, r.decode_tok_s, info, fixed.seconds if fixed else 0.0, r.k,
+                            disk.get("gb_s") if disk else None, per_run.get(r.name, {}).get("bound_hit_rate"))
+        row = e.to_dict()
+        row.update(config=r.config, setting=r.setting, k=r.k, cap_bytes=r.cap_bytes)
+        if r.config in FLASHMOE_CONFIGS and r.budget_bytes is not None:
+            row["full_model_ram"] = full_model_ram(info, r.budget_bytes, n_ctx, headroom)
+        runs.append(row)
+    out["runs"] = runs
+    return out
+
+
+def build(meta: dict[str, Any], info: ModelInfo, results: list[RunResult], disk: dict[str, Any],
+          derived: dict[str, Any]) -> dict[str, Any]:
+    return dict(meta, model=asdict(info), disk_bandwidth=disk, runs=[asdict(r) for r in results], **derived)
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1, default=_json_default, allow_nan=False))
+    tmp.replace(path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, float):
+        return None
+    return str(x)
+
+
+def sanitize(x: Any) -> Any:
+    """inf / nan -> None (JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: sanitize(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [sanitize(v) for v in x]
+    return x
+
+
+# -- Markdown ------------------------------------------------------------------------------------------------
+
+def _f(x: Any, spec: str, scale: float = 1.0) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return format(x * scale, spec)
+
+
+def _gb(x: Any) -> str:
+    return _f(x, ".2f", 1e-9)
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    m, model, disk = rep["machine"], rep["model"], rep.get("disk_bandwidth") or {}
+    L: list[str] = [f"# flashmoe bench: `{Path(model['path']).name}`", ""]
+    L.append(f"{rep['started']} to {rep.get('finished', '(unfinished)')}; command: `{rep['command']}`")
+    L.append("")
+    L.append(f"**Machine:** {m['cpu_model']}, {m['nproc']} cores (AVX2 {'yes' if m['avx2'] else 'no'}, AVX-512 "
+             f"{'yes' if m['avx512f'] else 'no'}), {m['ram_bytes'] / 2**30:.1f} GiB RAM, disk "
+             f"`{m['disk'].get('device', '?')}` {m['disk'].get('model', '')}, kernel {m['kernel']}, Python "
+             f"{m['python']}, llama-cpp-python {m['llama_cpp_python']}, flashmoe-gguf {m['flashmoe_gguf']} "
+             f"(git {m['git_head'][:10] or '?'}).")
+    L.append("")
+    L.append(f"**Model:** {model['arch']}, {model['block_count']} layers ({model['layers']} with routed experts), "
+             f"{model['n_expert']} experts, K = {model['n_expert_used']} in the file; routed experts "
+             f"{_gb(model['expert_bytes'])} GB ({', '.join(model['expert_types'])}), {model['bytes_per_expert'] / MB:.2f} "
+             f"MB per expert; resident (non-expert) {_gb(model['resident_bytes'])} GB; file {_gb(model['file_bytes'])} "
+             f"GB; KV cache at n_ctx {rep['options']['n_ctx']}: {rep['kv_cache_bytes'] / MB:.1f} MB.")
+    L.append("")
+    lim = rep["control"]["limitations"]
+    if lim:
+        L.append("**Not controlled on this machine:** " + "; ".join(lim) + ".")
+    else:
+        L.append("**Controlled:** every run in a fresh process in its own memory cgroup (peak memory includes the "
+                 "page cache); capped runs start with the page cache dropped and the cap includes the page cache.")
+    L.append("")
+    L.append(f"**Budget rule:** {BUDGET_RULE}; headroom {rep['options']['headroom'] / MB:.0f} MB.")
+    L.append("")
+    if disk:
+        L.append(f"**Disk:** {disk['gb_s']:.3f} GB/s cold random reads of whole experts "
+                 f"({', '.join(f'{s / MB:.2f} MB' for s in disk['read_sizes'][:4])}), {disk['threads']} threads, "
+                 f"median of {sum(len(r['repeats']) for r in disk['rounds'])} measurements in "
+                 f"{len(disk['rounds'])} rounds (range {disk['min_gb_s']:.3f}-{disk['max_gb_s']:.3f}; one thread "
+                 + ", ".join(f"{r['single_thread_gb_s']:.3f}" for r in disk["rounds"]) + f"); {disk['method']}. "
+                 "Decode bound: tok/s <= bandwidth / (layers x K x bytes per expert x (1 - hit rate)).")
+    else:
+        L.append("**Disk:** not measured.")
+    L.append("")
+    L.append("## Runs")
+    L.append("")
+    L.append("| run | status | load s | TTFT s | prompt tok/s | decode tok/s | expert MB/token read | hit rate "
+             "(bytes) | disk MB/token | peak MB | RSS end MB | bound 0 % hits | bound at hit rate | % of bound | "
+             "memory check |")
+    L.append("|" + " --- |" * 15)
+    per = rep["per_run"]
+    for r in rep["runs"]:
+        d = per.get(r["name"], {})
+        mc = d.get("memory_check")
+        L.append(" | ".join([
+            f"| {r['name']}", r["status"] + (" (OOM)" if r["oom"] and "oom" not in r["status"] else ""),
+            _f(r["load_s"], ".2f"), _f(r["ttft_s"], ".3f"), _f(r["prompt_tok_s"], ".1f"),
+            _f(r["decode_tok_s"], ".3f") + ("*" if r["status"] != "ok" and r["decode_tok_s"] else ""),
+            _f(r["expert_bytes_per_token"], ".2f", 1 / MB), _f(r["hit_rate_bytes"], ".3f"),
+            _f(r["read_bytes_per_token"], ".2f", 1 / MB), _f(r["peak_memory_bytes"], ".0f", 1 / MB),
+            _f(r["rss"].get("end_of_decode"), ".0f", 1 / MB), _f(d.get("disk_bound_0_hit_tok_s"), ".3f"),
+            _f(d.get("disk_bound_at_hit_rate_tok_s"), ".3f"), _f(d.get("fraction_of_bound_at_hit_rate"), ".0%"),
+            ("-" if mc is None else ("pass" if mc["pass"] else "FAIL")) + " |"]))
+    L.append("")
+    L.append("Decode tok/s marked * is partial (tokens done before the worker died). Expert MB/token read: "
+             "flashmoe_stats() expert_bytes_read per decode token; hit rate (bytes): 1 - that / the expert bytes a "
+             "token needs (stock: from the disk's read_bytes, so readahead can make it negative); peak MB: the "
+             "cgroup's max usage (RSS + page cache) when a cgroup was used, else VmHWM. Memory check (flashmoe): "
+             "RSS at the end of decode minus the RSS before the model loaded <= 1.1 x (non-expert weights + "
+             "ram_budget + KV cache).")
+    L.append("")
+    if rep["ratios"]:
+        L.append("## flashmoe against stock llama-cpp-python")
+        L.append("")
+        L.append("| setting | K | flashmoe | tok/s | versus | tok/s | ratio |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for x in rep["ratios"]:
+            where = "no cap, warm" if x["setting"] == "nocap" else f"cap {x['cap_bytes'] / 2**30:.2f} GiB, cold"
+            vs = _f(x["versus_tok_s"], ".3f") if x["versus_tok_s"] is not None else x["versus_status"]
+            L.append(f"| {where} | {x['k']} | {x['flashmoe']} | {_f(x['flashmoe_tok_s'], '.3f')} | {x['versus']} | "
+                     f"{vs} | {_f(x['ratio'], '.2f')}{'x' if x['ratio'] else ''} |")
+        L.append("")
+    kc = rep["k_check"]
+    if kc["runs"]:
+        L.append("## Experts per token (K)")
+        L.append("")
+        L.append("K is set with llama.cpp's `" + f"{model['arch']}.expert_used_count` key override (the same for "
+                 "stock and flashmoe). Check: expert lookups per decode token = layers x K x expert tensors per "
+                 f"layer ({model['layers']} x K x {model['expert_tensors_per_layer']}): "
+                 + ("applied in every flashmoe run." if kc["all_applied"] else "**NOT applied in every run**."))
+        L.append("")
+        L.append("| run | K | lookups/token | expected | expert MB/token read |")
+        L.append("| --- | --- | --- | --- | --- |")
+        for x in kc["runs"]:
+            L.append(f"| {x['run']} | {x['k']} | {x['expert_lookups_per_token']:.1f} | {x['expected']} | "
+                     f"{_f(x['expert_bytes_read_per_token'], '.2f', 1 / MB)} |")
+        L.append("")
+    ex = rep["extrapolation"]
+    L.append("## Full-model extrapolation")
+    L.append("")
+    if not ex["applies"]:
+        L.append(f"Not applicable: {ex['why']}.")
+    else:
+        fp = ex["fixed_part"]
+        L.append(f"This file is a **slice**: {ex['slice_layers']} of the {ex['full_layers']} layers of the full "
+                 f"model ({ex['full_layers_source']}). The figures below are **extrapolated**, not measured: "
+                 "seconds per token t = F + L x p, with F the fixed part (embedding, output norm and head over the "
+                 "vocabulary, logits copy, argmax) and p the per-layer part; p = (t - F) / L from this run, then "
+                 "t_full = F + L_full x p.")
+        L.append("")
+        if fp:
+            L.append(f"F = {fp['seconds'] * 1e3:.2f} ms, measured with the fixed-part probe: median decode step "
+                     f"with logits {fp['with_output_s'] * 1e3:.2f} ms, without {fp['without_output_s'] * 1e3:.2f} ms "
+                     f"({fp['pairs']} pairs; llama.cpp then skips the output head and the last layer's FFN), minus "
+                     f"the last layer's routed-expert time {fp['last_layer_expert_s'] * 1e3:.2f} ms "
+                     "(flashmoe_stats()). The last layer's router and shared expert stay in F (a slight "
+                     "overestimate of F, so the extrapolation is slightly optimistic).")
+        else:
+            L.append(ex["note"])
+        L.append("")
+        L.append(f"Assumption: {ex['assumption']}.")
+        L.append("")
+        L.append("| run | slice tok/s | F ms | per layer ms | full model tok/s | whole-time scaling would say | "
+                 "full-model disk bound at the run's hit rate | at 0 % hits | RAM for the same cache per layer |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for x in ex["runs"]:
+            ram = x.get("full_model_ram")
+            L.append(f"| {x['run']} | {x['slice_decode_tok_s']:.3f} | {x['fixed_s'] * 1e3:.2f} | "
+                     f"{x['per_layer_s'] * 1e3:.2f} | **{x['full_decode_tok_s']:.3f}** | "
+                     f"{x['naive_full_decode_tok_s']:.3f} | {_f(x['full_disk_bound_tok_s'], '.3f')} | "
+                     f"{_f(x['full_disk_bound_0_hit_tok_s'], '.3f')} | "
+                     f"{_gb(ram['total_bytes']) + ' GB' if ram else '-'} |")
+    L.append("")
+    plots = rep.get("plots") or {}
+    L.append("## Plots")
+    L.append("")
+    if plots.get("files"):
+        for name in plots["files"]:
+            L.append(f"![{name}]({name})")
+            L.append("")
+    else:
+        L.append(f"No plots: {plots.get('skipped', 'not made')}.")
+    L.append("")
+    return "\n".join(L)

@@ -1,0 +1,224 @@
+"""One benchmark configuration, in a fresh process: `python -m flashmoe_gguf.bench.worker SPEC_JSON`.
+
+Reports JSON events on stdout, one a line, prefixed with `EVENT` (llama.cpp may write to stderr freely):
+start (RSS before the model loads: interpreter + libraries), loaded, prompt, token (one per decode step),
+done (everything the parent needs), probe (the fixed-part probe, optional).
+
+Sequence: prompt of `prompt_tokens` tokens in one eval (time to first token = that eval + the argmax); decode =
+`tokens` single-token evals, each feeding the argmax of the previous one (greedy) or a seeded random token id
+(feed="random"). With `warmup`, the whole sequence runs once untimed first (warm caches).
+
+The fixed-part probe (`probe_pairs` > 0) alternates decode steps that produce logits with steps that produce
+none (a llama_batch whose only token has logits=False): llama.cpp then skips the output norm, the output head
+over the vocabulary, the logits copy, and the last layer's FFN (its rows are selected with the output ids
+first). See `extrapolate.py` for how the difference is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from .machine import proc_io, proc_status
+
+EVENT = "FLASHMOE_BENCH_EVENT "
+PROMPT_TEXT = ("The quick brown fox jumps over the lazy dog. Mixture-of-experts language models route every token "
+               "through a few of many feed-forward experts, so most of their weights are idle at any moment, and "
+               "a runtime can keep those weights on disk until a token asks for them.")
+FLASHMOE_CONFIGS = ("flashmoe-lru", "flashmoe-os", "flashmoe-direct")
+STOCK_CONFIGS = ("stock", "stock-norepack")
+ALL_CONFIGS = FLASHMOE_CONFIGS + STOCK_CONFIGS
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    config: str                     # one of ALL_CONFIGS
+    model: str
+    threads: int
+    tokens: int
+    prompt_tokens: int
+    n_ctx: int
+    budget: int                     # flashmoe ram_budget, bytes (ignored by stock)
+    warmup: bool = False
+    feed: str = "greedy"            # "greedy" | "random"
+    kv_overrides: dict[str, int] = field(default_factory=dict)
+    probe_pairs: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerSpec":
+        return cls(**json.loads(text))
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "flashmoe_gguf.bench.worker", self.to_json()]
+
+
+def emit(kind: str, **data: Any) -> None:
+    print(EVENT + json.dumps({"event": kind, **data}), flush=True)
+
+
+def make_llama(spec: WorkerSpec) -> Any:
+    kw: dict[str, Any] = dict(n_ctx=spec.n_ctx, n_threads=spec.threads, n_threads_batch=spec.threads,
+                              verbose=False)
+    if spec.kv_overrides:
+        kw["kv_overrides"] = dict(spec.kv_overrides)
+    if spec.config in FLASHMOE_CONFIGS:
+        from flashmoe_gguf import Llama
+        cache, direct = ("lru", True) if spec.config == "flashmoe-direct" else (spec.config.split("-", 1)[1], False)
+        return Llama(spec.model, ram_budget=spec.budget, cache=cache, direct_io=direct, **kw)
+    import llama_cpp
+    if spec.config == "stock-norepack":
+        with no_extra_buffer_types():
+            return llama_cpp.Llama(spec.model, **kw)
+    if spec.config == "stock":
+        return llama_cpp.Llama(spec.model, **kw)
+    raise ValueError(f"unknown configuration {spec.config!r}")
+
+
+@contextlib.contextmanager
+def no_extra_buffer_types() -> Iterator[None]:
+    """Stock llama.cpp with CPU_REPACK off: use_extra_bufts=False in the model params llama_cpp.Llama builds.
+
+    llama_cpp.Llama calls llama_cpp.llama_cpp.llama_model_default_params (the submodule's name), so that is the
+    name to patch (patching the package-level re-export leaves repack on).
+    """
+    import llama_cpp.llama_cpp as lc
+    orig = lc.llama_model_default_params
+
+    def patched() -> Any:
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+    lc.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        lc.llama_model_default_params = orig
+
+
+def prompt_ids(llm: Any, n: int) -> list[int]:
+    ids = llm.tokenize(PROMPT_TEXT.encode(), add_bos=False)
+    while len(ids) < n:
+        ids = ids + ids
+    return ids[:n]
+
+
+def argmax_last(llm: Any) -> int:
+    import numpy as np
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+    return int(np.argmax(logits))
+
+
+def fm_stats(llm: Any) -> dict[str, float] | None:
+    return llm.flashmoe_stats() if hasattr(llm, "flashmoe_stats") else None
+
+
+def snapshot(llm: Any) -> dict[str, Any]:
+    return {"t": time.perf_counter(), "io": proc_io(), "fm": fm_stats(llm), "status": proc_status()}
+
+
+def feed_ids(llm: Any, n: int, feed: str) -> list[int] | None:
+    if feed == "greedy":
+        return None
+    rng = random.Random(1234)
+    lo, hi = min(1000, llm.n_vocab() // 4), max(llm.n_vocab() - 1000, llm.n_vocab() * 3 // 4)
+    return [rng.randrange(lo, hi) for _ in range(n)]
+
+
+def run_sequence(llm: Any, prompt: list[int], n: int, timed: bool, feed: list[int] | None) -> dict[str, Any]:
+    llm.reset()
+    s0 = snapshot(llm)
+    llm.eval(prompt)
+    tok = argmax_last(llm)
+    s1 = snapshot(llm)
+    out, step_s = [tok], []
+    if timed:
+        emit("prompt", seconds=s1["t"] - s0["t"], read_bytes=s1["io"]["read_bytes"] - s0["io"]["read_bytes"])
+    for i in range(n):
+        t0 = time.perf_counter()
+        llm.eval([tok if feed is None else feed[i]])
+        tok = argmax_last(llm)
+        step_s.append(time.perf_counter() - t0)
+        out.append(tok)
+        if timed:
+            emit("token", i=i, seconds=step_s[-1], read_bytes=proc_io()["read_bytes"])
+    s2 = snapshot(llm)
+    return {"before": s0, "after_prompt": s1, "after_decode": s2, "step_seconds": step_s, "tokens": out}
+
+
+def fixed_part_probe(llm: Any, pairs: int, first_token: int) -> dict[str, Any]:
+    """Alternate `pairs` decode steps with logits (and the argmax) and without; per kind: seconds and flashmoe
+    expert seconds (io_wait + expert compute) and bytes. Positions continue after the decoded sequence."""
+    import llama_cpp
+    import numpy as np
+    ctx = llm._ctx.ctx
+    n_vocab = llm.n_vocab()
+    pos = llm.n_tokens
+    batch = llama_cpp.llama_batch_init(1, 0, 1)
+    kinds: dict[str, dict[str, Any]] = {k: {"seconds": [], "expert_seconds": 0.0, "expert_bytes": 0}
+                                        for k in ("with_output", "no_output")}
+    tok = first_token
+    try:
+        for i in range(2 * pairs):
+            kind = "with_output" if i % 2 == 0 else "no_output"
+            batch.token[0], batch.pos[0], batch.n_seq_id[0] = tok, pos, 1
+            batch.seq_id[0][0] = 0
+            batch.logits[0] = kind == "with_output"
+            batch.n_tokens = 1
+            f0 = fm_stats(llm)
+            t0 = time.perf_counter()
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc} in the fixed-part probe")
+            if kind == "with_output":
+                ptr = llama_cpp.llama_get_logits_ith(ctx, 0)
+                tok = int(np.argmax(np.ctypeslib.as_array(ptr, shape=(n_vocab,))))
+            dt = time.perf_counter() - t0
+            f1 = fm_stats(llm)
+            k = kinds[kind]
+            k["seconds"].append(dt)
+            if f0 is not None and f1 is not None:
+                k["expert_seconds"] += (f1["io_wait_seconds"] - f0["io_wait_seconds"]) + \
+                    (f1["expert_compute_seconds"] - f0["expert_compute_seconds"])
+                k["expert_bytes"] += int(f1["expert_bytes_read"] - f0["expert_bytes_read"])
+            pos += 1
+    finally:
+        llama_cpp.llama_batch_free(batch)
+    return kinds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = WorkerSpec.from_json(args[0])
+    import llama_cpp  # noqa: F401  (libraries loaded before the baseline RSS)
+    if spec.config in FLASHMOE_CONFIGS:
+        import flashmoe_gguf.runtime  # noqa: F401
+    emit("start", pid=os.getpid(), io=proc_io(), status=proc_status())
+    t0 = time.perf_counter()
+    llm = make_llama(spec)
+    load_s = time.perf_counter() - t0
+    emit("loaded", seconds=load_s, io=proc_io(), status=proc_status(), fm=fm_stats(llm))
+    prompt = prompt_ids(llm, spec.prompt_tokens)
+    feed = feed_ids(llm, spec.tokens, spec.feed)
+    if spec.warmup:
+        run_sequence(llm, prompt, spec.tokens, timed=False, feed=feed)
+        emit("warm", io=proc_io(), fm=fm_stats(llm))
+    seq = run_sequence(llm, prompt, spec.tokens, timed=True, feed=feed)
+    emit("done", load_seconds=load_s, prompt=prompt, **seq, final_status=proc_status())
+    if spec.probe_pairs > 0:
+        emit("probe", **fixed_part_probe(llm, spec.probe_pairs, seq["tokens"][-1]))
+    llm.close()
+    emit("closed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
