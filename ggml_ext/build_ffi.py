@@ -77,13 +77,13 @@ def ggml_version(src: Path) -> str:
 
 
 def _cdef() -> str:
-    text = (HERE / "fm_api.h").read_text()
+    text = (HERE / "fm_api.h").read_text() + (HERE / "fm_quant.h").read_text()
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     return text
 
 
 SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_matmul.c", "fm_pool.c", "fm_store.c",
-           "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c"]
+           "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c", "fm_quant.c"]
 
 
 def make_ffi(relative: bool = True) -> FFI:
@@ -100,7 +100,7 @@ def make_ffi(relative: bool = True) -> FFI:
     ffi.cdef(_cdef())
     ffi.set_source(
         "flashmoe_gguf._fmext",
-        "#include <stddef.h>\n#include <stdint.h>\n#include \"fm_api.h\"\n",
+        "#include <stddef.h>\n#include <stdint.h>\n#include \"fm_api.h\"\n#include \"fm_quant.h\"\n",
         sources=sources,
         include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src")],
         extra_compile_args=["-std=gnu11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-format-truncation", "-pthread",
