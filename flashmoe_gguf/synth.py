@@ -518,8 +518,12 @@ def synth(preset: str, output: str | Path, *, layers: int | None = None, experts
     info = {"preset": p.name, "layers": int(hp["num_hidden_layers"]), "seed": int(seed), "expert_pool": pool or 0,
             "tiny": bool(tiny)}
 
+    full_layers = int((full_config.get("text_config") or full_config)["num_hidden_layers"])
+
     def extra(w: Any) -> None:
         w.add_string("flashmoe.synthetic", json.dumps(info, sort_keys=True))
+        # the full model's depth, so `flashmoe bench` can extrapolate a slice to it
+        w.add_uint32("flashmoe.synth.full_layers", full_layers)
 
     report = convert_loaded(config, weights, tok, output, experts=experts, dense=dense,  # type: ignore[arg-type]
                             align=align or DEFAULT_ALIGNMENT, threads=threads, progress=progress,

@@ -21,7 +21,7 @@ from .model import ModelInfo, model_info
 from .plan import BUDGET_DOC, BenchPlanOptions, flashmoe_budget, make_plan
 from .report import build, derive, render_markdown, sanitize, write_json
 from .runner import Control, RunPlan, RunResult, run_config
-from .worker import ALL_CONFIGS, FLASHMOE_CONFIGS, STOCK_CONFIGS
+from .worker import STOCK_CONFIGS, default_cache_mode, flashmoe_cache_modes, is_flashmoe
 
 MB = 1e6
 
@@ -59,11 +59,16 @@ def parse_ks(text: str | None) -> tuple[int | None, ...]:
     return tuple(dict.fromkeys(ks))
 
 
-def parse_configs(cache: str, compare: str) -> tuple[str, ...]:
-    caches = [c.strip() for c in cache.split(",") if c.strip()]
-    bad = [c for c in caches if f"flashmoe-{c}" not in FLASHMOE_CONFIGS]
+def parse_configs(cache: str | None, compare: str) -> tuple[str, ...]:
+    """--cache and --compare -> configuration names: flashmoe-<mode> (flashmoe-<mode>-direct for O_DIRECT reads;
+    "direct" alone is the default mode with O_DIRECT), then the stock ones."""
+    modes = flashmoe_cache_modes()
+    default = default_cache_mode()
+    caches = [c.strip() for c in (cache or default).split(",") if c.strip()]
+    caches = [f"{default}-direct" if c == "direct" else c for c in caches]
+    bad = [c for c in caches if c.removesuffix("-direct") not in modes]
     if bad:
-        raise ValueError(f"--cache: unknown {bad}; choose from lru, os, direct")
+        raise ValueError(f"--cache: unknown {bad}; choose from {', '.join(modes)} (add -direct for O_DIRECT reads)")
     compared = [] if compare.strip().lower() in ("", "none") else [c.strip() for c in compare.split(",")]
     bad = [c for c in compared if c not in STOCK_CONFIGS]
     if bad:
@@ -82,7 +87,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                    "<arch>.expert_used_count override, for flashmoe and stock (default: the file's)")
     b.add_argument("--compare", default="stock", help="stock configurations to run: stock (default), "
                    "stock-norepack (CPU_REPACK off: experts paged from the mmap), comma-separated, or none")
-    b.add_argument("--cache", default="lru", help="flashmoe cache modes: lru (default), os, direct; comma-separated")
+    b.add_argument("--cache", default=None, help="flashmoe cache modes, comma-separated: the runtime's (e.g. lru, os; "
+                   "MODE-direct reads with O_DIRECT; direct: the default mode with O_DIRECT) (default: the runtime's "
+                   "default mode)")
     b.add_argument("--report", type=Path, default=None,
                    help="report directory (default ./flashmoe-bench-<file>-<time>)")
     b.add_argument("--threads", type=int, default=1,
@@ -263,7 +270,7 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
 
 
 def _run_one(p: RunPlan, info: ModelInfo, control: Control, say: Callable[[str], None]) -> RunResult:
-    if p.config in FLASHMOE_CONFIGS and p.spec.budget <= 0:
+    if is_flashmoe(p.config) and p.spec.budget <= 0:
         r = RunResult(p.name, p.config, p.setting, p.k, p.k_overridden, p.cap, p.spec.budget, p.spec.threads,
                       p.spec.command(), expert_bytes_needed_per_token=info.expert_bytes_per_token(p.k))
         r.status = "skipped: cap below resident + KV cache + headroom"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .model import ModelInfo
 from .runner import RunPlan
-from .worker import FLASHMOE_CONFIGS, WorkerSpec
+from .worker import WorkerSpec, is_flashmoe
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
             overrides = {f"{info.arch}.expert_used_count": int(k)} if k else {}
             for cap in caps:
                 for config in opt.configs:
-                    fm = config in FLASHMOE_CONFIGS
+                    fm = is_flashmoe(config)
                     budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom) if cap is not None
                               else nocap_budget(info)) if fm else 0
                     probe = 0

@@ -67,18 +67,19 @@ def decode_vs_ram(rep: dict[str, Any], path: Path) -> str:
     for key, xs in failed.items():
         if key not in series:
             ax.plot(xs, [0] * len(xs), "x", markersize=10, label=f"{key[0]} K={key[1]}: failed (OOM/killed)")
-    # the disk bound per K: at 0 % hits (flat in the cap) and at flashmoe-lru's hit rate per cap
+    # the disk bound per K: at 0 % hits (flat in the cap) and at the first flashmoe configuration's hit rate
+    fm = next((r["config"] for r in runs if r["config"].startswith("flashmoe-")), "")
     for k in sorted({r["k"] for r in runs}):
         b0 = [per[r["name"]].get("disk_bound_0_hit_tok_s") for r in runs if r["k"] == k]
         b0 = [b for b in b0 if b and math.isfinite(b)]
         if b0 and caps:
             ax.axhline(b0[0], color="grey", linestyle=":", linewidth=1.2, label=f"disk bound, 0 % hits, K={k}")
         pts = sorted((r["cap_bytes"] / 2**30, per[r["name"]].get("disk_bound_at_hit_rate_tok_s"))
-                     for r in runs if r["k"] == k and r["config"] == "flashmoe-lru" and r["cap_bytes"] is not None)
+                     for r in runs if r["k"] == k and r["config"] == fm and r["cap_bytes"] is not None)
         pts = [p for p in pts if p[1] and math.isfinite(p[1])]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], ":", marker="^", color="black", linewidth=1,
-                    label=f"disk bound at flashmoe-lru's hit rate, K={k}")
+                    label=f"disk bound at {fm}'s hit rate, K={k}")
     if caps:
         ax.axvline(warm_x - (warm_x - max(caps) / 2**30) / 2, color="lightgrey", linewidth=0.8)
     ticks = [c / 2**30 for c in caps] + [warm_x]

@@ -18,7 +18,7 @@ from .extrapolate import FixedPart, extrapolate_run, fixed_from_probe, full_mode
 from .model import ModelInfo
 from .plan import BUDGET_DOC as BUDGET_RULE
 from .runner import RunResult
-from .worker import FLASHMOE_CONFIGS
+from .worker import is_flashmoe
 
 MB = 1e6
 MEMORY_SLACK = 0.10       # issue 3: steady-state RSS <= non-expert weights + ram_budget + KV cache + 10 %
@@ -26,10 +26,10 @@ MEMORY_SLACK = 0.10       # issue 3: steady-state RSS <= non-expert weights + ra
 
 
 def bound_hit_rate(r: RunResult) -> float:
-    """The hit rate the disk bound is evaluated at: for flashmoe's own cache (lru, direct) the share of the
+    """The hit rate the disk bound is evaluated at: for flashmoe's own cache (every mode but os) the share of the
     expert bytes a token needs that flashmoe did not read; for the page cache (flashmoe-os, stock) the share the
     disk did not deliver (/proc/<pid>/io read_bytes; readahead can make it negative: clamped at 0)."""
-    if r.config in ("flashmoe-lru", "flashmoe-direct") and r.hit_rate_bytes is not None:
+    if is_flashmoe(r.config) and r.config != "flashmoe-os" and r.hit_rate_bytes is not None:
         return min(1.0, max(0.0, r.hit_rate_bytes))
     if r.read_bytes_per_token is not None and r.expert_bytes_needed_per_token:
         return min(1.0, max(0.0, 1.0 - r.read_bytes_per_token / r.expert_bytes_needed_per_token))
@@ -41,7 +41,7 @@ def memory_check(r: RunResult, info: ModelInfo, n_ctx: int) -> dict[str, Any] | 
     1.1 x (non-expert weights + ram_budget + KV cache). The interpreter and libraries (RSS before the model
     loads) are not in that formula: `pass` compares the RSS above that baseline, `pass_including_baseline` the
     whole RSS."""
-    if r.config not in FLASHMOE_CONFIGS or "end_of_decode" not in r.rss or r.budget_bytes is None:
+    if not is_flashmoe(r.config) or "end_of_decode" not in r.rss or r.budget_bytes is None:
         return None
     kv = info.kv_cache_bytes(n_ctx)
     allowed = (info.resident_bytes + max(r.budget_bytes, 0) + kv) * (1 + MEMORY_SLACK)
@@ -86,8 +86,8 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
     for r in results:
         groups.setdefault((r.setting, r.cap_bytes, r.k), []).append(r)
     for (setting, cap, k), rs in groups.items():
-        for f in (r for r in rs if r.config in FLASHMOE_CONFIGS):
-            for s in (r for r in rs if r.config not in FLASHMOE_CONFIGS):
+        for f in (r for r in rs if is_flashmoe(r.config)):
+            for s in (r for r in rs if not is_flashmoe(r.config)):
                 ratios.append({"setting": setting, "cap_bytes": cap, "k": k, "flashmoe": f.config, "versus": s.config,
                                "flashmoe_tok_s": f.decode_tok_s if f.ok() else None, "versus_status": s.status,
                                "versus_tok_s": s.decode_tok_s if s.ok() else None,
@@ -108,7 +108,7 @@ def k_check(results: list[RunResult], info: ModelInfo) -> dict[str, Any]:
     needed scale with K."""
     rows = []
     for r in results:
-        if r.config in FLASHMOE_CONFIGS and r.ok() and r.expert_lookups_per_token is not None:
+        if is_flashmoe(r.config) and r.ok() and r.expert_lookups_per_token is not None:
             expected = info.layers * r.k * info.expert_tensors_per_layer
             rows.append({"run": r.name, "k": r.k, "overridden": r.k_overridden,
                          "expert_lookups_per_token": r.expert_lookups_per_token, "expected": expected,
@@ -149,7 +149,7 @@ def extrapolation(results: list[RunResult], info: ModelInfo, disk: dict[str, Any
                             disk.get("gb_s") if disk else None, per_run.get(r.name, {}).get("bound_hit_rate"))
         row = e.to_dict()
         row.update(config=r.config, setting=r.setting, k=r.k, cap_bytes=r.cap_bytes)
-        if r.config in FLASHMOE_CONFIGS and r.budget_bytes is not None:
+        if is_flashmoe(r.config) and r.budget_bytes is not None:
             row["full_model_ram"] = full_model_ram(info, r.budget_bytes, n_ctx, headroom)
         runs.append(row)
     out["runs"] = runs

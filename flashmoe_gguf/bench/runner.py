@@ -18,7 +18,7 @@ from typing import Any, Callable
 from .cgroup import MemCgroup
 from .machine import Quiet, QuietRule, cpu_busy_seconds, disk_counters, wait_quiet
 from .model import ModelInfo
-from .worker import EVENT, FLASHMOE_CONFIGS, WorkerSpec
+from .worker import EVENT, WorkerSpec, is_flashmoe
 
 MB = 1e6
 
@@ -204,7 +204,7 @@ def summarize(plan: RunPlan, info: ModelInfo, events: list[dict[str, Any]], fig:
     spec = plan.spec
     need = info.expert_bytes_per_token(plan.k)
     r = RunResult(plan.name, plan.config, plan.setting, plan.k, plan.k_overridden, plan.cap,
-                  spec.budget if plan.config in FLASHMOE_CONFIGS else None, spec.threads, fig["cmd"],
+                  spec.budget if is_flashmoe(plan.config) else None, spec.threads, fig["cmd"],
                   cap_enforced=control.cgroup and plan.cap is not None, cold=plan.cold and control.drop_caches,
                   wall_s=fig["wall_s"], others_cores=fig["others_cores"], others_disk_bytes=fig["others_disk_bytes"],
                   cgroup=fig["cgroup"], stderr_tail=fig["stderr_tail"], expert_bytes_needed_per_token=need)

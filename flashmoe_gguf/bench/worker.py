@@ -31,14 +31,32 @@ EVENT = "FLASHMOE_BENCH_EVENT "
 PROMPT_TEXT = ("The quick brown fox jumps over the lazy dog. Mixture-of-experts language models route every token "
                "through a few of many feed-forward experts, so most of their weights are idle at any moment, and "
                "a runtime can keep those weights on disk until a token asks for them.")
-FLASHMOE_CONFIGS = ("flashmoe-lru", "flashmoe-os", "flashmoe-direct")
 STOCK_CONFIGS = ("stock", "stock-norepack")
-ALL_CONFIGS = FLASHMOE_CONFIGS + STOCK_CONFIGS
+
+
+def is_flashmoe(config: str) -> bool:
+    """"flashmoe-<cache mode>" (any mode flashmoe_gguf.Llama accepts) or "flashmoe-<mode>-direct" (O_DIRECT)."""
+    return config.startswith("flashmoe-")
+
+
+def flashmoe_cache_modes() -> tuple[str, ...]:
+    """The cache modes the installed runtime accepts."""
+    from .. import runtime
+    modes = getattr(runtime, "CACHE_MODES", None)
+    return tuple(modes) if modes else ("lru", "os")
+
+
+def default_cache_mode() -> str:
+    """flashmoe_gguf.Llama's default `cache`."""
+    import inspect
+
+    from ..runtime import Llama
+    return str(inspect.signature(Llama.__init__).parameters["cache"].default)
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    config: str                     # one of ALL_CONFIGS
+    config: str                     # flashmoe-<cache>[-direct], stock or stock-norepack
     model: str
     threads: int
     tokens: int
@@ -70,10 +88,11 @@ def make_llama(spec: WorkerSpec) -> Any:
                               verbose=False)
     if spec.kv_overrides:
         kw["kv_overrides"] = dict(spec.kv_overrides)
-    if spec.config in FLASHMOE_CONFIGS:
+    if is_flashmoe(spec.config):
         from flashmoe_gguf import Llama
-        cache, direct = ("lru", True) if spec.config == "flashmoe-direct" else (spec.config.split("-", 1)[1], False)
-        return Llama(spec.model, ram_budget=spec.budget, cache=cache, direct_io=direct, **kw)
+        mode = spec.config.split("-", 1)[1]
+        direct = mode.endswith("-direct")
+        return Llama(spec.model, ram_budget=spec.budget, cache=mode.removesuffix("-direct"), direct_io=direct, **kw)
     import llama_cpp
     if spec.config == "stock-norepack":
         with no_extra_buffer_types():
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec.from_json(args[0])
     import llama_cpp  # noqa: F401  (libraries loaded before the baseline RSS)
-    if spec.config in FLASHMOE_CONFIGS:
+    if is_flashmoe(spec.config):
         import flashmoe_gguf.runtime  # noqa: F401
     emit("start", pid=os.getpid(), io=proc_io(), status=proc_status())
     t0 = time.perf_counter()

@@ -1,0 +1,423 @@
+"""`flashmoe bench`: argument parsing, the budget rule, the KV-cache estimate, extrapolation math, cgroup setup and
+removal, report writing, and real end-to-end runs on a tiny synthetic model (a 2-layer slice of the 4-layer tiny
+Qwen3-MoE variant). Timings are not asserted; counts of bytes and lookups are."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flashmoe_gguf.bench import cgroup as cgroup_mod
+from flashmoe_gguf.bench.command import parse_caps, parse_configs, parse_ks, setup
+from flashmoe_gguf.bench.extrapolate import (extrapolate_run, extrapolate_time, fit_two_slices, fixed_from_probe,
+                                             full_model_ram)
+from flashmoe_gguf.bench.model import FULL_LAYERS_KEY, model_info
+from flashmoe_gguf.bench.plan import BenchPlanOptions, flashmoe_budget, make_plan, nocap_budget
+from flashmoe_gguf.cli import build_parser
+from flashmoe_gguf.gguf_index import read_index
+from flashmoe_gguf.runtime import expert_tensors
+
+PNG = b"\x89PNG\r\n\x1a\n"
+HEADROOM = 64 << 20
+
+
+def _synth_cached(cache: Path, preset: str, layers: int | None) -> Path:
+    from flashmoe_gguf.synth import synth
+    out = cache / f"bench-{preset}-tiny-L{layers or 'all'}-v1.gguf"
+    if not out.exists():
+        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+        synth(preset, tmp, layers=layers, tiny=True, pool=4, seed=1, threads=2, cache_dir=cache,
+              routing_tokens=256)
+        os.replace(tmp, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(cache: Path) -> Path:
+    """2 of the 4 layers of the tiny qwen3-30b-a3b variant: 16 experts, K 4, Q4_K experts."""
+    return _synth_cached(cache, "qwen3-30b-a3b", 2)
+
+
+def _bench_args(path: Path, *extra: str) -> list[str]:
+    return ["bench", str(path), *extra]
+
+
+# -- the model facts and the budget rule -------------------------------------------------------------------
+
+def test_model_info_from_the_tensor_table(tiny: Path) -> None:
+    info = model_info(tiny)
+    experts = expert_tensors(tiny)
+    idx = read_index(tiny)
+    assert info.arch == "qwen3moe" and info.block_count == info.layers == 2
+    assert info.n_expert == 16 and info.n_expert_used == 4 and info.expert_tensors_per_layer == 3
+    # one expert of one layer: gate + up + down, each 256 x 256 Q4_K (144 bytes per 256 values)
+    assert info.bytes_per_expert == sum(e.stride for e in experts if e.layer == 0) == 3 * 256 * 144
+    assert info.expert_bytes == sum(e.stride * e.n_expert for e in experts)
+    assert info.resident_bytes + info.expert_bytes == sum(t.nbytes for t in idx.tensors)
+    assert info.resident_fixed_bytes == sum(t.nbytes for t in idx.tensors if not t.name.startswith("blk."))
+    assert info.expert_bytes_per_token() == 2 * 4 * info.bytes_per_expert
+    assert info.expert_bytes_per_token(2) == 2 * 2 * info.bytes_per_expert
+    # synth records the full depth: this is a slice
+    assert idx.scalars[FULL_LAYERS_KEY] == 4
+    assert info.full_layers == 4 and info.is_slice and FULL_LAYERS_KEY in info.full_layers_source
+    assert model_info(tiny, full_layers=48).full_layers == 48
+
+
+@pytest.mark.parametrize("preset", ["qwen3-30b-a3b", "qwen35-397b-a17b"])
+def test_kv_cache_estimate_matches_llama_cpp(cache: Path, preset: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """What llama.cpp allocates (its own log) for n_ctx 512: KV buffer and, for the hybrid model, RS buffer."""
+    import llama_cpp
+    path = _synth_cached(cache, preset, None)
+    info = model_info(path)
+    capfd.readouterr()
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=1, verbose=True)
+    llm.close()
+    log = capfd.readouterr().err
+    mib = {m.group(1): float(m.group(2)) for m in re.finditer(r"CPU (KV|RS) buffer size =\s+([\d.]+) MiB", log)}
+    assert "KV" in mib, log[-2000:]
+    assert info.kv_bytes_per_ctx * 512 / 2**20 == pytest.approx(mib["KV"], abs=0.01)
+    assert info.recurrent_state_bytes / 2**20 == pytest.approx(mib.get("RS", 0.0), abs=0.01)
+    assert (preset == "qwen35-397b-a17b") == (info.recurrent_state_bytes > 0)
+    assert info.kv_cache_bytes(512) == pytest.approx((mib["KV"] + mib.get("RS", 0.0)) * 2**20, abs=2**20 / 100)
+
+
+def test_budget_rule(tiny: Path) -> None:
+    info = model_info(tiny)
+    kv = info.kv_cache_bytes(512)
+    assert kv == 2 * 2 * (64 + 64) * 2 * 512           # 2 layers, 2 KV heads, key + value 64 each, f16
+    assert info.kv_cache_bytes(300) == kv              # llama.cpp pads n_ctx to 256
+    cap = 1 << 30
+    assert flashmoe_budget(cap, info, 512, HEADROOM) == cap - info.resident_bytes - kv - HEADROOM
+    assert flashmoe_budget(HEADROOM, info, 512, HEADROOM) < 0
+    assert nocap_budget(info) >= info.expert_bytes
+
+
+def test_plan(tiny: Path) -> None:
+    info = model_info(tiny)
+    opt = BenchPlanOptions(caps=(1 << 30, 1 << 29), warm=True, ks=(None, 2), configs=("flashmoe-lru", "stock"),
+                           tokens=4, prompt_tokens=8, n_ctx=512, threads=1, headroom=HEADROOM)
+    plan = make_plan(info, opt)
+    assert len(plan) == 2 * 2 * 2 + 2 * 2               # (caps x K x configs) + (warm x K x configs)
+    assert [p.setting for p in plan] == ["capped"] * 8 + ["nocap"] * 4     # capped (cold) runs first
+    assert all(p.cold == (p.setting == "capped") and p.spec.warmup == (p.setting == "nocap") for p in plan)
+    for p in plan:
+        assert p.k == (p.spec.kv_overrides.get("qwen3moe.expert_used_count") or 4)
+        assert p.k_overridden == bool(p.spec.kv_overrides)
+        if p.config == "stock":
+            assert p.spec.budget == 0
+        elif p.cap is not None:
+            assert p.spec.budget == flashmoe_budget(p.cap, info, 512, HEADROOM)
+        else:
+            assert p.spec.budget == nocap_budget(info)
+    assert [p.spec.probe_pairs > 0 for p in plan].count(True) == 1       # once: the first warm flashmoe run
+    assert next(p for p in plan if p.spec.probe_pairs).name == "no cap, warm / K=4 / flashmoe-lru"
+
+
+# -- argument parsing ----------------------------------------------------------------------------------------
+
+def test_parse_caps_ks_configs() -> None:
+    assert parse_caps("6G,3G", 10**10) == (6 << 30, 3 << 30)
+    assert parse_caps("3G,6G,3G", 10**10) == (6 << 30, 3 << 30)          # sorted, largest first, unique
+    assert parse_caps("35%", 2_000_000_000) == (700_000_000,)
+    assert parse_caps("none", 1) == () and parse_caps("", 1) == ()
+    for bad in ("x", "-1G", "0%", "5G,abc"):
+        with pytest.raises(ValueError):
+            parse_caps(bad, 10**9)
+    assert parse_ks(None) == (None,) and parse_ks("4,10,4") == (4, 10)
+    with pytest.raises(ValueError):
+        parse_ks("0")
+    assert parse_configs("lru,os", "stock,stock-norepack") == ("flashmoe-lru", "flashmoe-os", "stock",
+                                                               "stock-norepack")
+    assert parse_configs("lru-direct", "none") == ("flashmoe-lru-direct",)
+    assert parse_configs(None, "stock")[0].startswith("flashmoe-") and parse_configs(None, "stock")[1] == "stock"
+    with pytest.raises(ValueError, match="--cache"):
+        parse_configs("fifo", "stock")
+    with pytest.raises(ValueError, match="--compare"):
+        parse_configs("lru", "vllm")
+
+
+def test_cli_arguments(tiny: Path) -> None:
+    a = build_parser().parse_args(_bench_args(tiny, "--ram", "6G,3G", "--tokens", "8", "--k", "4,10", "--compare",
+                                              "stock", "--report", "/tmp/r", "--threads", "2"))
+    assert a.command == "bench" and a.file == tiny and a.ram == "6G,3G" and a.tokens == 8 and a.k == "4,10"
+    assert a.compare == "stock" and a.report == Path("/tmp/r") and a.threads == 2
+    d = build_parser().parse_args(_bench_args(tiny))
+    assert (d.ram, d.tokens, d.k, d.compare, d.threads, d.report) == ("35%", 32, None, "stock", 1, None)
+    st = setup(build_parser().parse_args(_bench_args(tiny, "--ram", "1G", "--k", "2", "--unprivileged")))
+    assert st.caps == (1 << 30,) and st.plan_options.ks == (2,)
+    assert not st.control.cgroup and not st.control.drop_caches
+    assert any("NOT enforced" in x for x in st.limitations) and any("page cache" in x for x in st.limitations)
+    for bad in (["--n-ctx", "16"], ["--ram", "none", "--no-warm"], ["--tokens", "0"], ["--k", "x"]):
+        with pytest.raises(ValueError):
+            setup(build_parser().parse_args(_bench_args(tiny, *bad)))
+    with pytest.raises(ValueError, match="no such file"):
+        setup(build_parser().parse_args(_bench_args(tiny.with_name("missing.gguf"))))
+
+
+# -- extrapolation -------------------------------------------------------------------------------------------
+
+def test_extrapolation_math(tiny: Path) -> None:
+    # t = F + L p: 10 ms fixed, 5 ms per layer; a 4-layer slice of a 60-layer model
+    assert extrapolate_time(0.030, 4, 60, 0.010) == pytest.approx(0.010 + 60 * 0.005)
+    assert extrapolate_time(0.030, 4, 60, 0.0) == pytest.approx(0.030 * 15)     # no F: whole-time scaling
+    assert fit_two_slices(4, 0.030, 8, 0.050) == pytest.approx((0.010, 0.005))
+    with pytest.raises(ValueError):
+        fit_two_slices(4, 0.03, 4, 0.04)
+    probe = {"with_output": {"seconds": [0.012, 0.011, 0.030], "expert_seconds": 0.0045, "expert_bytes": 0},
+             "no_output": {"seconds": [0.008, 0.007, 0.008], "expert_seconds": 0.0015, "expert_bytes": 0}}
+    f = fixed_from_probe(probe)
+    assert f is not None and f.pairs == 3
+    # medians 12 ms and 8 ms; the last layer's experts: 1.5 ms - 0.5 ms per step
+    assert f.seconds == pytest.approx(0.012 - 0.008 - 0.001)
+    assert fixed_from_probe({}) is None
+    info = model_info(tiny)      # 2 of 4 layers
+    e = extrapolate_run("r", 1 / 0.030, info, 0.010, 4, 1.0, 0.5)
+    assert e.full_decode_tok_s == pytest.approx(1 / (0.010 + 4 * 0.010))
+    assert e.naive_full_decode_tok_s == pytest.approx(1 / 0.060) and e.naive_full_decode_tok_s < e.full_decode_tok_s
+    need_full = 4 * 4 * info.bytes_per_expert
+    assert e.full_disk_bound_tok_s == pytest.approx(1e9 / (need_full * 0.5))
+    assert e.full_disk_bound_0_hit_tok_s == pytest.approx(1e9 / need_full)
+    ram = full_model_ram(info, 1000, 512, HEADROOM)
+    assert ram["ram_budget_bytes"] == 2000 and ram["kv_cache_bytes"] == 2 * info.kv_cache_bytes(512)
+    assert ram["resident_bytes"] == info.resident_fixed_bytes + 2 * (info.resident_bytes - info.resident_fixed_bytes)
+
+
+# -- the memory cgroup ---------------------------------------------------------------------------------------
+
+needs_cgroup = pytest.mark.skipif(cgroup_mod.check_available() is not None,
+                                  reason=f"no writable cgroup v1 memory controller: {cgroup_mod.check_available()}")
+
+
+def _child(code: str, cg: cgroup_mod.MemCgroup) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], preexec_fn=cg.join, capture_output=True,
+                          text=True, timeout=60)
+
+
+@needs_cgroup
+def test_cgroup_create_join_read_remove() -> None:
+    parent = cgroup_mod.own_memcg()
+    with cgroup_mod.MemCgroup(256 << 20) as cg:
+        assert cg.path.parent == parent and cg.path.is_dir()
+        assert int(cg.read("memory.limit_in_bytes")) == 256 << 20
+        r = _child("""
+            import os
+            print(open('/proc/self/cgroup').read())
+            b = bytearray(64 << 20)          # touched: 64 MB of RSS charged to the group
+            for i in range(0, len(b), 4096):
+                b[i] = 1
+        """, cg)
+        assert r.returncode == 0, r.stderr
+        assert "memory:" + str(cg.path.relative_to(cgroup_mod.MEMCG_ROOT)).join(["/", ""]) in r.stdout
+        fig = cg.figures()
+        assert fig["limit_bytes"] == 256 << 20 and fig["max_usage_bytes"] >= 64 << 20
+        assert fig["oom_kill"] == 0 and "rss" in fig["stat"]
+    assert not cg.path.exists() and cg.removed
+
+
+@needs_cgroup
+def test_cgroup_removed_after_the_child_fails_or_is_oom_killed() -> None:
+    with cgroup_mod.MemCgroup(None) as cg:
+        r = _child("raise SystemExit(3)", cg)
+        assert r.returncode == 3
+    assert not cg.path.exists()
+    with cgroup_mod.MemCgroup(48 << 20) as cg:
+        r = _child("""
+            b = bytearray(256 << 20)
+            for i in range(0, len(b), 4096):
+                b[i] = 1
+        """, cg)
+        assert r.returncode == -9
+        fig = cg.figures()
+        assert fig["oom_kill"] >= 1 and fig["max_usage_bytes"] <= 48 << 20
+    assert not cg.path.exists()
+    with pytest.raises(RuntimeError, match="boom"):
+        with cgroup_mod.MemCgroup(64 << 20) as cg:
+            p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=cg.join)
+            try:
+                raise RuntimeError("boom")
+            finally:
+                p.kill()
+                p.wait()
+    assert not cg.path.exists()
+
+
+def test_own_memcg_reports_what_is_missing(tmp_path: Path) -> None:
+    pc = tmp_path / "cgroup"
+    pc.write_text("0::/user.slice\n")
+    with pytest.raises(cgroup_mod.CgroupUnavailable, match="v2"):
+        cgroup_mod.own_memcg(tmp_path, pc)
+    pc.write_text("4:memory:/a/b\n")
+    with pytest.raises(cgroup_mod.CgroupUnavailable, match="not found"):
+        cgroup_mod.own_memcg(tmp_path, pc)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "memory.limit_in_bytes").write_text("1\n")
+    assert cgroup_mod.own_memcg(tmp_path, pc) == tmp_path / "a" / "b"
+
+
+# -- end to end ----------------------------------------------------------------------------------------------
+
+def _leftover_groups() -> list[Path]:
+    try:
+        return sorted(cgroup_mod.own_memcg().glob("flashmoe-bench-*"))
+    except cgroup_mod.CgroupUnavailable:
+        return []
+
+
+@pytest.fixture(scope="module")
+def e2e(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, int]:
+    """One real `flashmoe bench` (installed CLI, fresh processes): a cap that leaves flashmoe a budget smaller
+    than one expert (so every expert a token selects is read), K 4 and 2, flashmoe and stock, capped and warm."""
+    info = model_info(tiny)
+    budget = 4096
+    cap = info.resident_bytes + info.kv_cache_bytes(512) + HEADROOM + budget
+    out = tmp_path_factory.mktemp("bench") / "report"
+    before = _leftover_groups()
+    r = subprocess.run(["flashmoe", "bench", str(tiny), "--ram", str(cap), "--headroom", str(HEADROOM), "--tokens",
+                        "2", "--prompt-tokens", "8", "--k", "4,2", "--cache", "lru", "--compare", "stock",
+                        "--wait", "0", "--disk-reads", "16", "--disk-repeats", "1", "--retries", "0",
+                        "--probe-pairs", "3", "--report", str(out)], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path_factory.mktemp("cwd"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _leftover_groups() == before
+    return out, json.loads((out / "report.json").read_text()), cap
+
+
+def test_e2e_report_is_complete(e2e: tuple[Path, dict, int], tiny: Path) -> None:
+    out, rep, cap = e2e
+    for key in ("command", "started", "finished", "machine", "model", "options", "control", "budget_rule",
+                "caps_bytes", "budgets_bytes", "kv_cache_bytes", "disk_bandwidth", "runs", "per_run", "ratios",
+                "k_check", "extrapolation", "plots"):
+        assert key in rep, key
+    m = rep["machine"]
+    for key in ("cpu_model", "nproc", "ram_bytes", "disk", "kernel", "python", "llama_cpp_python", "git_head"):
+        assert m[key] not in (None, ""), key
+    assert rep["caps_bytes"] == [cap]
+    names = [r["name"] for r in rep["runs"]]
+    assert len(names) == 8 and len(set(names)) == 8
+    assert {(r["setting"], r["k"], r["config"]) for r in rep["runs"]} == \
+        {(s, k, c) for s in ("capped", "nocap") for k in (4, 2) for c in ("flashmoe-lru", "stock")}
+    for r in rep["runs"]:
+        assert r["status"] == "ok", (r["name"], r["status"], r["stderr_tail"])
+        assert r["decode_tokens_done"] == 2 and len(r["tokens"]) == 3
+        for key in ("load_s", "ttft_s", "prompt_tok_s", "decode_tok_s", "peak_memory_bytes"):
+            assert r[key] and r[key] > 0, (r["name"], key)
+        assert not r["oom"]
+        if rep["control"]["cgroup"]:
+            assert r["cgroup"]["max_usage_bytes"] > 0
+            if r["setting"] == "capped":
+                assert r["cap_enforced"] and r["cgroup"]["limit_bytes"] == cap
+                assert r["cgroup"]["max_usage_bytes"] <= cap
+    disk = rep["disk_bandwidth"]
+    assert disk["gb_s"] > 0 and len(disk["rounds"]) == 2          # before the capped runs and after them
+    assert (out / "report.md").is_file()
+
+
+def test_e2e_expert_bytes_and_k(e2e: tuple[Path, dict, int], tiny: Path) -> None:
+    _, rep, _ = e2e
+    info = model_info(tiny)
+    runs = {(r["setting"], r["k"], r["config"]): r for r in rep["runs"]}
+    for k in (4, 2):
+        capped = runs[("capped", k, "flashmoe-lru")]
+        # budget 4 KB < one expert: nothing can be cached, every selected expert is read
+        assert capped["budget_bytes"] == 4096
+        assert capped["expert_bytes_needed_per_token"] == info.layers * k * info.bytes_per_expert
+        assert capped["expert_bytes_per_token"] == info.layers * k * info.bytes_per_expert
+        assert capped["hit_rate_bytes"] == pytest.approx(0.0)
+        assert capped["expert_lookups_per_token"] == info.layers * k * 3
+        assert capped["time_per_token"]["io_wait"] + capped["time_per_token"]["expert_compute"] > 0
+        warm = runs[("nocap", k, "flashmoe-lru")]
+        assert warm["expert_bytes_per_token"] == 0 and warm["hit_rate_bytes"] == 1.0     # all cached after warm-up
+    assert runs[("capped", 4, "flashmoe-lru")]["expert_bytes_per_token"] == \
+        2 * runs[("capped", 2, "flashmoe-lru")]["expert_bytes_per_token"]
+    kc = rep["k_check"]
+    assert kc["all_applied"] is True and kc["ks"] == [2, 4] and len(kc["runs"]) == 4
+
+
+def test_e2e_derived_figures(e2e: tuple[Path, dict, int], tiny: Path) -> None:
+    _, rep, _ = e2e
+    info = model_info(tiny)
+    bw = rep["disk_bandwidth"]["gb_s"]
+    for r in rep["runs"]:
+        d = rep["per_run"][r["name"]]
+        need = info.layers * r["k"] * info.bytes_per_expert
+        assert d["disk_bound_0_hit_tok_s"] == pytest.approx(bw * 1e9 / need)
+        if r["config"] == "flashmoe-lru" and r["setting"] == "capped":
+            assert d["bound_hit_rate"] == pytest.approx(0.0)
+            assert d["fraction_of_bound_at_hit_rate"] == pytest.approx(r["decode_tok_s"] / (bw * 1e9 / need))
+        if r["config"] == "flashmoe-lru":
+            mc = d["memory_check"]
+            assert mc["allowed_bytes"] == int(1.1 * (info.resident_bytes + r["budget_bytes"] +
+                                                     info.kv_cache_bytes(512)))
+            assert mc["pass"] == (mc["rss_end_of_decode_bytes"] - mc["baseline_rss_bytes"] <= mc["allowed_bytes"])
+            assert 0 < mc["baseline_rss_bytes"] < mc["rss_end_of_decode_bytes"]
+        else:
+            assert "memory_check" not in d
+    ratios = {(x["setting"], x["k"]): x for x in rep["ratios"]}
+    assert set(ratios) == {(s, k) for s in ("capped", "nocap") for k in (4, 2)}
+    for x in ratios.values():
+        assert x["ratio"] == pytest.approx(x["flashmoe_tok_s"] / x["versus_tok_s"])
+    ex = rep["extrapolation"]
+    assert ex["applies"] and ex["slice_layers"] == 2 and ex["full_layers"] == 4
+    fp = ex["fixed_part"]
+    assert fp is not None and fp["pairs"] == 3 and fp["seconds"] >= 0
+    assert len(ex["runs"]) == 8
+    for x in ex["runs"]:
+        t = 1 / x["slice_decode_tok_s"]
+        assert x["full_decode_tok_s"] == pytest.approx(1 / (fp["seconds"] + 4 * max(0.0, t - fp["seconds"]) / 2))
+        assert x["naive_full_decode_tok_s"] == pytest.approx(x["slice_decode_tok_s"] / 2)
+
+
+def test_e2e_markdown_and_plots(e2e: tuple[Path, dict, int]) -> None:
+    out, rep, _ = e2e
+    md = (out / "report.md").read_text()
+    for text in ("# flashmoe bench", "**Machine:**", "**Budget rule:**", "**Disk:**", "## Runs",
+                 "## flashmoe against stock llama-cpp-python", "## Experts per token (K)",
+                 "## Full-model extrapolation", "**slice**", "extrapolated", "## Plots"):
+        assert text in md, text
+    for r in rep["runs"]:
+        assert f"| {r['name']} | ok |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert rep["plots"]["files"] == [] and "matplotlib" in rep["plots"]["skipped"]
+        assert "No plots: matplotlib" in md
+        return
+    assert rep["plots"]["files"] == ["decode_vs_ram.png", "time_per_token.png"]
+    for name in rep["plots"]["files"]:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 5000
+        assert f"![{name}]({name})" in md
+
+
+def test_unprivileged_run_says_what_it_could_not_control(tiny: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a cgroup or drop_caches (as a normal user), and without matplotlib: runs anyway and says so."""
+    from flashmoe_gguf.bench import plots
+    from flashmoe_gguf.cli import main
+    monkeypatch.setattr(plots, "matplotlib_missing", lambda: "matplotlib is not installed (test)")
+    monkeypatch.chdir(tmp_path)
+    before = _leftover_groups()
+    assert main(["bench", str(tiny), "--ram", "none", "--tokens", "2", "--prompt-tokens", "8", "--cache", "lru",
+                 "--compare", "none", "--wait", "0", "--disk-reads", "8", "--disk-repeats", "1",
+                 "--probe-pairs", "0", "--unprivileged", "--report", "r"]) == 0
+    assert _leftover_groups() == before
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["status"] for r in rep["runs"]] == ["ok"] and rep["runs"][0]["cgroup"] == {}
+    assert not rep["control"]["cgroup"] and not rep["control"]["drop_caches"]
+    assert rep["disk_bandwidth"]["method"].startswith(("O_DIRECT", "buffered pread, page cache NOT dropped"))
+    assert rep["plots"] == {"files": [], "skipped": "matplotlib is not installed (test)"}
+    assert rep["extrapolation"]["fixed_part"] is None and "lower bound" in rep["extrapolation"]["note"]
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "**Not controlled on this machine:**" in md and "NOT enforced" in md
+    assert "No plots: matplotlib is not installed (test)" in md
+    assert not list((tmp_path / "r").glob("*.png"))
+    err = capsys.readouterr().err
+    assert "WARNING: no memory cgroup" in err and "plots skipped" in err
