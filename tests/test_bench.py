@@ -263,29 +263,33 @@ def test_own_memcg_reports_what_is_missing(tmp_path: Path) -> None:
 
 # -- end to end ----------------------------------------------------------------------------------------------
 
-def _leftover_groups() -> list[Path]:
+def _leftover_groups(pid: int) -> list[Path]:
+    """Memory groups the bench process `pid` made and left behind."""
     try:
-        return sorted(cgroup_mod.own_memcg().glob("flashmoe-bench-*"))
+        return sorted(cgroup_mod.own_memcg().glob(f"flashmoe-bench-{pid}-*"))
     except cgroup_mod.CgroupUnavailable:
         return []
 
 
 @pytest.fixture(scope="module")
-def e2e(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, int]:
+def e2e(tiny: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, int]:
     """One real `flashmoe bench` (installed CLI, fresh processes): a cap that leaves flashmoe a budget smaller
-    than one expert (so every expert a token selects is read), K 4 and 2, flashmoe and stock, capped and warm."""
+    than one expert (so every expert a token selects is read), K 4 and 2, flashmoe and stock, capped and warm; and
+    the 4-layer file as a second slice for the two-point fit of the fixed part."""
     info = model_info(tiny)
+    four = _synth_cached(cache, "qwen3-30b-a3b", None)
     budget = 4096
     cap = info.resident_bytes + info.kv_cache_bytes(512) + HEADROOM + budget
     out = tmp_path_factory.mktemp("bench") / "report"
-    before = _leftover_groups()
-    r = subprocess.run(["flashmoe", "bench", str(tiny), "--ram", str(cap), "--headroom", str(HEADROOM), "--tokens",
+    p = subprocess.Popen(["flashmoe", "bench", str(tiny), "--ram", str(cap), "--headroom", str(HEADROOM), "--tokens",
                         "2", "--prompt-tokens", "8", "--k", "4,2", "--cache", "lru", "--compare", "stock",
                         "--wait", "0", "--disk-reads", "16", "--disk-repeats", "1", "--retries", "0",
-                        "--probe-pairs", "3", "--report", str(out)], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path_factory.mktemp("cwd"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert _leftover_groups() == before
+                        "--probe-pairs", "3", "--slice", str(four), "--report", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path_factory.mktemp("cwd"))
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert "[1/8] cap " in err and "[8/8] no cap, warm" in err and "[slice]" in err      # progress lines
+    assert _leftover_groups(p.pid) == []
     return out, json.loads((out / "report.json").read_text()), cap
 
 
@@ -365,8 +369,20 @@ def test_e2e_derived_figures(e2e: tuple[Path, dict, int], tiny: Path) -> None:
         assert x["ratio"] == pytest.approx(x["flashmoe_tok_s"] / x["versus_tok_s"])
     ex = rep["extrapolation"]
     assert ex["applies"] and ex["slice_layers"] == 2 and ex["full_layers"] == 4
+    probe = ex["fixed_part_probe"]
+    assert probe is not None and probe["pairs"] == 3 and probe["seconds"] >= 0
+    # the two-point fit: this file's warm flashmoe run at K 4 (2 layers) and the other slice's (4 layers)
+    two = ex["fixed_part_two_slices"]
+    second = rep["second_slice"]["run"]
+    assert second["status"] == "ok" and second["config"] == "flashmoe-lru" and second["k"] == 4
+    assert second["setting"] == "nocap" and rep["second_slice"]["model"]["block_count"] == 4
+    t2 = 1 / next(r for r in rep["runs"] if r["name"] == "no cap, warm / K=4 / flashmoe-lru")["decode_tok_s"]
+    t4 = 1 / second["decode_tok_s"]
+    assert [s["layers"] for s in two["slices"]] == [2, 4]
+    assert two["per_layer_s"] == pytest.approx((t4 - t2) / 2)
+    assert two["seconds"] == pytest.approx(max(0.0, t2 - 2 * (t4 - t2) / 2))
     fp = ex["fixed_part"]
-    assert fp is not None and fp["pairs"] == 3 and fp["seconds"] >= 0
+    assert fp == two                                   # the fit wins over the probe when both exist
     assert len(ex["runs"]) == 8
     for x in ex["runs"]:
         t = 1 / x["slice_decode_tok_s"]
@@ -379,7 +395,8 @@ def test_e2e_markdown_and_plots(e2e: tuple[Path, dict, int]) -> None:
     md = (out / "report.md").read_text()
     for text in ("# flashmoe bench", "**Machine:**", "**Budget rule:**", "**Disk:**", "## Runs",
                  "## flashmoe against stock llama-cpp-python", "## Experts per token (K)",
-                 "## Full-model extrapolation", "**slice**", "extrapolated", "## Plots"):
+                 "## Full-model extrapolation", "**slice**", "extrapolated", "two slices", "Cross-check: F",
+                 "## Plots"):
         assert text in md, text
     for r in rep["runs"]:
         assert f"| {r['name']} | ok |" in md
@@ -404,11 +421,10 @@ def test_unprivileged_run_says_what_it_could_not_control(tiny: Path, tmp_path: P
     from flashmoe_gguf.cli import main
     monkeypatch.setattr(plots, "matplotlib_missing", lambda: "matplotlib is not installed (test)")
     monkeypatch.chdir(tmp_path)
-    before = _leftover_groups()
     assert main(["bench", str(tiny), "--ram", "none", "--tokens", "2", "--prompt-tokens", "8", "--cache", "lru",
                  "--compare", "none", "--wait", "0", "--disk-reads", "8", "--disk-repeats", "1",
                  "--probe-pairs", "0", "--unprivileged", "--report", "r"]) == 0
-    assert _leftover_groups() == before
+    assert _leftover_groups(os.getpid()) == []
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [r["status"] for r in rep["runs"]] == ["ok"] and rep["runs"][0]["cgroup"] == {}
     assert not rep["control"]["cgroup"] and not rep["control"]["drop_caches"]

@@ -100,6 +100,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--no-warm", action="store_true", help="skip the no-cap, warm-cache setting")
     b.add_argument("--full-layers", type=int, default=None,
                    help="layers of the full model this file is a slice of (default: from its metadata)")
+    b.add_argument("--slice", type=Path, default=None, metavar="FILE2",
+                   help="another slice of the same model with a different layer count: its warm flashmoe run gives "
+                        "the fixed part of a token's time by a two-point fit (default: the in-run probe only)")
     b.add_argument("--feed", choices=("greedy", "random"), default="greedy",
                    help="decode input: the argmax (default) or seeded random token ids (less expert reuse)")
     b.add_argument("--probe-pairs", type=int, default=8,
@@ -125,6 +128,7 @@ class Setup:
     control: Control
     limitations: tuple[str, ...]
     report_dir: Path
+    second_slice: ModelInfo | None = None
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -162,9 +166,20 @@ def setup(args: argparse.Namespace) -> Setup:
                       quiet=rule, disk_device=dev, retries=args.retries, max_busy=args.max_busy)
     opt = BenchPlanOptions(caps, not args.no_warm, ks, configs, args.tokens, args.prompt_tokens, args.n_ctx,
                            args.threads, headroom, args.feed, args.probe_pairs)
+    second = None
+    if args.slice is not None:
+        second = model_info(Path(args.slice).resolve(), args.full_layers or info.full_layers)
+        same = (second.arch, second.n_expert, second.bytes_per_expert, second.resident_fixed_bytes)
+        if same != (info.arch, info.n_expert, info.bytes_per_expert, info.resident_fixed_bytes):
+            raise ValueError(f"--slice {args.slice} is not a slice of the same model as {path} (architecture, "
+                             "experts, expert size or embedding/output differ)")
+        if second.block_count == info.block_count:
+            raise ValueError(f"--slice {args.slice} has the same layer count ({info.block_count}) as {path}")
+        if args.no_warm:
+            raise ValueError("--slice needs the warm setting (drop --no-warm)")
     report_dir = Path(args.report) if args.report else \
         Path.cwd() / f"flashmoe-bench-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Setup(info, caps, opt, control, tuple(limitations), report_dir)
+    return Setup(info, caps, opt, control, tuple(limitations), report_dir, second)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -225,8 +240,10 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
         say(f"disk: {label}: " + ", ".join(f"{x:.3f}" for x in rounds[-1]["repeats"]) +
             f" GB/s; one thread {rounds[-1]['single_thread_gb_s']:.3f} GB/s")
 
+    second: dict[str, Any] = {}
+
     def save(final: bool) -> dict[str, Any]:
-        derived = derive(results, info, disk, opt.n_ctx, opt.headroom)
+        derived = derive(results, info, disk, opt.n_ctx, opt.headroom, two_slice_fixed(results, info, second))
         rep = sanitize(build(meta, info, results, disk, derived))
         if final:
             rep["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -252,6 +269,9 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
         if not warmed and len(rounds) == 1:
             measure_disk("after the runs", 1000)
         disk = diskmod.combine(rounds)
+        if st.second_slice is not None:
+            second.update(run_second_slice(st, say))
+            meta["second_slice"] = second
     finally:
         rep = save(True)
     from .plots import make_plots, matplotlib_missing
@@ -267,6 +287,38 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
     print(summary_lines(rep))
     print(f"report: {st.report_dir / 'report.md'} (every figure: {json_path})")
     return 0
+
+
+def run_second_slice(st: Setup, say: Callable[[str], None]) -> dict[str, Any]:
+    """The warm run of the first flashmoe configuration at the first K on the other slice (--slice)."""
+    other = st.second_slice
+    assert other is not None
+    opt = st.plan_options
+    import dataclasses
+    plan = [p for p in make_plan(other, dataclasses.replace(opt, caps=(), warm=True, probe_pairs=0))
+            if is_flashmoe(p.config)][:1]
+    if not plan:
+        return {}
+    p = dataclasses.replace(plan[0], name=f"second slice {Path(other.path).name} / " + plan[0].name)
+    diskmod.warm_file(other.path)
+    say(f"[slice] {p.name}")
+    r = _run_one(p, other, st.control, say)
+    say(f"[slice] {p.name}: {_line(r)}")
+    return {"model": asdict(other), "run": asdict(r)}
+
+
+def two_slice_fixed(results: list[RunResult], info: ModelInfo, second: dict[str, Any]) -> Any:
+    """F from this file's and the other slice's warm run of the same configuration and K (None if missing)."""
+    from .extrapolate import fixed_from_two_slices
+    run = second.get("run") if second else None
+    if not run or run["status"] != "ok" or not run["decode_tok_s"]:
+        return None
+    mine = next((r for r in results if r.setting == "nocap" and r.config == run["config"] and r.k == run["k"]
+                 and r.ok() and r.decode_tok_s), None)
+    if mine is None:
+        return None
+    return fixed_from_two_slices((info.path, info.block_count, 1.0 / mine.decode_tok_s),
+                                 (second["model"]["path"], second["model"]["block_count"], 1.0 / run["decode_tok_s"]))
 
 
 def _run_one(p: RunPlan, info: ModelInfo, control: Control, say: Callable[[str], None]) -> RunResult:

@@ -46,6 +46,8 @@ class FixedPart:
     without_output_s: float | None = None
     last_layer_expert_s: float | None = None
     pairs: int = 0
+    per_layer_s: float | None = None           # two slices: p
+    slices: list[dict[str, Any]] | None = None  # two slices: [{"path", "layers", "seconds_per_token"}, ...]
 
 
 def fixed_from_probe(probe: dict[str, Any]) -> FixedPart | None:
@@ -68,6 +70,14 @@ def fit_two_slices(layers_a: int, t_a: float, layers_b: int, t_b: float) -> tupl
         raise ValueError("two slices need different layer counts")
     p = (t_b - t_a) / (layers_b - layers_a)
     return t_a - layers_a * p, p
+
+
+def fixed_from_two_slices(a: tuple[str, int, float], b: tuple[str, int, float]) -> FixedPart:
+    """F from the same configuration's decode seconds per token on two slices: (path, layers, seconds) each."""
+    f, p = fit_two_slices(a[1], a[2], b[1], b[2])
+    return FixedPart(max(0.0, f), "two slices of the same model: t = F + L p solved from the warm flashmoe runs of "
+                     f"both ({a[1]} and {b[1]} layers)", per_layer_s=p,
+                     slices=[{"path": x[0], "layers": x[1], "seconds_per_token": x[2]} for x in (a, b)])
 
 
 def extrapolate_time(t_token: float, layers: int, full_layers: int, fixed: float) -> float:

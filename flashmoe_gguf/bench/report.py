@@ -124,16 +124,17 @@ def extrapolation(results: list[RunResult], info: ModelInfo, disk: dict[str, Any
         return {"applies": False, "why": "the file is not known to be a slice of a bigger model (no "
                 "flashmoe.synth.full_layers / flashmoe.synthetic preset in its metadata and no --full-layers)"
                 if info.full_layers is None else f"the file has all {info.full_layers} layers"}
-    fixed = fixed_override
-    if fixed is None:
-        probes = [r.probe for r in results if r.probe and r.ok()]
-        fixed = fixed_from_probe(probes[0]) if probes else None
+    probes = [r.probe for r in results if r.probe and r.ok()]
+    from_probe = fixed_from_probe(probes[0]) if probes else None
+    fixed = fixed_override or from_probe
     out: dict[str, Any] = {"applies": True, "slice_layers": info.block_count, "full_layers": info.full_layers,
                            "full_layers_source": info.full_layers_source,
                            "method": (_extrapolate_module.__doc__ or "").strip(),
                            "assumption": "every layer of the full model behaves like the slice's layers on average, "
                            "with the same expert cache per layer (same hit rate); the RAM that needs is "
                            "full_model_ram"}
+    out["fixed_part_probe"] = asdict(from_probe) if from_probe else None
+    out["fixed_part_two_slices"] = asdict(fixed_override) if fixed_override else None
     if fixed is None:
         out["fixed_part"] = None
         out["note"] = ("the fixed part was not measured (no warm flashmoe run with the probe): full_decode_tok_s "
@@ -300,14 +301,22 @@ def render_markdown(rep: dict[str, Any]) -> str:
                  "vocabulary, logits copy, argmax) and p the per-layer part; p = (t - F) / L from this run, then "
                  "t_full = F + L_full x p.")
         L.append("")
-        if fp:
-            L.append(f"F = {fp['seconds'] * 1e3:.2f} ms, measured with the fixed-part probe: median decode step "
-                     f"with logits {fp['with_output_s'] * 1e3:.2f} ms, without {fp['without_output_s'] * 1e3:.2f} ms "
-                     f"({fp['pairs']} pairs; llama.cpp then skips the output head and the last layer's FFN), minus "
-                     f"the last layer's routed-expert time {fp['last_layer_expert_s'] * 1e3:.2f} ms "
-                     "(flashmoe_stats()). The last layer's router and shared expert stay in F (a slight "
-                     "overestimate of F, so the extrapolation is slightly optimistic).")
-        else:
+        two, probe = ex.get("fixed_part_two_slices"), ex.get("fixed_part_probe")
+        if two:
+            a, b = two["slices"]
+            L.append(f"F = {two['seconds'] * 1e3:.2f} ms and p = {two['per_layer_s'] * 1e3:.2f} ms per layer, solved "
+                     f"from the warm flashmoe run of two slices: {a['layers']} layers {a['seconds_per_token'] * 1e3:.2f} "
+                     f"ms per token, {b['layers']} layers {b['seconds_per_token'] * 1e3:.2f} ms (`{Path(b['path']).name}`"
+                     "). F is used for every run below.")
+        if probe:
+            L.append(("Cross-check: " if two else "") +
+                     f"F = {probe['seconds'] * 1e3:.2f} ms from the fixed-part probe: median decode step with logits "
+                     f"{probe['with_output_s'] * 1e3:.2f} ms, without {probe['without_output_s'] * 1e3:.2f} ms "
+                     f"({probe['pairs']} pairs; llama.cpp then skips the output head and the last layer's FFN), minus "
+                     f"the last layer's routed-expert time {probe['last_layer_expert_s'] * 1e3:.2f} ms "
+                     "(flashmoe_stats()); the last layer's router and shared expert stay in F (a slight overestimate "
+                     "of F, so the extrapolation is slightly optimistic).")
+        if not fp:
             L.append(ex["note"])
         L.append("")
         L.append(f"Assumption: {ex['assumption']}.")
