@@ -97,6 +97,12 @@ def test_budget_rule(tiny: Path) -> None:
     assert flashmoe_budget(cap, info, 512, HEADROOM) == cap - info.resident_bytes - kv - HEADROOM
     assert flashmoe_budget(HEADROOM, info, 512, HEADROOM) < 0
     assert nocap_budget(info) >= info.expert_bytes
+    assert nocap_budget(info, 512, HEADROOM, 64 << 30) == nocap_budget(info)
+    # a machine too small to hold every expert: the no-cap budget stays within 90 % of its RAM
+    ram = int((info.resident_bytes + kv + HEADROOM + info.expert_bytes // 2) / 0.9)
+    budget = nocap_budget(info, 512, HEADROOM, ram)
+    assert budget == int(0.9 * ram) - info.resident_bytes - kv - HEADROOM
+    assert abs(budget - info.expert_bytes // 2) <= 2
 
 
 def test_plan(tiny: Path) -> None:
@@ -318,6 +324,8 @@ def test_e2e_report_is_complete(e2e: tuple[Path, dict, int], tiny: Path) -> None
             if r["setting"] == "capped":
                 assert r["cap_enforced"] and r["cgroup"]["limit_bytes"] == cap
                 assert r["cgroup"]["max_usage_bytes"] <= cap
+            else:       # only a safety net
+                assert not r["cap_enforced"] and r["cgroup"]["limit_bytes"] == int(0.9 * m["ram_bytes"])
     disk = rep["disk_bandwidth"]
     assert disk["gb_s"] > 0 and len(disk["rounds"]) == 2          # before the capped runs and after them
     assert (out / "report.md").is_file()

@@ -162,10 +162,14 @@ def setup(args: argparse.Namespace) -> Setup:
     rule = QuietRule(wait_s=args.wait, max_busy=args.max_busy)
     from .machine import block_device_of
     dev = block_device_of(path).get("device", "")
+    from .machine import meminfo
+    from .plan import SAFETY
+    ram = meminfo().get("MemTotal", 0) or None
     control = Control(cgroup=cg_reason is None, drop_caches=drop, timeout_s=args.timeout, stall_s=args.stall,
-                      quiet=rule, disk_device=dev, retries=args.retries, max_busy=args.max_busy)
+                      quiet=rule, disk_device=dev, retries=args.retries, max_busy=args.max_busy,
+                      safety_limit=int(SAFETY * ram) if ram else None)
     opt = BenchPlanOptions(caps, not args.no_warm, ks, configs, args.tokens, args.prompt_tokens, args.n_ctx,
-                           args.threads, headroom, args.feed, args.probe_pairs)
+                           args.threads, headroom, args.feed, args.probe_pairs, ram)
     second = None
     if args.slice is not None:
         second = model_info(Path(args.slice).resolve(), args.full_layers or info.full_layers)
@@ -182,6 +186,18 @@ def setup(args: argparse.Namespace) -> Setup:
     return Setup(info, caps, opt, control, tuple(limitations), report_dir, second)
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed when run as `flashmoe bench ...`, else rebuilt from every option."""
+    if sys.argv[1:2] == ["bench"]:
+        return shlex.join(["flashmoe", "bench"] + sys.argv[2:])
+    parts = ["flashmoe", "bench", str(args.file)]
+    for k, v in sorted(vars(args).items()):
+        if k in ("file", "func", "command") or v is None or v is False:
+            continue
+        parts += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return shlex.join(parts)
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(f"stopped by signal {signum}")
 
@@ -190,7 +206,6 @@ def main(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> 
     say: Callable[[str], None] = log or ((lambda s: None) if args.quiet else
                                           (lambda s: print(s, file=sys.stderr, flush=True)))
     st = setup(args)
-    info, opt, control = st.info, st.plan_options, st.control
     old = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}  # `finally` cleans up
     try:
         return _run(args, st, say)
@@ -216,8 +231,7 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
             + ("  (too small: flashmoe runs skipped)" if b <= 0 else ""))
     plan = make_plan(info, opt)
     meta: dict[str, Any] = {
-        "command": shlex.join(["flashmoe", "bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"] else
-        shlex.join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "command": command_line(args), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": describe(info.path), "options": {k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in vars(args).items() if k != "func"},
         "control": {"cgroup": control.cgroup, "drop_caches": control.drop_caches,
@@ -274,6 +288,7 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
             meta["second_slice"] = second
     finally:
         rep = save(True)
+        (st.report_dir / "report.md").write_text(render_markdown(rep))    # also when a run failed or was stopped
     from .plots import make_plots, matplotlib_missing
     missing = matplotlib_missing()
     if missing:

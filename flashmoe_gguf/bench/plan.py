@@ -7,13 +7,14 @@ The budget rule (documented in the report):
 `resident` is every tensor that is not a routed expert (from the GGUF tensor table), the KV cache is what
 llama.cpp allocates for n_ctx (f16 K and V on the attention layers, plus the recurrent state of hybrid models),
 and `headroom` (--headroom) covers the interpreter and libraries, llama.cpp's compute buffers and the page cache
-the reads pass through. With no cap, flashmoe gets a budget that holds every expert.
+the reads pass through. With no cap, flashmoe gets a budget that holds every expert (at most what fits in 90 %
+of the RAM beside the rest), and the worker's memory group is limited to 90 % of the RAM only as a safety net.
 """
 
 from __future__ import annotations
 
 BUDGET_DOC = ("flashmoe ram_budget = cap - resident (non-expert) weights - KV cache (n_ctx) - headroom; with no "
-              "cap, a budget that holds every expert")
+              "cap, a budget that holds every expert, at most 90 % of the RAM - resident - KV cache - headroom")
 
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class BenchPlanOptions:
     headroom: int
     feed: str = "greedy"
     probe_pairs: int = 8
+    ram_bytes: int | None = None       # this machine's RAM: the no-cap budget never exceeds what fits in it
 
 
 def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int:
@@ -42,9 +44,16 @@ def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int
     return cap - info.resident_bytes - info.kv_cache_bytes(n_ctx) - headroom
 
 
-def nocap_budget(info: ModelInfo) -> int:
-    """Enough for every expert (and slack for the cache's own bookkeeping)."""
-    return info.expert_bytes + 64 * info.bytes_per_expert
+SAFETY = 0.9      # no-cap runs: flashmoe's budget and the worker's memory group stay within 90 % of the RAM
+
+
+def nocap_budget(info: ModelInfo, n_ctx: int = 512, headroom: int = 0, ram_bytes: int | None = None) -> int:
+    """Enough for every expert (and slack for the cache's own bookkeeping), but no more than fits in 90 % of the
+    machine's RAM beside the resident weights, the KV cache and the headroom."""
+    want = info.expert_bytes + 64 * info.bytes_per_expert
+    if ram_bytes is None:
+        return want
+    return max(0, min(want, int(SAFETY * ram_bytes) - info.resident_bytes - info.kv_cache_bytes(n_ctx) - headroom))
 
 
 def _label(cap: int) -> str:
@@ -65,7 +74,7 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
                 for config in opt.configs:
                     fm = is_flashmoe(config)
                     budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom) if cap is not None
-                              else nocap_budget(info)) if fm else 0
+                              else nocap_budget(info, opt.n_ctx, opt.headroom, opt.ram_bytes)) if fm else 0
                     probe = 0
                     if setting == "nocap" and fm and not probe_done and opt.probe_pairs > 0:
                         probe, probe_done = opt.probe_pairs, True

@@ -38,7 +38,8 @@ def decode_vs_ram(rep: dict[str, Any], path: Path) -> str:
     runs = rep["runs"]
     per = rep["per_run"]
     caps = sorted({r["cap_bytes"] for r in runs if r["cap_bytes"] is not None})
-    warm_x = (max(caps) / 2**30 * 1.25 + 0.1) if caps else 1.0
+    gib = [c / 2**30 for c in caps]
+    warm_x = (max(gib) + 0.3 * ((max(gib) - min(gib)) or max(gib))) if caps else 1.0
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     series: dict[tuple[str, int], list[tuple[float, float]]] = {}
     failed: dict[tuple[str, int], list[float]] = {}

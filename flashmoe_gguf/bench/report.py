@@ -89,6 +89,7 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
         for f in (r for r in rs if is_flashmoe(r.config)):
             for s in (r for r in rs if not is_flashmoe(r.config)):
                 ratios.append({"setting": setting, "cap_bytes": cap, "k": k, "flashmoe": f.config, "versus": s.config,
+                               "same_greedy_tokens": f.tokens == s.tokens if f.ok() and s.ok() and f.tokens else None,
                                "flashmoe_tok_s": f.decode_tok_s if f.ok() else None, "versus_status": s.status,
                                "versus_tok_s": s.decode_tok_s if s.ok() else None,
                                "ratio": f.decode_tok_s / s.decode_tok_s if f.ok() and s.ok() and f.decode_tok_s
@@ -260,18 +261,21 @@ def render_markdown(rep: dict[str, Any]) -> str:
              "token needs (stock: from the disk's read_bytes, so readahead can make it negative); peak MB: the "
              "cgroup's max usage (RSS + page cache) when a cgroup was used, else VmHWM. Memory check (flashmoe): "
              "RSS at the end of decode minus the RSS before the model loaded <= 1.1 x (non-expert weights + "
-             "ram_budget + KV cache).")
+             "ram_budget + KV cache); llama.cpp's compute buffers are not in that rule, so a small model can fail it "
+             "by a few tens of MB. In the no-cap runs the file was read into the page cache beforehand by this "
+             "process, so their peak is mostly the worker's own memory.")
     L.append("")
     if rep["ratios"]:
         L.append("## flashmoe against stock llama-cpp-python")
         L.append("")
-        L.append("| setting | K | flashmoe | tok/s | versus | tok/s | ratio |")
-        L.append("| --- | --- | --- | --- | --- | --- | --- |")
+        L.append("| setting | K | flashmoe | tok/s | versus | tok/s | ratio | same greedy tokens |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for x in rep["ratios"]:
             where = "no cap, warm" if x["setting"] == "nocap" else f"cap {x['cap_bytes'] / 2**30:.2f} GiB, cold"
             vs = _f(x["versus_tok_s"], ".3f") if x["versus_tok_s"] is not None else x["versus_status"]
             L.append(f"| {where} | {x['k']} | {x['flashmoe']} | {_f(x['flashmoe_tok_s'], '.3f')} | {x['versus']} | "
-                     f"{vs} | {_f(x['ratio'], '.2f')}{'x' if x['ratio'] else ''} |")
+                     f"{vs} | {_f(x['ratio'], '.2f')}{'x' if x['ratio'] else ''} | "
+                     f"{'-' if x['same_greedy_tokens'] is None else 'yes' if x['same_greedy_tokens'] else 'no'} |")
         L.append("")
     kc = rep["k_check"]
     if kc["runs"]:
@@ -308,6 +312,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                      f"from the warm flashmoe run of two slices: {a['layers']} layers {a['seconds_per_token'] * 1e3:.2f} "
                      f"ms per token, {b['layers']} layers {b['seconds_per_token'] * 1e3:.2f} ms (`{Path(b['path']).name}`"
                      "). F is used for every run below.")
+            L.append("")
         if probe:
             L.append(("Cross-check: " if two else "") +
                      f"F = {probe['seconds'] * 1e3:.2f} ms from the fixed-part probe: median decode step with logits "

@@ -49,6 +49,7 @@ class Control:
     hang_retries: int = 2
     max_busy: float = 0.25
     max_others_disk: int = 50_000_000
+    safety_limit: int | None = None   # memory-group limit of the no-cap runs (90 % of RAM: never the whole machine)
 
 
 @dataclass
@@ -104,7 +105,8 @@ def run_worker(spec: WorkerSpec, cap: int | None, control: Control,
     events: list[dict[str, Any]] = []
     stderr: list[str] = []
     fig: dict[str, Any] = {"last_read_bytes": 0, "cmd": cmd}
-    with (MemCgroup(cap) if control.cgroup else contextlib.nullcontext()) as cg:
+    limit = cap if cap is not None else control.safety_limit
+    with (MemCgroup(limit) if control.cgroup else contextlib.nullcontext()) as cg:
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         me0 = resource.getrusage(resource.RUSAGE_SELF)
         busy0, disk0, t0 = cpu_busy_seconds(), disk_counters(control.disk_device), time.monotonic()
