@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-p", "--prompt", required=True)
     r.add_argument("-n", "--tokens", type=int, default=64)
     r.add_argument("--ram-budget", type=_size, default="4G", help="RAM for cached experts (default 4G)")
-    r.add_argument("--cache", choices=["lru", "os"], default="lru", help="our expert cache, or the OS page cache")
+    r.add_argument("--cache", choices=["lfu", "lru", "os"], default="lfu",
+                   help="our expert cache evicting the least often (lfu) or least recently (lru) used, or the OS page cache")
     r.add_argument("-c", "--ctx", type=int, default=2048)
     r.add_argument("-t", "--threads", type=int, default=None)
     r.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")

@@ -9,7 +9,7 @@ from typing import TextIO
 
 
 def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "4G", n_ctx: int = 2048,
-        threads: int | None = None, temperature: float = 0.0, cache: str = "lru", out: TextIO = sys.stdout) -> dict:
+        threads: int | None = None, temperature: float = 0.0, cache: str = "lfu", out: TextIO = sys.stdout) -> dict:
     from .runtime import Llama
 
     t0 = time.monotonic()

@@ -24,6 +24,8 @@ _LOAD_LOCK = threading.Lock()
 _INIT_LOCK = threading.Lock()
 _ext: Any = None
 LOAD_MODE_NONE = 0
+# cache policies (ggml_ext/fm_store.h): our cache with use counts (default), plain LRU, or the OS page cache
+CACHE_MODES = {"lfu": 2, "lru": 0, "os": 1}
 
 
 from .runtime_errors import FlashMoeError  # noqa: E402  (re-exported)
@@ -87,7 +89,7 @@ def _load_ext() -> Any:
 class StreamedModel:
     """The extension's handle on one GGUF: its expert table, cache and I/O threads."""
 
-    def __init__(self, path: str | Path, ram_budget: int, io_threads: int = 8, cache: str = "lru",
+    def __init__(self, path: str | Path, ram_budget: int, io_threads: int = 8, cache: str = "lfu",
                  direct_io: bool = False, kernels: bool = True) -> None:
         ext = _load_ext()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
@@ -95,10 +97,10 @@ class StreamedModel:
         self.experts = expert_tensors(self.path)
         if not self.experts:
             raise FlashMoeError(f"{path}: no routed-expert tensors (blk.N.ffn_*_exps.weight): not an MoE GGUF")
-        if cache not in ("lru", "os"):
-            raise ValueError(f"cache must be 'lru' or 'os', not {cache!r}")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
         err = self.ffi.new("char[1024]")
-        handle = self.lib.fm_model_new(self.path.encode(), ram_budget, io_threads, 0 if cache == "lru" else 1,
+        handle = self.lib.fm_model_new(self.path.encode(), ram_budget, io_threads, CACHE_MODES[cache],
                                        int(direct_io), int(kernels), err, 1024)
         if handle == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
@@ -155,12 +157,21 @@ class StreamedModel:
         return {
             "expert_bytes_read": int(s.expert_bytes_read), "reads": int(s.reads), "cache_hits": hits,
             "cache_misses": misses, "cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+            "prefetches": int(s.prefetches), "not_admitted": int(s.not_admitted),
+            "expert_bytes_used": int(s.expert_bytes_used),
             "cache_bytes": int(s.cache_bytes), "cache_peak_bytes": int(s.cache_peak_bytes),
             "mul_mat_id_calls": int(s.mul_mat_id_calls), "io_seconds": float(s.io_seconds),
             "io_wait_seconds": float(s.io_wait_seconds),
             "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),
             "load_bytes_read": self.load_bytes_read,
         }
+
+    def access(self, tensor: str, experts: Sequence[int]) -> None:
+        """Replay hook: acquire, read and release experts of one tensor as a MUL_MAT_ID would, without computing."""
+        err = self.ffi.new("char[1024]")
+        arr = self.ffi.new("int[]", list(experts))
+        if self.lib.fm_model_access(self.handle, tensor.encode(), arr, len(experts), err, 1024) != 0:
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
 
     def inject_read_error(self, nth_read: int) -> None:
         """Test hook: the nth expert read from now on fails with EIO."""
@@ -202,12 +213,13 @@ def _llama_base() -> type:
 class Llama(_llama_base()):  # type: ignore[misc]
     """Drop-in llama_cpp.Llama for MoE GGUFs larger than RAM.
 
-    Extra arguments: ram_budget (bytes or "8G": RAM for cached experts), cache ("lru": our cache; "os": no
-    cache of our own, the page cache does it), io_threads, direct_io (O_DIRECT reads), kernels (our AVX2/AVX-512
+    Extra arguments: ram_budget (bytes or "8G": RAM for cached experts), cache ("lfu": our cache, evicting the
+    least often used experts (default); "lru": our cache, least recently used first; "os": no cache of our own,
+    the page cache does it; see ggml_ext/fm_store.h), io_threads, direct_io (O_DIRECT reads), kernels (our AVX2/AVX-512
     kernels where available, else ggml's). Every llama_cpp.Llama argument works as usual.
     """
 
-    def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "4G", cache: str = "lru",
+    def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "4G", cache: str = "lfu",
                  io_threads: int = 8, direct_io: bool = False, kernels: bool = True, **kwargs: Any) -> None:
         self._fm: StreamedModel | None = None
         self._fm = StreamedModel(model_path, parse_size(ram_budget), io_threads, cache, direct_io, kernels)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
+import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -82,6 +84,23 @@ def _cdef() -> str:
     return text
 
 
+def openmp_flags() -> list[str]:
+    """-fopenmp when the C compiler accepts it (fm_pool.c then runs our threads in llama.cpp's OpenMP team).
+
+    FLASHMOE_OPENMP=0 forces the pthread pool."""
+    if os.environ.get("FLASHMOE_OPENMP") == "0":
+        return []
+    cc = shlex.split(os.environ.get("CC") or "cc")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "omp.c"
+        src.write_text("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            r = subprocess.run([*cc, "-fopenmp", str(src), "-o", str(Path(tmp) / "omp")], capture_output=True)
+        except OSError:
+            return []
+    return ["-fopenmp"] if r.returncode == 0 else []
+
+
 SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_matmul.c", "fm_pool.c", "fm_store.c",
            "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c", "fm_quant.c"]
 
@@ -95,6 +114,7 @@ def make_ffi(relative: bool = True) -> FFI:
         f'#define FM_GGML_VERSION "{ggml_version(src)}"\n'
         f'#define FM_LLAMA_CPP_PYTHON_VERSION "{LLAMA_CPP_PYTHON_VERSION}"\n')
     # setuptools wants paths relative to the project; cffi's own compile() changes directory, so absolute
+    omp = openmp_flags()
     sources = [os.path.relpath(HERE / n) if relative else str(HERE / n) for n in SOURCES]
     ffi = FFI()
     ffi.cdef(_cdef())
@@ -104,8 +124,8 @@ def make_ffi(relative: bool = True) -> FFI:
         sources=sources,
         include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src")],
         extra_compile_args=["-std=gnu11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-format-truncation", "-pthread",
-                            "-fvisibility=hidden"],
-        extra_link_args=["-pthread"],
+                            "-fvisibility=hidden", *omp],
+        extra_link_args=["-pthread", *omp],
         libraries=["dl"],
     )
     return ffi

@@ -14,7 +14,7 @@
 #include "fm_model.h"
 
 /* fm_api.h declares fm_stats identically to fm_store.h's; keep them in step */
-_Static_assert(sizeof(fm_stats) == 7 * sizeof(uint64_t) + 3 * sizeof(double), "fm_stats layout");
+_Static_assert(sizeof(fm_stats) == 10 * sizeof(uint64_t) + 3 * sizeof(double), "fm_stats layout");
 
 int fm_init(const char *lib_dir, char *err, size_t err_len) {
     if (fm_ggml_load(lib_dir, err, err_len) != 0) return -1;
@@ -109,6 +109,41 @@ void fm_model_inject_read_error(fm_model *m, int nth_read) {
     pthread_mutex_lock(&m->store.mu);
     m->store.fault_after_reads = nth_read > 0 ? (int) m->store.stats.reads + nth_read : 0;
     pthread_mutex_unlock(&m->store.mu);
+}
+
+int fm_model_access(fm_model *m, const char *tensor, const int *experts, int n, char *err, size_t err_len) {
+    fm_store *s = &m->store;
+    int t = fm_store_find(s, tensor);
+    if (t < 0 || n <= 0 || n > s->tensors[t].n_expert) {
+        snprintf(err, err_len, "fm_model_access: unknown tensor %s or bad count %d", tensor, n);
+        return -1;
+    }
+    int *slots = malloc((size_t) n * sizeof *slots);
+    char *done = calloc((size_t) n, 1);
+    int rc = -1;
+    if (!slots || !done) {
+        snprintf(err, err_len, "out of memory");
+        goto out;
+    }
+    if (fm_store_acquire(s, t, experts, n, slots) != 0) {
+        fm_model_error(m, err, err_len);
+        goto out;
+    }
+    rc = 0;
+    for (int left = n; left > 0; left--) {
+        int i = fm_store_wait_any(s, slots, done, n);
+        if (i < 0) {
+            fm_model_error(m, err, err_len);
+            rc = -1;
+            break;
+        }
+        done[i] = 1;
+    }
+    fm_store_release(s, slots, n);
+out:
+    free(slots);
+    free(done);
+    return rc;
 }
 
 uint64_t fm_model_dropped_bytes(fm_model *m) {

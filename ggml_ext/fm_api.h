@@ -8,9 +8,12 @@ typedef struct fm_stats {
     uint64_t reads;
     uint64_t cache_hits;
     uint64_t cache_misses;
+    uint64_t prefetches;
+    uint64_t not_admitted;
     uint64_t cache_bytes;
     uint64_t cache_peak_bytes;
     uint64_t mul_mat_id_calls;
+    uint64_t expert_bytes_used;
     double io_seconds;
     double io_wait_seconds;
     double compute_seconds;
@@ -21,7 +24,8 @@ int fm_init(const char *lib_dir, char *err, size_t err_len);
 const char *fm_built_ggml_version(void);
 int fm_backend_api_version(void);
 
-/* mode: 0 = own LRU cache of `budget` bytes, 1 = OS page cache. direct: read with O_DIRECT. */
+/* mode: 0 = own LRU cache of `budget` bytes, 1 = OS page cache, 2 = own LFU cache (fm_store.h).
+   direct: read with O_DIRECT. */
 fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int use_kernels,
                        char *err, size_t err_len);
 int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
@@ -38,6 +42,9 @@ int fm_model_error(fm_model *m, char *buf, size_t len);
 /* Test hook: make the Nth expert read from now on fail with EIO (0 turns it off). */
 void fm_model_inject_read_error(fm_model *m, int nth_read);
 uint64_t fm_model_dropped_bytes(fm_model *m);
+/* Test and replay hook: what a MUL_MAT_ID does with the store (acquire the experts of a tensor, wait for all,
+ * release), without computing. For checking cache policies against an access trace. */
+int fm_model_access(fm_model *m, const char *tensor, const int *experts, int n, char *err, size_t err_len);
 
 /* A FILE* on the model that serves every byte except the given [begin, end) ranges, which are never read
  * (the loader's copy of those bytes is discarded anyway). bytes_read counts what it did read. Close it with

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
 
 #include "fm_ggml.h"
@@ -24,6 +25,7 @@ static double now_s(void) {
 
 typedef struct {
     /* shared, read-only during a task */
+    fm_store *s;
     const struct ggml_tensor *b;
     struct ggml_tensor *dst;
     int64_t ne00, ne01, ne11;
@@ -34,13 +36,23 @@ typedef struct {
     ggml_vec_dot_t vec_dot;
     const fm_kernel *kernel;
     int type;
-    /* current expert */
-    const char *w;
-    const int *pairs;            /* (k, t) pairs packed as k + t * n_used */
-    int n_pairs;
     int n_used;
-    char *gathered;              /* this expert's activation rows, contiguous (kernel path) */
-    float *out;                  /* [rows][n_pairs] scratch (kernel path), per thread slices */
+    const int *pairs;            /* (k, t) pairs packed as k + t * n_used, grouped by expert */
+    const int *start;            /* expert e's pairs are pairs[start[e] .. start[e + 1]) */
+    size_t max_pairs;
+    char *gathered;              /* per thread: an expert's activation rows, contiguous (kernel path) */
+    float *out;                  /* per thread: [n_pairs][rows] results (kernel path) */
+    /* the current wave: experts uniq[0..nw), their slots; work item i is chunk i % cpe of the
+       (i / cpe)-th expert to arrive */
+    const int *uniq;
+    const int *slots;
+    char *done;                  /* arrived and handed out */
+    int *order;                  /* wave indices in order of arrival */
+    int nw, cpe, n_items;
+    /* claimed under mu */
+    pthread_mutex_t mu;
+    int next_item, n_arrived, failed;
+    double io_wait;
 } mm_ctx;
 
 static void quantize_task(void *arg, int ith, int nth) {
@@ -59,32 +71,73 @@ static void quantize_task(void *arg, int ith, int nth) {
     }
 }
 
-static void expert_task(void *arg, int ith, int nth) {
-    mm_ctx *c = arg;
-    int64_t r0 = c->ne01 * ith / nth, r1 = c->ne01 * (ith + 1) / nth;
+/* rows r0..r1 of expert e (bytes w) for all of its (k, t) pairs */
+static void expert_rows(mm_ctx *c, int ith, int e, const char *w, int64_t r0, int64_t r1) {
     struct ggml_tensor *dst = c->dst;
+    const int *pairs = c->pairs + c->start[e];
+    int n_pairs = c->start[e + 1] - c->start[e];
     if (c->kernel) {
-        /* out is [n_pairs][ne01]: this thread fills columns r0..r1 of every activation row, then copies them */
         int n_rows = (int) (r1 - r0);
-        if (n_rows <= 0) return;
-        fm_kernel_matmul(c->kernel, c->type, (int) c->ne00, c->w + (size_t) r0 * c->w_row, c->w_row, n_rows,
-                         c->gathered, c->act_row, c->n_pairs, c->out + r0, (size_t) c->ne01);
-        for (int p = 0; p < c->n_pairs; p++) {
-            int k = c->pairs[p] % c->n_used, t = c->pairs[p] / c->n_used;
+        char *gathered = c->gathered + (size_t) ith * (c->max_pairs * c->act_row + 64);
+        float *out = c->out + (size_t) ith * (size_t) c->ne01 * c->max_pairs;
+        for (int p = 0; p < n_pairs; p++) {
+            int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
+            memcpy(gathered + (size_t) p * c->act_row, c->act + (size_t) ((k % c->ne11) + t * c->ne11) * c->act_row,
+                   c->act_row);
+        }
+        /* out is [n_pairs][n_rows] */
+        fm_kernel_matmul(c->kernel, c->type, (int) c->ne00, w + (size_t) r0 * c->w_row, c->w_row, n_rows,
+                         gathered, c->act_row, n_pairs, out, (size_t) n_rows);
+        for (int p = 0; p < n_pairs; p++) {
+            int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
             char *d = (char *) dst->data + (size_t) k * dst->nb[1] + (size_t) t * dst->nb[2];
-            memcpy((float *) d + r0, c->out + (size_t) p * (size_t) c->ne01 + r0, (size_t) n_rows * sizeof(float));
+            memcpy((float *) d + r0, out + (size_t) p * (size_t) n_rows, (size_t) n_rows * sizeof(float));
         }
         return;
     }
-    for (int p = 0; p < c->n_pairs; p++) {
-        int k = c->pairs[p] % c->n_used, t = c->pairs[p] / c->n_used;
+    for (int p = 0; p < n_pairs; p++) {
+        int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
         const char *a = c->act + (size_t) ((k % c->ne11) + t * c->ne11) * c->act_row;
         float *d = (float *) ((char *) dst->data + (size_t) k * dst->nb[1] + (size_t) t * dst->nb[2]);
         for (int64_t r = r0; r < r1; r++) {
-            float s;
-            c->vec_dot((int) c->ne00, &s, 0, c->w + (size_t) r * c->w_row, 0, a, 0, 1);
-            d[r] = s;
+            float sum;
+            c->vec_dot((int) c->ne00, &sum, 0, w + (size_t) r * c->w_row, 0, a, 0, 1);
+            d[r] = sum;
         }
+    }
+}
+
+/* Threads claim work items in order; the thread whose item belongs to an expert that has not arrived yet waits
+ * for the next arrival (holding mu, so arrivals are registered in order and only one thread waits on the
+ * store). One parallel region per wave, no barrier per expert. */
+static void wave_task(void *arg, int ith, int nth) {
+    mm_ctx *c = arg;
+    (void) nth;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        if (c->failed || c->next_item >= c->n_items) {
+            pthread_mutex_unlock(&c->mu);
+            return;
+        }
+        int item = c->next_item++;
+        int ei = item / c->cpe;
+        while (ei >= c->n_arrived) {
+            double tw = now_s();
+            int i = fm_store_wait_any(c->s, c->slots, c->done, c->nw);
+            c->io_wait += now_s() - tw;
+            if (i < 0) {
+                c->failed = 1;
+                pthread_mutex_unlock(&c->mu);
+                return;
+            }
+            c->done[i] = 1;
+            c->order[c->n_arrived++] = i;
+        }
+        int wi = c->order[ei];
+        pthread_mutex_unlock(&c->mu);
+        int chunk = item % c->cpe;
+        int64_t r0 = c->ne01 * chunk / c->cpe, r1 = c->ne01 * (chunk + 1) / c->cpe;
+        if (r1 > r0) expert_rows(c, ith, c->uniq[wi], fm_store_data(c->s, c->slots[wi]), r0, r1);
     }
 }
 
@@ -127,6 +180,7 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
         fm_store_set_error(s, msg);
         return -1;
     }
+    pthread_mutex_init(&c.mu, NULL);
     int n_tok = (int) ids->ne[1];
     int n_pairs_total = c.n_used * n_tok;
     int n_exp = t->n_expert;
@@ -137,9 +191,10 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
     int *uniq = malloc((size_t) n_exp * sizeof *uniq);
     int *slots = malloc((size_t) n_exp * sizeof *slots);
     char *done = calloc((size_t) n_exp, 1);
+    int *order = malloc((size_t) n_exp * sizeof *order);
     c.act = malloc((size_t) (c.ne11 * b->ne[2]) * c.act_row + 64);
     int rc = -1;
-    if (!count || !start || !pairs || !uniq || !slots || !done || !c.act) {
+    if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.act) {
         fm_store_set_error(s, "out of memory in MUL_MAT_ID");
         goto out;
     }
@@ -165,20 +220,25 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
     }
     /* request reads first, then quantize the activations while they are in flight */
     int wave = n_uniq;
-    if (s->mode == FM_CACHE_LRU && s->budget > 0) {
+    if (s->mode != FM_CACHE_OS && s->budget > 0) {
         uint64_t fit = s->budget / (t->stride ? t->stride : 1);
         if (fit < 1) fit = 1;
         if ((uint64_t) wave > fit) wave = (int) fit;
     }
-    fm_pool_run(pool, n_threads, quantize_task, &c);
-    size_t max_pairs = 0;
+    int nth = n_threads < fm_pool_threads(pool) ? n_threads : fm_pool_threads(pool);
+    if (nth < 1) nth = 1;
+    fm_pool_run(pool, nth, quantize_task, &c);
+    c.max_pairs = 0;
     for (int i = 0; i < n_uniq; i++) {
         size_t n = (size_t) (start[uniq[i] + 1] - start[uniq[i]]);
-        if (n > max_pairs) max_pairs = n;
+        if (n > c.max_pairs) c.max_pairs = n;
     }
+    c.s = s;
+    c.pairs = pairs;
+    c.start = start;
     if (c.kernel) {
-        c.gathered = malloc(max_pairs * c.act_row + 64);
-        c.out = malloc((size_t) c.ne01 * max_pairs * sizeof(float));
+        c.gathered = malloc((size_t) nth * (c.max_pairs * c.act_row + 64));
+        c.out = malloc((size_t) nth * (size_t) c.ne01 * c.max_pairs * sizeof(float));
         if (!c.gathered || !c.out) {
             fm_store_set_error(s, "out of memory in MUL_MAT_ID");
             goto out;
@@ -188,32 +248,22 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
         int nw = n_uniq - w0 < wave ? n_uniq - w0 : wave;
         if (fm_store_acquire(s, tensor, uniq + w0, nw, slots + w0) != 0) goto out;
         if (t->partner >= 0) fm_store_prefetch(s, t->partner, uniq + w0, nw);
-        for (int left = nw; left > 0; left--) {
-            double tw = now_s();
-            int i = fm_store_wait_any(s, slots + w0, done + w0, nw);
-            double waited = now_s() - tw;
-            if (i < 0) {
-                fm_store_release(s, slots + w0, nw);
-                goto out;
-            }
-            int e = uniq[w0 + i];
-            c.w = fm_store_data(s, slots[w0 + i]);
-            c.pairs = pairs + start[e];
-            c.n_pairs = start[e + 1] - start[e];
-            if (c.kernel) {
-                for (int p = 0; p < c.n_pairs; p++) {
-                    int k = c.pairs[p] % c.n_used, tk = c.pairs[p] / c.n_used;
-                    memcpy(c.gathered + (size_t) p * c.act_row,
-                           c.act + (size_t) ((k % c.ne11) + tk * c.ne11) * c.act_row, c.act_row);
-                }
-            }
-            fm_pool_run(pool, n_threads, expert_task, &c);
-            done[w0 + i] = 1;
-            pthread_mutex_lock(&s->mu);
-            s->stats.io_wait_seconds += waited;
-            pthread_mutex_unlock(&s->mu);
-        }
+        c.uniq = uniq + w0;
+        c.slots = slots + w0;
+        c.done = done + w0;
+        c.order = order;
+        c.nw = nw;
+        /* split an expert's rows between threads only when there are too few experts to go round */
+        c.cpe = nw >= 2 * nth ? 1 : (2 * nth + nw - 1) / nw;
+        c.n_items = nw * c.cpe;
+        c.next_item = c.n_arrived = 0;
+        c.io_wait = 0;
+        fm_pool_run(pool, nth, wave_task, &c);
         fm_store_release(s, slots + w0, nw);
+        pthread_mutex_lock(&s->mu);
+        s->stats.io_wait_seconds += c.io_wait;
+        pthread_mutex_unlock(&s->mu);
+        if (c.failed) goto out;
     }
     rc = 0;
 out:
@@ -227,6 +277,8 @@ out:
     free(uniq);
     free(slots);
     free(done);
+    free(order);
+    pthread_mutex_destroy(&c.mu);
     free(c.act);
     free(c.gathered);
     free(c.out);

@@ -1,9 +1,49 @@
-/* Compute thread pool (see fm_pool.h). Workers sleep on a condition variable between tasks: on a 2-core
- * machine spinning workers would steal the core the I/O threads and llama.cpp's own threads need. */
+/* Compute thread pool (see fm_pool.h).
+ *
+ * With OpenMP (GCC/Clang -fopenmp: the build enables it when the compiler has it) a task is an OpenMP parallel
+ * region. llama-cpp-python's CPU backend is built with OpenMP, so both use the one libgomp in the process and
+ * the same team of threads: after each CPU graph split those threads spin for a while (GOMP_SPINCOUNT)
+ * waiting for the next region, and ours is that region. A separate pool of our own would compete with the
+ * spinning threads for the cores: on 2 cores that made 2-thread decode 10-20x slower than 1-thread.
+ *
+ * Without OpenMP, workers sleep on a condition variable between tasks (ggml then uses its own thread pool). */
 #include "fm_pool.h"
 
 #include <pthread.h>
 #include <stdlib.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+
+struct fm_pool {
+    int n_threads;
+};
+
+fm_pool *fm_pool_new(int n_threads) {
+    fm_pool *p = calloc(1, sizeof *p);
+    if (p) p->n_threads = n_threads < 1 ? 1 : n_threads;
+    return p;
+}
+
+void fm_pool_free(fm_pool *p) {
+    free(p);
+}
+
+int fm_pool_threads(const fm_pool *p) {
+    return p->n_threads;
+}
+
+void fm_pool_run(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
+    if (n > p->n_threads) n = p->n_threads;
+    if (n <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+#pragma omp parallel num_threads(n)
+    fn(ctx, omp_get_thread_num(), omp_get_num_threads());
+}
+
+#else
 
 struct fm_pool {
     pthread_mutex_t mu;
@@ -110,3 +150,5 @@ void fm_pool_run(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
     while (p->pending > 0) pthread_cond_wait(&p->cv_done, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }
+
+#endif

@@ -1,4 +1,4 @@
-/* Expert store: positional reads on an I/O thread pool into a budgeted LRU cache (see fm_store.h). */
+/* Expert store: positional reads on an I/O thread pool into a budgeted cache (see fm_store.h). */
 #define _GNU_SOURCE
 #include "fm_store.h"
 
@@ -72,6 +72,56 @@ static int read_expert(fm_store *s, const fm_tensor *t, char *buf, size_t cap, i
     return 0;
 }
 
+/* caller holds mu: the slot's expert leaves the cache and the slot (with its buffer) goes to the free list */
+static void free_slot_locked(fm_store *s, int idx) {
+    fm_slot *sl = &s->slots[idx];
+    s->slot_of[(size_t) sl->tensor * (size_t) s->max_expert + (size_t) sl->expert] = -1;
+    if (sl->cpos >= 0) {
+        int last = s->cached[--s->n_cached];
+        s->cached[sl->cpos] = last;
+        s->slots[last].cpos = sl->cpos;
+        sl->cpos = -1;
+    }
+    s->used -= s->tensors[sl->tensor].stride;
+    sl->state = FM_SLOT_FREE;
+    sl->transient = 0;
+    sl->next_free = s->free_head;
+    s->free_head = idx;
+}
+
+static size_t key_of(const fm_store *s, const fm_slot *sl) {
+    return (size_t) sl->tensor * (size_t) s->max_expert + (size_t) sl->expert;
+}
+
+/* caller holds mu: the entry the policy would evict next (unpinned, read or failed), or -1 */
+static int pick_victim_locked(const fm_store *s) {
+    int victim = -1;
+    unsigned best_f = 0;
+    uint64_t best_t = 0;
+    for (int j = 0; j < s->n_cached; j++) {
+        int i = s->cached[j];
+        const fm_slot *sl = &s->slots[i];
+        if (sl->pins != 0 || (sl->state != FM_SLOT_READY && sl->state != FM_SLOT_ERROR)) continue;
+        unsigned f = s->mode == FM_CACHE_LFU && sl->state == FM_SLOT_READY ? s->freq[key_of(s, sl)] : 0;
+        if (victim < 0 || f < best_f || (f == best_f && sl->last_use < best_t)) {
+            victim = i;
+            best_f = f;
+            best_t = sl->last_use;
+        }
+    }
+    return victim;
+}
+
+/* caller holds mu: counts one use of key (LFU), halving every count once per age_period uses */
+static void count_use_locked(fm_store *s, size_t key) {
+    if (s->freq[key] < 255) s->freq[key]++;
+    if (++s->accesses >= s->age_period) {
+        size_t n = (size_t) s->n_tensors * (size_t) s->max_expert;
+        for (size_t i = 0; i < n; i++) s->freq[i] >>= 1;
+        s->accesses = 0;
+    }
+}
+
 static void *io_main(void *arg) {
     fm_store *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -105,13 +155,7 @@ static void *io_main(void *arg) {
             sl->data = buf + data_off;
             sl->state = FM_SLOT_READY;
             s->stats.expert_bytes_read += t->stride;
-            if (s->mode == FM_CACHE_OS && sl->pins == 0) { /* released before the read finished */
-                s->slot_of[(size_t) sl->tensor * (size_t) s->max_expert + (size_t) sl->expert] = -1;
-                s->used -= t->stride;
-                sl->state = FM_SLOT_FREE;
-                sl->next_free = s->free_head;
-                s->free_head = idx;
-            }
+            if ((s->mode == FM_CACHE_OS || sl->transient) && sl->pins == 0) free_slot_locked(s, idx);
         } else {
             sl->state = FM_SLOT_ERROR;
             set_error_locked(s, err);
@@ -130,7 +174,7 @@ int fm_store_open(fm_store *s, const char *path, uint64_t budget, int io_threads
         snprintf(err, err_len, "path too long");
         return -1;
     }
-    if (io_threads < 1 || io_threads > 256 || (mode != FM_CACHE_LRU && mode != FM_CACHE_OS)) {
+    if (io_threads < 1 || io_threads > 256 || (mode != FM_CACHE_LRU && mode != FM_CACHE_OS && mode != FM_CACHE_LFU)) {
         snprintf(err, err_len, "bad store options (io_threads %d, mode %d)", io_threads, mode);
         return -1;
     }
@@ -187,6 +231,8 @@ void fm_store_close(fm_store *s) {
     for (int i = 0; i < s->n_slots; i++) free(s->slots[i].buf);
     free(s->slots);
     free(s->slot_of);
+    free(s->freq);
+    free(s->cached);
     free(s->tensors);
     free(s->queue);
     free(s->io);
@@ -279,25 +325,12 @@ int fm_store_check_file(fm_store *s) {
     return 0;
 }
 
-/* caller holds mu. Frees unpinned READY slots, least recently used first, until `need` more bytes fit. */
+/* caller holds mu. Frees unpinned entries in the policy's order until `need` more bytes fit. */
 static void evict_locked(fm_store *s, uint64_t need) {
     while (s->used + need > s->budget) {
-        int victim = -1;
-        uint64_t oldest = UINT64_MAX;
-        for (int i = 0; i < s->n_slots; i++) {
-            fm_slot *sl = &s->slots[i];
-            if ((sl->state == FM_SLOT_READY || sl->state == FM_SLOT_ERROR) && sl->pins == 0 && sl->last_use < oldest) {
-                oldest = sl->last_use;
-                victim = i;
-            }
-        }
+        int victim = pick_victim_locked(s);
         if (victim < 0) return; /* everything is pinned: the working set overflows the budget for now */
-        fm_slot *v = &s->slots[victim];
-        s->slot_of[(size_t) v->tensor * (size_t) s->max_expert + (size_t) v->expert] = -1;
-        s->used -= s->tensors[v->tensor].stride;
-        v->state = FM_SLOT_FREE;
-        v->next_free = s->free_head;
-        s->free_head = victim;
+        free_slot_locked(s, victim);
     }
 }
 
@@ -309,28 +342,46 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
         size_t n = (size_t) s->n_tensors * (size_t) s->max_expert;
         s->slot_of = malloc(n * sizeof *s->slot_of);
         s->slots = calloc(n, sizeof *s->slots);
-        if (!s->slot_of || !s->slots) {
+        s->freq = calloc(n, 1);
+        s->cached = malloc(n * sizeof *s->cached);
+        if (!s->slot_of || !s->slots || !s->freq || !s->cached) {
             free(s->slot_of);
             free(s->slots);
+            free(s->freq);
+            free(s->cached);
             s->slot_of = NULL;
             s->slots = NULL;
+            s->freq = NULL;
+            s->cached = NULL;
             return -1;
         }
+        s->age_period = 8 * (uint64_t) n;
         for (size_t i = 0; i < n; i++) s->slot_of[i] = -1;
         s->cap_slots = (int) n;
     }
     size_t key = (size_t) tensor * (size_t) s->max_expert + (size_t) expert;
     int idx = s->slot_of[key];
+    const fm_tensor *t = &s->tensors[tensor];
     s->clock++;
+    if (pin) {
+        count_use_locked(s, key);
+        s->stats.expert_bytes_used += t->stride;
+    }
     if (idx >= 0) {
         fm_slot *sl = &s->slots[idx];
         sl->pins += pin;
         sl->last_use = s->clock;
-        s->stats.cache_hits++;
+        if (pin) s->stats.cache_hits++;
         return idx;
     }
-    const fm_tensor *t = &s->tensors[tensor];
-    evict_locked(s, t->stride);
+    /* a miss: make room, or (LFU) do not admit an expert used less than what it would displace */
+    int transient = s->mode == FM_CACHE_OS;
+    if (!transient && s->used + t->stride > s->budget && s->mode == FM_CACHE_LFU) {
+        int v = pick_victim_locked(s);
+        if (v >= 0 && s->slots[v].state == FM_SLOT_READY && s->freq[key] < s->freq[key_of(s, &s->slots[v])])
+            transient = 1;
+    }
+    if (!transient) evict_locked(s, t->stride);
     size_t need = (size_t) t->stride + (s->direct ? 2 * FM_DIRECT_ALIGN : 0);
     if (s->free_head >= 0 && s->slots[s->free_head].cap >= need) {
         idx = s->free_head;
@@ -361,6 +412,12 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
     }
     sl->tensor = tensor;
     sl->expert = expert;
+    sl->transient = transient;
+    sl->cpos = -1;
+    if (!transient && s->mode != FM_CACHE_OS) {
+        sl->cpos = s->n_cached;
+        s->cached[s->n_cached++] = idx;
+    }
     sl->state = FM_SLOT_LOADING;
     sl->pins = pin;
     sl->last_use = s->clock;
@@ -368,7 +425,9 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
     s->slot_of[key] = idx;
     s->used += t->stride;
     if (s->used > s->stats.cache_peak_bytes) s->stats.cache_peak_bytes = s->used;
-    s->stats.cache_misses++;
+    if (pin) s->stats.cache_misses++;
+    else s->stats.prefetches++;
+    if (pin && transient && s->mode == FM_CACHE_LFU) s->stats.not_admitted++;
     if (s->q_len == s->q_cap) {
         int cap = 2 * s->q_cap;
         int *nq = malloc((size_t) cap * sizeof *nq);
@@ -416,7 +475,13 @@ void fm_store_prefetch(fm_store *s, int tensor, const int *experts, int n) {
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < n && !s->failed; i++) {
         if (experts[i] < 0 || experts[i] >= s->tensors[tensor].n_expert) continue;
-        /* only when it fits without evicting pinned work */
+        /* only when it fits without evicting pinned work (LFU: nor an entry used more often) */
+        if (s->mode == FM_CACHE_LFU && s->used + s->tensors[tensor].stride > s->budget && s->slot_of &&
+            s->slot_of[(size_t) tensor * (size_t) s->max_expert + (size_t) experts[i]] < 0) {
+            int v = pick_victim_locked(s);
+            unsigned f = s->freq[(size_t) tensor * (size_t) s->max_expert + (size_t) experts[i]] + 1u;
+            if (v < 0 || (s->slots[v].state == FM_SLOT_READY && f < s->freq[key_of(s, &s->slots[v])])) continue;
+        }
         if (s->used + s->tensors[tensor].stride > s->budget) evict_locked(s, s->tensors[tensor].stride);
         if (s->used + s->tensors[tensor].stride > s->budget) break;
         get_slot_locked(s, tensor, experts[i], 0);
@@ -446,15 +511,10 @@ void fm_store_release(fm_store *s, const int *slots, int n) {
     for (int i = 0; i < n; i++) {
         fm_slot *sl = &s->slots[slots[i]];
         if (sl->pins > 0) sl->pins--;
-        if (s->mode == FM_CACHE_OS && sl->pins == 0 && sl->state != FM_SLOT_LOADING) {
-            s->slot_of[(size_t) sl->tensor * (size_t) s->max_expert + (size_t) sl->expert] = -1;
-            s->used -= s->tensors[sl->tensor].stride;
-            sl->state = FM_SLOT_FREE;
-            sl->next_free = s->free_head;
-            s->free_head = slots[i];
-        }
+        if ((s->mode == FM_CACHE_OS || sl->transient) && sl->pins == 0 && sl->state != FM_SLOT_LOADING)
+            free_slot_locked(s, slots[i]);
     }
-    if (s->mode == FM_CACHE_LRU) evict_locked(s, 0);
+    if (s->mode != FM_CACHE_OS) evict_locked(s, 0);
     pthread_mutex_unlock(&s->mu);
 }
 

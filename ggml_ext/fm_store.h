@@ -3,7 +3,16 @@
  *
  * An expert is one contiguous byte range (offset + e * stride, stride bytes). Callers acquire the experts a
  * MUL_MAT_ID node selected (all at once, so the reads run in parallel), consume them as they become ready, and
- * release them. Slots being read or in use are pinned; the rest are evicted least-recently-used first. */
+ * release them. Slots being read or in use are pinned; the rest are evicted by the cache policy:
+ *
+ * LFU (default): every expert (cached or not) has a use count, halved every 8 uses per expert on average so
+ *   that it follows drifting routing. The victim is the unpinned entry with the lowest count (least recently
+ *   used among equals), and an expert whose count is below the victim's is not admitted: it is read into a
+ *   transient buffer and dropped after use. Decode visits the layers in a loop; when the budget holds less
+ *   than a token's experts, LRU evicts every expert just before its next use (0 % hits), while counts keep
+ *   the often-routed experts resident (routing is skewed: a tenth of the experts take most uses).
+ * LRU: least recently used first, always admitted (kept for comparison).
+ * OS: nothing kept after use; the page cache is the cache. */
 #ifndef FM_STORE_H
 #define FM_STORE_H
 
@@ -12,8 +21,9 @@
 #include <sys/stat.h>
 
 enum fm_cache_mode {
-    FM_CACHE_LRU = 0, /* keep experts in our own cache up to the budget (default) */
+    FM_CACHE_LRU = 0, /* our own cache up to the budget, least recently used evicted first */
     FM_CACHE_OS = 1,  /* keep nothing: every use re-reads, the OS page cache does the caching */
+    FM_CACHE_LFU = 2, /* our own cache up to the budget, use counts with aging and admission (default) */
 };
 
 enum { FM_SLOT_FREE = 0, FM_SLOT_LOADING, FM_SLOT_READY, FM_SLOT_ERROR };
@@ -38,16 +48,21 @@ typedef struct fm_slot {
     void *data;        /* start of the expert's bytes within buf */
     size_t cap;
     int next_free;
+    int transient;     /* not admitted to the cache: freed when its last pin goes */
+    int cpos;          /* index in fm_store.cached, or -1 */
 } fm_slot;
 
 typedef struct fm_stats {
     uint64_t expert_bytes_read;
     uint64_t reads;
-    uint64_t cache_hits;
-    uint64_t cache_misses;
+    uint64_t cache_hits;     /* experts a MUL_MAT_ID needed that were cached or already being read */
+    uint64_t cache_misses;   /* ... that had to be read */
+    uint64_t prefetches;     /* reads queued ahead of use (the partner tensor of the same experts) */
+    uint64_t not_admitted;   /* misses read into a transient buffer (LFU admission) */
     uint64_t cache_bytes;
     uint64_t cache_peak_bytes;
     uint64_t mul_mat_id_calls;
+    uint64_t expert_bytes_used; /* bytes of the experts MUL_MAT_ID nodes used (hits and misses) */
     double io_seconds;       /* summed over I/O threads */
     double io_wait_seconds;  /* time the compute path waited for reads */
     double compute_seconds;  /* time in expert products */
@@ -61,6 +76,10 @@ typedef struct fm_store {
     fm_tensor *tensors;
     int n_tensors, cap_tensors;
     int *slot_of;            /* [tensor * max_expert + expert] -> slot index or -1 */
+    uint8_t *freq;           /* [same key] use count (LFU) */
+    int *cached;             /* slots kept after use (the eviction candidates), dense */
+    int n_cached;
+    uint64_t accesses, age_period;
     int max_expert;
     fm_slot *slots;
     int n_slots, cap_slots, free_head;

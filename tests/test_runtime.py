@@ -102,15 +102,27 @@ def test_load_reads_no_expert_bytes() -> None:
     llm.close()
 
 
-def test_os_cache_mode_matches_stock() -> None:
+@pytest.mark.parametrize("cache,direct", [("os", False), ("lru", False), ("lfu", True), ("lru", True)])
+def test_cache_modes_match_stock(cache: str, direct: bool) -> None:
+    """Every cache policy, and O_DIRECT reads, give stock's logits; lfu/lru under constant eviction."""
     path = gguf_for("qwen3_moe", "Q4_K")
     ref_llm = stock_llama(path)
     ref = logits(ref_llm, PROMPT, batch=True)
+    ref_llm.reset()
+    ref_dec = logits(ref_llm, PROMPT, batch=False)
     ref_llm.close()
-    llm = streamed(path, "1M", cache="os")
+    budget = "1M" if cache == "os" else expert_bytes(path) // 8
+    llm = streamed(path, budget, cache=cache, direct_io=direct)
     got = logits(llm, PROMPT, batch=True)
     assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
-    assert llm.flashmoe_stats()["cache_bytes"] == 0
+    llm.reset()
+    got_dec = logits(llm, PROMPT, batch=False)
+    assert np.abs(got_dec - ref_dec).max() <= 1e-3 * np.abs(ref_dec).max()
+    st = llm.flashmoe_stats()
+    if cache == "os":
+        assert st["cache_bytes"] == 0
+    else:
+        assert st["cache_misses"] > 0 and 0 < st["cache_bytes"] <= int(budget)
     llm.close()
 
 

@@ -1,0 +1,116 @@
+"""The expert cache policies against an access trace shaped like decode (ggml_ext/fm_store.h).
+
+Decode visits every layer's expert tensors in the same order for each token, each time choosing K experts with a
+skewed popularity. The store is driven through StreamedModel.access (acquire, read, release: what a MUL_MAT_ID
+does, without computing) on a GGUF that holds only expert tensors; hits are the store's own counts. The
+reference is the best static cache for the trace (its most used experts that fit the budget).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LAYERS, EXPERTS, K, ROWS, COLS = 4, 64, 4, 4, 64
+KINDS = ("gate", "up", "down")
+STRIDE = ROWS * COLS * 4  # F32
+
+
+@pytest.fixture(scope="module")
+def experts_only_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import gguf
+    path = tmp_path_factory.mktemp("policy") / "experts.gguf"
+    w = gguf.GGUFWriter(str(path), "qwen3moe")
+    rng = np.random.default_rng(0)
+    for layer in range(LAYERS):
+        for kind in KINDS:
+            w.add_tensor(f"blk.{layer}.ffn_{kind}_exps.weight",
+                         rng.standard_normal((EXPERTS, ROWS, COLS)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def trace(tokens: int, zipf: float, seed: int) -> list[tuple[str, list[int]]]:
+    """Per token, per layer, K distinct experts drawn with probability ~ 1 / rank^zipf (rank order per layer)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, EXPERTS + 1) ** zipf
+    p /= p.sum()
+    order = [rng.permutation(EXPERTS) for _ in range(LAYERS)]
+    out = []
+    for _ in range(tokens):
+        for layer in range(LAYERS):
+            chosen = [int(order[layer][i]) for i in rng.choice(EXPERTS, size=K, replace=False, p=p)]
+            for kind in KINDS:
+                out.append((f"blk.{layer}.ffn_{kind}_exps.weight", chosen))
+    return out
+
+
+def replay(path: Path, cache: str, budget: int, accesses: list[tuple[str, list[int]]]) -> dict[str, float]:
+    from flashmoe_gguf.runtime import StreamedModel
+    m = StreamedModel(path, budget, io_threads=4, cache=cache)
+    try:
+        for name, experts in accesses:
+            m.access(name, experts)
+        return m.stats()
+    finally:
+        m.close()
+
+
+def best_static_hit_rate(accesses: list[tuple[str, list[int]]], slots: int) -> float:
+    counts = Counter((name, e) for name, experts in accesses for e in experts)
+    total = sum(counts.values())
+    return sum(c for _, c in counts.most_common(slots)) / total
+
+
+def test_lfu_keeps_hot_experts_when_a_token_does_not_fit(experts_only_gguf: Path) -> None:
+    per_token = LAYERS * len(KINDS) * K           # experts one token needs
+    slots = per_token // 2                        # the budget holds half of them
+    acc = trace(tokens=200, zipf=1.1, seed=1)
+    lru = replay(experts_only_gguf, "lru", slots * STRIDE, acc)
+    lfu = replay(experts_only_gguf, "lfu", slots * STRIDE, acc)
+    best = best_static_hit_rate(acc, slots)
+    # LRU: every expert is evicted before the loop comes back to it
+    assert lru["cache_hit_rate"] < 0.08, lru
+    assert lfu["cache_hit_rate"] >= 0.7 * best, (lfu, best)
+    assert lfu["cache_hit_rate"] >= lru["cache_hit_rate"] + 0.15
+    assert lfu["not_admitted"] > 0
+    # the cache stays within the budget, plus at most the experts of the access in progress
+    for st in (lru, lfu):
+        assert st["cache_peak_bytes"] <= slots * STRIDE + K * STRIDE, st
+        assert st["expert_bytes_used"] == len(acc) * K * STRIDE
+        # hits and misses partition the uses, and every miss is one read of one expert
+        assert st["cache_hits"] + st["cache_misses"] == len(acc) * K
+        assert st["expert_bytes_read"] == st["cache_misses"] * STRIDE
+
+
+def test_lfu_no_worse_than_lru_when_the_working_set_fits(experts_only_gguf: Path) -> None:
+    per_token = LAYERS * len(KINDS) * K
+    slots = 4 * per_token
+    acc = trace(tokens=200, zipf=0.8, seed=2)
+    lru = replay(experts_only_gguf, "lru", slots * STRIDE, acc)
+    lfu = replay(experts_only_gguf, "lfu", slots * STRIDE, acc)
+    best = best_static_hit_rate(acc, slots)
+    assert lfu["cache_hit_rate"] >= lru["cache_hit_rate"] - 0.03, (lfu, lru)
+    assert lfu["cache_hit_rate"] >= 0.8 * best, (lfu, best)
+
+
+def test_uniform_routing_hits_about_the_cached_fraction(experts_only_gguf: Path) -> None:
+    """With no popular experts, no policy can beat budget / total; LFU must not fall far below it."""
+    total = LAYERS * len(KINDS) * EXPERTS
+    slots = total // 4
+    acc = trace(tokens=300, zipf=0.0, seed=3)
+    lfu = replay(experts_only_gguf, "lfu", slots * STRIDE, acc)
+    assert 0.15 <= lfu["cache_hit_rate"] <= 0.35, lfu
+
+
+def test_os_mode_keeps_nothing(experts_only_gguf: Path) -> None:
+    acc = trace(tokens=20, zipf=1.1, seed=4)
+    st = replay(experts_only_gguf, "os", 1 << 20, acc)
+    assert st["cache_hits"] == 0 and st["cache_bytes"] == 0
+    assert st["expert_bytes_read"] == len(acc) * K * STRIDE
