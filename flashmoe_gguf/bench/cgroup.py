@@ -6,14 +6,13 @@ benchmark itself was interrupted); only the group this object created is ever re
 
 from __future__ import annotations
 
-import itertools
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 MEMCG_ROOT = Path("/sys/fs/cgroup/memory")
-_SERIAL = itertools.count(1)
 
 
 class CgroupUnavailable(RuntimeError):
@@ -55,7 +54,7 @@ class MemCgroup:
 
     def __init__(self, limit: int | None, parent: Path | None = None, name: str | None = None) -> None:
         self.parent = parent or own_memcg()
-        self.path = self.parent / (name or f"flashmoe-bench-{os.getpid()}-{next(_SERIAL)}")
+        self.path = self.parent / (name or f"flashmoe-bench-{os.getpid()}-{secrets.token_hex(4)}")
         self.limit = limit
         self.removed = False
 

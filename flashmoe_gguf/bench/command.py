@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..units import parse_size
 from . import disk as diskmod
 from .cgroup import check_available
+from .extrapolate import FixedPart
 from .machine import QuietRule, describe
 from .model import ModelInfo, model_info
 from .plan import BUDGET_DOC, BenchPlanOptions, flashmoe_budget, make_plan
@@ -322,7 +323,7 @@ def run_second_slice(st: Setup, say: Callable[[str], None]) -> dict[str, Any]:
     return {"model": asdict(other), "run": asdict(r)}
 
 
-def two_slice_fixed(results: list[RunResult], info: ModelInfo, second: dict[str, Any]) -> Any:
+def two_slice_fixed(results: list[RunResult], info: ModelInfo, second: dict[str, Any]) -> FixedPart | None:
     """F from this file's and the other slice's warm run of the same configuration and K (None if missing)."""
     from .extrapolate import fixed_from_two_slices
     run = second.get("run") if second else None
@@ -330,7 +331,7 @@ def two_slice_fixed(results: list[RunResult], info: ModelInfo, second: dict[str,
         return None
     mine = next((r for r in results if r.setting == "nocap" and r.config == run["config"] and r.k == run["k"]
                  and r.ok() and r.decode_tok_s), None)
-    if mine is None:
+    if mine is None or not mine.decode_tok_s:
         return None
     return fixed_from_two_slices((info.path, info.block_count, 1.0 / mine.decode_tok_s),
                                  (second["model"]["path"], second["model"]["block_count"], 1.0 / run["decode_tok_s"]))

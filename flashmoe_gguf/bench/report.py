@@ -107,7 +107,7 @@ def k_check(results: list[RunResult], info: ModelInfo) -> dict[str, Any]:
     """Did the K override apply? For every flashmoe run that finished, expert lookups per decode token must be
     layers x K x expert tensors per layer (one lookup per selected expert and projection tensor), and expert bytes
     needed scale with K."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in results:
         if is_flashmoe(r.config) and r.ok() and r.expert_lookups_per_token is not None:
             expected = info.layers * r.k * info.expert_tensors_per_layer
@@ -115,7 +115,7 @@ def k_check(results: list[RunResult], info: ModelInfo) -> dict[str, Any]:
                          "expert_lookups_per_token": r.expert_lookups_per_token, "expected": expected,
                          "expert_bytes_read_per_token": r.expert_bytes_per_token,
                          "applied": abs(r.expert_lookups_per_token - expected) <= 0.01 * expected})
-    ks = sorted({row["k"] for row in rows})
+    ks = sorted({int(row["k"]) for row in rows})
     return {"ks": ks, "runs": rows, "all_applied": all(row["applied"] for row in rows) if rows else None}
 
 
