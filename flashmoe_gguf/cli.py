@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="decode speed: flashmoe vs stock llama-cpp-python under RAM caps, with the "
                                      "disk bound; writes a report (JSON, Markdown, PNG)")
-    from .bench.command import add_arguments as _bench_arguments
+    from .bench.arguments import add_arguments as _bench_arguments
     _bench_arguments(b)
     b.set_defaults(func=_cmd_bench)
 
