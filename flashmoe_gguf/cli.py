@@ -15,6 +15,10 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _budget(text: str) -> int | str:
+    return "auto" if text == "auto" else _size(text)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .converter import archs, convert
     if args.list_archs:
@@ -100,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file", type=Path)
     r.add_argument("-p", "--prompt", required=True)
     r.add_argument("-n", "--tokens", type=int, default=64)
-    r.add_argument("--ram-budget", type=_size, default="4G", help="RAM for cached experts (default 4G)")
+    r.add_argument("--ram-budget", type=_budget, default="auto",
+                   help="RAM for cached experts, e.g. 8G (default auto: what is available beyond the resident weights)")
     r.add_argument("--cache", choices=["lfu", "lru", "os"], default="lfu",
                    help="our expert cache evicting the least often (lfu) or least recently (lru) used, or the OS page cache")
     r.add_argument("-c", "--ctx", type=int, default=2048)

@@ -8,7 +8,7 @@ import time
 from typing import TextIO
 
 
-def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "4G", n_ctx: int = 2048,
+def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "auto", n_ctx: int = 2048,
         threads: int | None = None, temperature: float = 0.0, cache: str = "lfu", out: TextIO = sys.stdout) -> dict:
     from .runtime import Llama
 
@@ -47,5 +47,5 @@ def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "4G"
     out.write(f"[flashmoe] {n} tokens, {summary['decode_tok_s']:.2f} tok/s decode, first token "
               f"{summary['first_token_s']:.2f} s, load {load_s:.2f} s, expert reads "
               f"{summary['expert_bytes_per_token'] / 2**20:.1f} MiB/token, cache hit rate "
-              f"{summary['cache_hit_rate']:.0%}, peak RSS {peak / 2**20:.0f} MiB\n")
+              f"{summary['cache_hit_rate']:.0%}, budget {st['ram_budget'] / 2**20:.0f} MiB, peak RSS {peak / 2**20:.0f} MiB\n")
     return summary

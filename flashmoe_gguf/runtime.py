@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .gguf_index import GGUFIndexError, read_index
+from .budget import auto_budget
 from .units import parse_size
 
 _EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate_up|gate|up|down)_exps\.weight$")
@@ -89,7 +90,7 @@ def _load_ext() -> Any:
 class StreamedModel:
     """The extension's handle on one GGUF: its expert table, cache and I/O threads."""
 
-    def __init__(self, path: str | Path, ram_budget: int, io_threads: int = 8, cache: str = "lfu",
+    def __init__(self, path: str | Path, ram_budget: int | str, io_threads: int = 8, cache: str = "lfu",
                  direct_io: bool = False, kernels: bool = True) -> None:
         ext = _load_ext()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
@@ -97,6 +98,11 @@ class StreamedModel:
         self.experts = expert_tensors(self.path)
         if not self.experts:
             raise FlashMoeError(f"{path}: no routed-expert tensors (blk.N.ffn_*_exps.weight): not an MoE GGUF")
+        expert_total = sum(e.stride * e.n_expert for e in self.experts)
+        if ram_budget == "auto":
+            ram_budget = auto_budget(Path(self.path).stat().st_size - expert_total, expert_total)
+        ram_budget = parse_size(ram_budget)
+        self.ram_budget = ram_budget
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
         err = self.ffi.new("char[1024]")
@@ -163,7 +169,7 @@ class StreamedModel:
             "mul_mat_id_calls": int(s.mul_mat_id_calls), "io_seconds": float(s.io_seconds),
             "io_wait_seconds": float(s.io_wait_seconds),
             "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),
-            "load_bytes_read": self.load_bytes_read,
+            "load_bytes_read": self.load_bytes_read, "ram_budget": self.ram_budget,
         }
 
     def access(self, tensor: str, experts: Sequence[int]) -> None:
@@ -213,16 +219,17 @@ def _llama_base() -> type:
 class Llama(_llama_base()):  # type: ignore[misc]
     """Drop-in llama_cpp.Llama for MoE GGUFs larger than RAM.
 
-    Extra arguments: ram_budget (bytes or "8G": RAM for cached experts), cache ("lfu": our cache, evicting the
+    Extra arguments: ram_budget (bytes or "8G": RAM for cached experts; "auto" (default): what this machine or
+    cgroup has available beyond the resident weights and a headroom, see flashmoe_gguf/budget.py), cache ("lfu": our cache, evicting the
     least often used experts (default); "lru": our cache, least recently used first; "os": no cache of our own,
     the page cache does it; see ggml_ext/fm_store.h), io_threads, direct_io (O_DIRECT reads), kernels (our AVX2/AVX-512
     kernels where available, else ggml's). Every llama_cpp.Llama argument works as usual.
     """
 
-    def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "4G", cache: str = "lfu",
+    def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "auto", cache: str = "lfu",
                  io_threads: int = 8, direct_io: bool = False, kernels: bool = True, **kwargs: Any) -> None:
         self._fm: StreamedModel | None = None
-        self._fm = StreamedModel(model_path, parse_size(ram_budget), io_threads, cache, direct_io, kernels)
+        self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels)
         try:
             with _PatchedLoader(self._fm):
                 super().__init__(model_path, *args, **kwargs)
