@@ -67,6 +67,9 @@ def setup(args: argparse.Namespace) -> Setup:
     if not drop:
         limitations.append("cannot drop the page cache (needs root): capped runs are not guaranteed cold (files "
                            "read earlier may still be cached), the disk is measured with O_DIRECT instead")
+    if args.threads >= (os.cpu_count() or 1):
+        limitations.append(f"--threads {args.threads} uses every core: ggml's threads spin at barriers, so any other "
+                           "process on the machine slows decoding a lot")
     rule = QuietRule(wait_s=args.wait, max_busy=args.max_busy)
     from .machine import block_device_of
     dev = block_device_of(path).get("device", "")

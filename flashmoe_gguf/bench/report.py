@@ -240,8 +240,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
     L.append("")
     L.append("| run | status | load s | TTFT s | prompt tok/s | decode tok/s | expert MB/token read | hit rate "
              "(bytes) | disk MB/token | peak MB | RSS end MB | bound 0 % hits | bound at hit rate | % of bound | "
-             "memory check |")
-    L.append("|" + " --- |" * 15)
+             "memory check | other processes, cores |")
+    L.append("|" + " --- |" * 16)
     per = rep["per_run"]
     for r in rep["runs"]:
         d = per.get(r["name"], {})
@@ -254,7 +254,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
             _f(r["read_bytes_per_token"], ".2f", 1 / MB), _f(r["peak_memory_bytes"], ".0f", 1 / MB),
             _f(r["rss"].get("end_of_decode"), ".0f", 1 / MB), _f(d.get("disk_bound_0_hit_tok_s"), ".3f"),
             _f(d.get("disk_bound_at_hit_rate_tok_s"), ".3f"), _f(d.get("fraction_of_bound_at_hit_rate"), ".0%"),
-            ("-" if mc is None else ("pass" if mc["pass"] else "FAIL")) + " |"]))
+            "-" if mc is None else ("pass" if mc["pass"] else "FAIL"),
+            f"{r['others_cores']:.2f} |"]))
     L.append("")
     L.append("Decode tok/s marked * is partial (tokens done before the worker died). Expert MB/token read: "
              "flashmoe_stats() expert_bytes_read per decode token; hit rate (bytes): 1 - that / the expert bytes a "
@@ -263,7 +264,9 @@ def render_markdown(rep: dict[str, Any]) -> str:
              "RSS at the end of decode minus the RSS before the model loaded <= 1.1 x (non-expert weights + "
              "ram_budget + KV cache); llama.cpp's compute buffers are not in that rule, so a small model can fail it "
              "by a few tens of MB. In the no-cap runs the file was read into the page cache beforehand by this "
-             "process, so their peak is mostly the worker's own memory.")
+             "process, so their peak is mostly the worker's own memory. Other processes, cores: the CPU other "
+             "processes used during the run, on average (a run above --max-busy was repeated up to --retries "
+             "times and the least disturbed attempt kept).")
     L.append("")
     if rep["ratios"]:
         L.append("## flashmoe against stock llama-cpp-python")
