@@ -415,9 +415,12 @@ def test_e2e_markdown_and_plots(e2e: tuple[Path, dict, int]) -> None:
         assert "No plots: matplotlib" in md
         return
     assert rep["plots"]["files"] == ["decode_vs_ram.png", "time_per_token.png"]
+    import matplotlib.image
     for name in rep["plots"]["files"]:
         data = (out / name).read_bytes()
         assert data[:8] == PNG and len(data) > 5000
+        img = matplotlib.image.imread(out / name)           # decodes: a valid PNG
+        assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
         assert f"![{name}]({name})" in md
 
 

@@ -297,7 +297,7 @@ def run_config(plan: RunPlan, info: ModelInfo, control: Control, log: Callable[[
     while True:
         quiet: Quiet = wait_quiet(control.disk_device, control.quiet, log)
         if plan.cold and control.drop_caches:
-            drop_caches()
+            drop_caches(plan.spec.model)
         events, fig = run_worker(plan.spec, plan.cap, control, on_event)
         r = summarize(plan, info, events, fig, control)
         r.quiet = asdict(quiet)
