@@ -17,7 +17,7 @@ import pytest
 from flashmoe_gguf.bench import cgroup as cgroup_mod
 from flashmoe_gguf.bench.command import parse_caps, parse_configs, parse_ks, setup
 from flashmoe_gguf.bench.extrapolate import (extrapolate_run, extrapolate_time, fit_two_slices, fixed_from_probe,
-                                             full_model_ram)
+                                             fixed_from_two_slices, full_model_ram)
 from flashmoe_gguf.bench.model import FULL_LAYERS_KEY, model_info
 from flashmoe_gguf.bench.plan import BenchPlanOptions, flashmoe_budget, make_plan, nocap_budget
 from flashmoe_gguf.cli import build_parser
@@ -122,8 +122,7 @@ def test_plan(tiny: Path) -> None:
             assert p.spec.budget == flashmoe_budget(p.cap, info, 512, HEADROOM)
         else:
             assert p.spec.budget == nocap_budget(info)
-    assert [p.spec.probe_pairs > 0 for p in plan].count(True) == 1       # once: the first warm flashmoe run
-    assert next(p for p in plan if p.spec.probe_pairs).name == "no cap, warm / K=4 / flashmoe-lru"
+    assert [p.spec.probe_pairs for p in plan] == [8 if p.setting == "nocap" else 0 for p in plan]   # warm runs
 
 
 # -- argument parsing ----------------------------------------------------------------------------------------
@@ -183,6 +182,12 @@ def test_extrapolation_math(tiny: Path) -> None:
     # medians 12 ms and 8 ms; the last layer's experts: 1.5 ms - 0.5 ms per step
     assert f.seconds == pytest.approx(0.012 - 0.008 - 0.001)
     assert fixed_from_probe({}) is None
+    # stock: no flashmoe_stats(); the last layer's expert time is given (from flashmoe's run)
+    g = fixed_from_probe(probe, last_layer_expert_s=0.002)
+    assert g is not None and g.seconds == pytest.approx(0.012 - 0.008 - 0.002) and g.last_layer_expert_s == 0.002
+    two = fixed_from_two_slices("flashmoe-lru", ("a", 4, 0.030), ("b", 8, 0.050))
+    assert two.seconds == pytest.approx(0.010) and two.per_layer_s == pytest.approx(0.005)
+    assert [x["layers"] for x in two.slices or []] == [4, 8] and two.slices and two.slices[0]["config"] == "flashmoe-lru"
     info = model_info(tiny)      # 2 of 4 layers
     e = extrapolate_run("r", 1 / 0.030, info, 0.010, 4, 1.0, 0.5)
     assert e.full_decode_tok_s == pytest.approx(1 / (0.010 + 4 * 0.010))
@@ -190,6 +195,9 @@ def test_extrapolation_math(tiny: Path) -> None:
     need_full = 4 * 4 * info.bytes_per_expert
     assert e.full_disk_bound_tok_s == pytest.approx(1e9 / (need_full * 0.5))
     assert e.full_disk_bound_0_hit_tok_s == pytest.approx(1e9 / need_full)
+    # F not below the token time: the per-layer part cannot be resolved, no figure
+    u = extrapolate_run("r", 1 / 0.010, info, 0.012, 4, 1.0, 0.5)
+    assert u.full_decode_tok_s is None and u.per_layer_s is None and u.naive_full_decode_tok_s == pytest.approx(50)
     ram = full_model_ram(info, 1000, 512, HEADROOM)
     assert ram["ram_budget_bytes"] == 2000 and ram["kv_cache_bytes"] == 2 * info.kv_cache_bytes(512)
     assert ram["resident_bytes"] == info.resident_fixed_bytes + 2 * (info.resident_bytes - info.resident_fixed_bytes)
@@ -377,8 +385,14 @@ def test_e2e_derived_figures(e2e: tuple[Path, dict, int], tiny: Path) -> None:
         assert x["ratio"] == pytest.approx(x["flashmoe_tok_s"] / x["versus_tok_s"])
     ex = rep["extrapolation"]
     assert ex["applies"] and ex["slice_layers"] == 2 and ex["full_layers"] == 4
-    probe = ex["fixed_part_probe"]
-    assert probe is not None and probe["pairs"] == 3 and probe["seconds"] >= 0
+    probes = ex["fixed_parts_probe"]            # every warm run ran the probe: F per configuration and K
+    assert set(probes) == {f"{c} K={k}" for c in ("flashmoe-lru", "stock") for k in (4, 2)}
+    for k in (4, 2):
+        fm, st = probes[f"flashmoe-lru K={k}"], probes[f"stock K={k}"]
+        assert fm["pairs"] == st["pairs"] == 3 and fm["seconds"] >= 0 and st["seconds"] >= 0
+        assert st["last_layer_expert_s"] == fm["last_layer_expert_s"]     # stock borrows flashmoe's
+        assert fm["seconds"] == pytest.approx(max(0.0, fm["with_output_s"] - fm["without_output_s"]
+                                                  - fm["last_layer_expert_s"]))
     # the two-point fit: this file's warm flashmoe run at K 4 (2 layers) and the other slice's (4 layers)
     two = ex["fixed_part_two_slices"]
     second = rep["second_slice"]["run"]
@@ -389,12 +403,17 @@ def test_e2e_derived_figures(e2e: tuple[Path, dict, int], tiny: Path) -> None:
     assert [s["layers"] for s in two["slices"]] == [2, 4]
     assert two["per_layer_s"] == pytest.approx((t4 - t2) / 2)
     assert two["seconds"] == pytest.approx(max(0.0, t2 - 2 * (t4 - t2) / 2))
-    fp = ex["fixed_part"]
-    assert fp == two                                   # the fit wins over the probe when both exist
     assert len(ex["runs"]) == 8
     for x in ex["runs"]:
-        t = 1 / x["slice_decode_tok_s"]
-        assert x["full_decode_tok_s"] == pytest.approx(1 / (fp["seconds"] + 4 * max(0.0, t - fp["seconds"]) / 2))
+        if x["config"] == "flashmoe-lru":     # the fit wins over the probe for the configuration it was made for
+            assert x["fixed_source"] == "two slices" and x["fixed_s"] == two["seconds"]
+        else:
+            assert x["fixed_source"] == "probe" and x["fixed_s"] == probes[f"stock K={x['k']}"]["seconds"]
+        t, f = 1 / x["slice_decode_tok_s"], x["fixed_s"]
+        if t > f:
+            assert x["full_decode_tok_s"] == pytest.approx(1 / (f + 4 * (t - f) / 2))
+        else:
+            assert x["full_decode_tok_s"] is None and "unresolved" in x["note"]
         assert x["naive_full_decode_tok_s"] == pytest.approx(x["slice_decode_tok_s"] / 2)
 
 
@@ -403,7 +422,7 @@ def test_e2e_markdown_and_plots(e2e: tuple[Path, dict, int]) -> None:
     md = (out / "report.md").read_text()
     for text in ("# flashmoe bench", "**Machine:**", "**Budget rule:**", "**Disk:**", "## Runs",
                  "## flashmoe against stock llama-cpp-python", "## Experts per token (K)",
-                 "## Full-model extrapolation", "**slice**", "extrapolated", "two slices", "Cross-check: F",
+                 "## Full-model extrapolation", "**slice**", "extrapolated", "two slices", "F from the fixed-part probe",
                  "## Plots"):
         assert text in md, text
     for r in rep["runs"]:
@@ -441,7 +460,10 @@ def test_unprivileged_run_says_what_it_could_not_control(tiny: Path, tmp_path: P
     assert not rep["control"]["cgroup"] and not rep["control"]["drop_caches"]
     assert rep["disk_bandwidth"]["method"].startswith(("O_DIRECT", "buffered pread, page cache NOT dropped"))
     assert rep["plots"] == {"files": [], "skipped": "matplotlib is not installed (test)"}
-    assert rep["extrapolation"]["fixed_part"] is None and "lower bound" in rep["extrapolation"]["note"]
+    ex = rep["extrapolation"]
+    assert ex["fixed_parts_probe"] == {} and "lower bound" in ex["note"]
+    assert [x["fixed_source"] for x in ex["runs"]] == ["not measured"]
+    assert ex["runs"][0]["full_decode_tok_s"] == pytest.approx(ex["runs"][0]["naive_full_decode_tok_s"])
     md = (tmp_path / "r" / "report.md").read_text()
     assert "**Not controlled on this machine:**" in md and "NOT enforced" in md
     assert "No plots: matplotlib is not installed (test)" in md

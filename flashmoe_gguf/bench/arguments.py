@@ -90,7 +90,7 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--feed", choices=("greedy", "random"), default="greedy",
                    help="decode input: the argmax (default) or seeded random token ids (less expert reuse)")
     b.add_argument("--probe-pairs", type=int, default=8,
-                   help="fixed-part probe steps (with/without output) in the warm flashmoe run; 0: none")
+                   help="fixed-part probe steps (with/without output) in every warm run; 0: none")
     b.add_argument("--disk-reads", type=int, default=200, help="expert reads per disk measurement (default 200)")
     b.add_argument("--disk-threads", type=int, default=8, help="parallel reads (default 8)")
     b.add_argument("--disk-repeats", type=int, default=3, help="measurements per round, 0: none (default 3)")

@@ -245,7 +245,7 @@ def two_slice_fixed(results: list[RunResult], info: ModelInfo, second: dict[str,
                  and r.ok() and r.decode_tok_s), None)
     if mine is None or not mine.decode_tok_s:
         return None
-    return fixed_from_two_slices((info.path, info.block_count, 1.0 / mine.decode_tok_s),
+    return fixed_from_two_slices(run["config"], (info.path, info.block_count, 1.0 / mine.decode_tok_s),
                                  (second["model"]["path"], second["model"]["block_count"], 1.0 / run["decode_tok_s"]))
 
 
@@ -294,7 +294,8 @@ def summary_lines(rep: dict[str, Any]) -> str:
     ex = rep["extrapolation"]
     if ex.get("applies"):
         for x in ex["runs"]:
-            out.append(f"extrapolated to {x['full_layers']} layers: {x['run']}: {x['full_decode_tok_s']:.3f} tok/s")
+            v = f"{x['full_decode_tok_s']:.3f} tok/s" if x["full_decode_tok_s"] else "unresolved (F >= token time)"
+            out.append(f"extrapolated to {x['full_layers']} layers: {x['run']}: {v}")
     if rep.get("memory_check_all_pass") is not None:
         out.append(f"memory check (issue 3 rule): {'pass' if rep['memory_check_all_pass'] else 'FAIL'}")
     return "\n".join(out)

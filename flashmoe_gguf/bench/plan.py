@@ -61,10 +61,9 @@ def _label(cap: int) -> str:
 
 
 def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
-    """Capped (cold) runs first, for every K and cap, then the warm no-cap runs. The first flashmoe no-cap run
-    also runs the fixed-part probe (see extrapolate.py)."""
+    """Capped (cold) runs first, for every K and cap, then the warm no-cap runs, which also run the fixed-part
+    probe (see extrapolate.py)."""
     runs: list[RunPlan] = []
-    probe_done = False
     for setting in ("capped", "nocap"):
         caps: tuple[int | None, ...] = opt.caps if setting == "capped" else ((None,) if opt.warm else ())
         for k in opt.ks:
@@ -75,9 +74,7 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
                     fm = is_flashmoe(config)
                     budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom) if cap is not None
                               else nocap_budget(info, opt.n_ctx, opt.headroom, opt.ram_bytes)) if fm else 0
-                    probe = 0
-                    if setting == "nocap" and fm and not probe_done and opt.probe_pairs > 0:
-                        probe, probe_done = opt.probe_pairs, True
+                    probe = opt.probe_pairs if setting == "nocap" else 0
                     spec = WorkerSpec(config, info.path, opt.threads, opt.tokens, opt.prompt_tokens, opt.n_ctx,
                                       budget, warmup=setting == "nocap", feed=opt.feed, kv_overrides=overrides,
                                       probe_pairs=probe)

@@ -125,36 +125,60 @@ def extrapolation(results: list[RunResult], info: ModelInfo, disk: dict[str, Any
         return {"applies": False, "why": "the file is not known to be a slice of a bigger model (no "
                 "flashmoe.synth.full_layers / flashmoe.synthetic preset in its metadata and no --full-layers)"
                 if info.full_layers is None else f"the file has all {info.full_layers} layers"}
-    probes = [r.probe for r in results if r.probe and r.ok()]
-    from_probe = fixed_from_probe(probes[0]) if probes else None
-    fixed = fixed_override or from_probe
+    fixed = fixed_parts(results)
     out: dict[str, Any] = {"applies": True, "slice_layers": info.block_count, "full_layers": info.full_layers,
                            "full_layers_source": info.full_layers_source,
                            "method": (_extrapolate_module.__doc__ or "").strip(),
                            "assumption": "every layer of the full model behaves like the slice's layers on average, "
                            "with the same expert cache per layer (same hit rate); the RAM that needs is "
                            "full_model_ram"}
-    out["fixed_part_probe"] = asdict(from_probe) if from_probe else None
+    out["fixed_parts_probe"] = {f"{c} K={k}": asdict(f) for (c, k), f in fixed.items()}
+    two_config = fixed_override.slices[0].get("config") if fixed_override and fixed_override.slices else None
     out["fixed_part_two_slices"] = asdict(fixed_override) if fixed_override else None
-    if fixed is None:
-        out["fixed_part"] = None
-        out["note"] = ("the fixed part was not measured (no warm flashmoe run with the probe): full_decode_tok_s "
-                       "scales the whole token time by full/slice layers, which counts the fixed part full/slice "
-                       "times: a lower bound")
-    else:
-        out["fixed_part"] = asdict(fixed)
     runs = []
+    unmeasured = False
     for r in results:
         if not (r.ok() and r.decode_tok_s):
             continue
-        e = extrapolate_run(r.name, r.decode_tok_s, info, fixed.seconds if fixed else 0.0, r.k,
+        if fixed_override is not None and r.config == two_config:
+            f, source = fixed_override.seconds, "two slices"
+        else:
+            fp = fixed.get((r.config, r.k)) or next((v for (c, _), v in fixed.items() if c == r.config), None)
+            f, source = (fp.seconds, "probe") if fp else (0.0, "not measured")
+            unmeasured |= fp is None
+        e = extrapolate_run(r.name, r.decode_tok_s, info, f, r.k,
                             disk.get("gb_s") if disk else None, per_run.get(r.name, {}).get("bound_hit_rate"))
         row = e.to_dict()
-        row.update(config=r.config, setting=r.setting, k=r.k, cap_bytes=r.cap_bytes)
+        row.update(config=r.config, setting=r.setting, k=r.k, cap_bytes=r.cap_bytes, fixed_source=source)
+        if e.full_decode_tok_s is None:
+            row["note"] = "unresolved: the fixed part is not below this run's token time (noise, or a slice dominated " \
+                          "by its output head)"
         if is_flashmoe(r.config) and r.budget_bytes is not None:
             row["full_model_ram"] = full_model_ram(info, r.budget_bytes, n_ctx, headroom)
         runs.append(row)
     out["runs"] = runs
+    if unmeasured:
+        out["note"] = ("For runs whose configuration had no warm run with the probe, the fixed part was not measured: "
+                       "full_decode_tok_s then scales the whole token time by full/slice layers, which counts the "
+                       "fixed part full/slice times: a lower bound")
+    return out
+
+
+def fixed_parts(results: list[RunResult]) -> dict[tuple[str, int], FixedPart]:
+    """F per (configuration, K) from the probes of the warm runs; stock's last-layer expert time from flashmoe's
+    warm run at the same K."""
+    out: dict[tuple[str, int], FixedPart] = {}
+    for r in results:
+        if r.probe and r.ok() and is_flashmoe(r.config):
+            f = fixed_from_probe(r.probe)
+            if f is not None:
+                out[(r.config, r.k)] = f
+    for r in results:
+        if r.probe and r.ok() and not is_flashmoe(r.config):
+            last = next((f.last_layer_expert_s for (c, k), f in out.items() if k == r.k), None)
+            f = fixed_from_probe(r.probe, last if last is not None else 0.0)
+            if f is not None:
+                out[(r.config, r.k)] = f
     return out
 
 
@@ -301,41 +325,46 @@ def render_markdown(rep: dict[str, Any]) -> str:
     if not ex["applies"]:
         L.append(f"Not applicable: {ex['why']}.")
     else:
-        fp = ex["fixed_part"]
         L.append(f"This file is a **slice**: {ex['slice_layers']} of the {ex['full_layers']} layers of the full "
                  f"model ({ex['full_layers_source']}). The figures below are **extrapolated**, not measured: "
                  "seconds per token t = F + L x p, with F the fixed part (embedding, output norm and head over the "
                  "vocabulary, logits copy, argmax) and p the per-layer part; p = (t - F) / L from this run, then "
                  "t_full = F + L_full x p.")
         L.append("")
-        two, probe = ex.get("fixed_part_two_slices"), ex.get("fixed_part_probe")
+        two, probes = ex.get("fixed_part_two_slices"), ex.get("fixed_parts_probe") or {}
         if two:
             a, b = two["slices"]
-            L.append(f"F = {two['seconds'] * 1e3:.2f} ms and p = {two['per_layer_s'] * 1e3:.2f} ms per layer, solved "
-                     f"from the warm flashmoe run of two slices: {a['layers']} layers {a['seconds_per_token'] * 1e3:.2f} "
-                     f"ms per token, {b['layers']} layers {b['seconds_per_token'] * 1e3:.2f} ms (`{Path(b['path']).name}`"
-                     "). F is used for every run below.")
+            L.append(f"{a['config']}: F = {two['seconds'] * 1e3:.2f} ms and p = {two['per_layer_s'] * 1e3:.2f} ms per "
+                     f"layer, solved from its warm runs on two slices: {a['layers']} layers "
+                     f"{a['seconds_per_token'] * 1e3:.2f} ms per token, {b['layers']} layers "
+                     f"{b['seconds_per_token'] * 1e3:.2f} ms (`{Path(b['path']).name}`); this F is used for its runs, "
+                     "the probe's below is a cross-check.")
             L.append("")
-        if probe:
-            L.append(("Cross-check: " if two else "") +
-                     f"F = {probe['seconds'] * 1e3:.2f} ms from the fixed-part probe: median decode step with logits "
-                     f"{probe['with_output_s'] * 1e3:.2f} ms, without {probe['without_output_s'] * 1e3:.2f} ms "
-                     f"({probe['pairs']} pairs; llama.cpp then skips the output head and the last layer's FFN), minus "
-                     f"the last layer's routed-expert time {probe['last_layer_expert_s'] * 1e3:.2f} ms "
-                     "(flashmoe_stats()); the last layer's router and shared expert stay in F (a slight overestimate "
-                     "of F, so the extrapolation is slightly optimistic).")
-        if not fp:
-            L.append(ex["note"])
+        if probes:
+            L.append("F from the fixed-part probe (decode steps with and without output; llama.cpp then skips the "
+                     "output head and the last layer's FFN; minus the last layer's routed-expert time; the last "
+                     "layer's router and shared expert stay in F, a slight overestimate, so the extrapolation is "
+                     "slightly optimistic):")
+            L.append("")
+            L.append("| configuration | F ms | step with output ms | without ms | last layer's experts ms | pairs |")
+            L.append("| --- | --- | --- | --- | --- | --- |")
+            for name, p in probes.items():
+                L.append(f"| {name} | {p['seconds'] * 1e3:.2f} | {p['with_output_s'] * 1e3:.2f} | "
+                         f"{p['without_output_s'] * 1e3:.2f} | {p['last_layer_expert_s'] * 1e3:.2f} | {p['pairs']} |")
+            L.append("")
+        if ex.get("note"):
+            L.append(ex["note"] + ".")
         L.append("")
         L.append(f"Assumption: {ex['assumption']}.")
         L.append("")
-        L.append("| run | slice tok/s | F ms | per layer ms | full model tok/s | whole-time scaling would say | "
-                 "full-model disk bound at the run's hit rate | at 0 % hits | RAM for the same cache per layer |")
+        L.append("| run | slice tok/s | F ms (from) | per layer ms | full model tok/s | whole-time scaling would "
+                 "say | full-model disk bound at the run's hit rate | at 0 % hits | RAM for the same cache per layer |")
         L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for x in ex["runs"]:
             ram = x.get("full_model_ram")
-            L.append(f"| {x['run']} | {x['slice_decode_tok_s']:.3f} | {x['fixed_s'] * 1e3:.2f} | "
-                     f"{x['per_layer_s'] * 1e3:.2f} | **{x['full_decode_tok_s']:.3f}** | "
+            full = f"**{x['full_decode_tok_s']:.3f}**" if x["full_decode_tok_s"] else "unresolved (F >= token time)"
+            L.append(f"| {x['run']} | {x['slice_decode_tok_s']:.3f} | {x['fixed_s'] * 1e3:.2f} ({x['fixed_source']}) | "
+                     f"{_f(x['per_layer_s'], '.2f', 1e3)} | {full} | "
                      f"{x['naive_full_decode_tok_s']:.3f} | {_f(x['full_disk_bound_tok_s'], '.3f')} | "
                      f"{_f(x['full_disk_bound_0_hit_tok_s'], '.3f')} | "
                      f"{_gb(ram['total_bytes']) + ' GB' if ram else '-'} |")
