@@ -20,15 +20,18 @@ def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "aut
         before = llm.flashmoe_stats()
         t1 = time.monotonic()
         first = None
-        n = 0
+        n_prompt = len(llm.tokenize(prompt.encode()))
         out.write(prompt)
         for chunk in llm.create_completion(prompt, max_tokens=n_tokens, temperature=temperature, stream=True):
             if first is None:
                 first = time.monotonic() - t1
             out.write(chunk["choices"][0]["text"])
             out.flush()
-            n += chunk["choices"][0]["finish_reason"] is None
         total = time.monotonic() - t1
+        # tokens generated: what the context holds beyond the prompt (stream chunks are not tokens: text is
+        # held back while it may be an incomplete character or a stop sequence), plus the last sampled one
+        n = max(0, llm.n_tokens - n_prompt) + 1 if first is not None else 0
+        n = min(n, n_tokens)
         st = llm.flashmoe_stats()
     finally:
         llm.close()

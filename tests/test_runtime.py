@@ -154,3 +154,24 @@ def test_not_an_moe_file(tmp_path: Path) -> None:
     bad.write_bytes(b"GGUF" + b"\0" * 100)
     with pytest.raises(FlashMoeError):
         Llama(model_path=str(bad), verbose=False)
+
+
+def test_flashmoe_run_cli_streams_stock_text() -> None:
+    """`flashmoe run` prints the prompt, the same greedy text as stock llama.cpp, and a stats line."""
+    import re
+    import subprocess
+    import sys
+    path = gguf_for("qwen3_moe", "Q4_K")
+    prompt = "The quick brown fox"
+    ref_llm = stock_llama(path)
+    ref = ref_llm.create_completion(prompt, max_tokens=12, temperature=0.0)
+    want, n_want = ref["choices"][0]["text"], ref["usage"]["completion_tokens"]
+    ref_llm.close()
+    r = subprocess.run([sys.executable, "-m", "flashmoe_gguf.cli", "run", str(path), "-p", prompt, "-n", "12",
+                        "--ram-budget", "64K", "-t", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    text, _, stats = r.stdout.rpartition("[flashmoe]")
+    assert text.rstrip("\n") == prompt + want
+    m = re.match(r" (\d+) tokens, ([\d.]+) tok/s decode, .* cache hit rate (\d+)%, budget 0 MiB", stats)
+    assert m, stats
+    assert int(m.group(1)) == n_want
