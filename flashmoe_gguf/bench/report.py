@@ -100,6 +100,8 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
                                                           fixed_override)}
     checks = [d["memory_check"]["pass"] for d in per_run.values() if "memory_check" in d]
     out["memory_check_all_pass"] = all(checks) if checks else None
+    # the fixed part of a token's time (output head etc.) per configuration and K, also for whole models
+    out["fixed_parts"] = {f"{c} K={k}": asdict(f) for (c, k), f in fixed_parts(results).items()}
     return out
 
 
