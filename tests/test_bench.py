@@ -470,3 +470,15 @@ def test_unprivileged_run_says_what_it_could_not_control(tiny: Path, tmp_path: P
     assert not list((tmp_path / "r").glob("*.png"))
     err = capsys.readouterr().err
     assert "WARNING: no memory cgroup" in err and "plots skipped" in err
+
+
+def test_a_cap_below_the_resident_weights_skips_flashmoe(tiny: Path, tmp_path: Path) -> None:
+    """No budget left under the cap: flashmoe's run is reported as skipped (no worker), the report still written."""
+    from flashmoe_gguf.cli import main
+    assert main(["bench", str(tiny), "--ram", "1M", "--no-warm", "--compare", "none", "--cache", "lru",
+                 "--disk-repeats", "0", "--wait", "0", "--report", str(tmp_path / "r"), "-q"]) == 0
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    [r] = rep["runs"]
+    assert r["status"].startswith("skipped") and r["budget_bytes"] < 0 and r["decode_tok_s"] is None
+    assert rep["budgets_bytes"] == {str(1 << 20): r["budget_bytes"]} and rep["disk_bandwidth"] == {}
+    assert "| cap 0.00G / K=4 / flashmoe-lru | skipped" in (tmp_path / "r" / "report.md").read_text()

@@ -205,9 +205,9 @@ def fixed_part_probe(llm: Any, pairs: int, first_token: int) -> dict[str, Any]:
             k = kinds[kind]
             k["seconds"].append(dt)
             if f0 is not None and f1 is not None:
-                k["expert_seconds"] += (f1["io_wait_seconds"] - f0["io_wait_seconds"]) + \
-                    (f1["expert_compute_seconds"] - f0["expert_compute_seconds"])
-                k["expert_bytes"] += int(f1["expert_bytes_read"] - f0["expert_bytes_read"])
+                k["expert_seconds"] += sum(f1.get(x, 0.0) - f0.get(x, 0.0)
+                                           for x in ("io_wait_seconds", "expert_compute_seconds"))
+                k["expert_bytes"] += int(f1.get("expert_bytes_read", 0) - f0.get("expert_bytes_read", 0))
             pos += 1
     finally:
         llama_cpp.llama_batch_free(batch)
