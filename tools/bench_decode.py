@@ -15,8 +15,9 @@ disturbed-run retries, hang detection), and the report (JSON, Markdown, PNG) goe
     --max-busy, --wait, --retries, ...) is passed on unchanged: see `flashmoe bench --help`.
 
 Differences from the version that produced README's figures (commit 0adcc81): the flashmoe budget also subtracts
-the KV cache (ram_budget = cap - resident - KV cache - headroom), one thread count per run of the tool, and no
-py-spy stacks for hung workers.
+the KV cache (ram_budget = cap - resident - KV cache - headroom; --headroom 256M instead of 250M), one thread count
+per run of the tool, no py-spy stacks for hung workers, and --max-disk, --max-others-disk, --max-load and
+--hang-retries are fixed inside (5 % disk busy, 50 MB of others' disk traffic, no load-average gate, 2 reruns).
 """
 
 from __future__ import annotations
