@@ -24,7 +24,8 @@ they used more than --max-others cores is re-run (--retries times at most; the l
 kept, and a pipeline's first step drops the page cache again before each attempt).
 
 Afterwards both outputs are compared with gguf.GGUFReader: same tensor names, shapes and types, and the
-bytes of every tensor (our quantizer is ggml's ggml_quantize_chunk, so they should be identical).
+bytes of every tensor (ours quantizes with ggml's ggml_quantize_chunk, and Q4_K with ggml_ext/fm_quant.c, which
+performs ggml's float operations in ggml's order: they should be identical).
 
 The synthetic checkpoints (tools/synth_checkpoint.py) carry a rebuilt Qwen2 tokenizer with the full vocab;
 convert_hf_to_gguf.py recognizes its pre-tokenizer hash as `qwen2`, so no workaround is needed for them.
