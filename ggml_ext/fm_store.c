@@ -233,6 +233,7 @@ void fm_store_close(fm_store *s) {
     free(s->slot_of);
     free(s->freq);
     free(s->cached);
+    for (int i = 0; i < s->n_tensors; i++) free(s->tensors[i].held);
     free(s->tensors);
     free(s->queue);
     free(s->io);
@@ -335,7 +336,23 @@ static void evict_locked(fm_store *s, uint64_t need) {
 }
 
 /* caller holds mu. Returns a slot index holding (or about to hold) the expert, or -1 on allocation failure. */
-static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
+/* caller holds mu: unpins what the last prefetch of a tensor pinned; transient slots no longer pinned are freed
+   (or, still being read, when their read completes) */
+static void drop_held_locked(fm_store *s, int tensor) {
+    fm_tensor *t = &s->tensors[tensor];
+    for (int i = 0; i < t->n_held; i++) {
+        fm_slot *sl = &s->slots[t->held[i]];
+        if (sl->pins > 0) sl->pins--;
+        if ((s->mode == FM_CACHE_OS || sl->transient) && sl->pins == 0 && sl->state != FM_SLOT_LOADING)
+            free_slot_locked(s, t->held[i]);
+    }
+    t->n_held = 0;
+}
+
+enum { GET_USE = 1, GET_HOLD = 2 }; /* an acquire (counts a use), a prefetch (pins, counts nothing) */
+
+static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
+    const int pin = 1, use = kind == GET_USE;
     if (!s->slot_of) {
         /* every (tensor, expert) key owns at most one slot and freed slots are reused, so this many slots is
          * enough for good: the table never moves while I/O threads hold pointers into it */
@@ -363,7 +380,7 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
     int idx = s->slot_of[key];
     const fm_tensor *t = &s->tensors[tensor];
     s->clock++;
-    if (pin) {
+    if (use) {
         count_use_locked(s, key);
         s->stats.expert_bytes_used += t->stride;
     }
@@ -371,16 +388,18 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
         fm_slot *sl = &s->slots[idx];
         sl->pins += pin;
         sl->last_use = s->clock;
-        if (pin) s->stats.cache_hits++;
+        if (use) s->stats.cache_hits++;
         return idx;
     }
-    /* a miss: make room, or (LFU) do not admit an expert used less than what it would displace */
+    /* a miss: make room, or (LFU) do not admit an expert used less than what it would displace (a prefetch
+       compares the count its coming use will give) */
     int transient = s->mode == FM_CACHE_OS;
     if (!transient && s->used + t->stride > s->budget && s->mode == FM_CACHE_LFU) {
         int v = pick_victim_locked(s);
-        if (v >= 0 && s->slots[v].state == FM_SLOT_READY && s->freq[key] < s->freq[key_of(s, &s->slots[v])])
-            transient = 1;
+        unsigned f = s->freq[key] + (use ? 0u : 1u);
+        if (v >= 0 && s->slots[v].state == FM_SLOT_READY && f < s->freq[key_of(s, &s->slots[v])]) transient = 1;
     }
+    /* LRU/LFU: nothing evictable (all pinned) means the cache is over budget only for the node in progress */
     if (!transient) evict_locked(s, t->stride);
     size_t need = (size_t) t->stride + (s->direct ? 2 * FM_DIRECT_ALIGN : 0);
     if (s->free_head >= 0 && s->slots[s->free_head].cap >= need) {
@@ -425,9 +444,9 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int pin) {
     s->slot_of[key] = idx;
     s->used += t->stride;
     if (s->used > s->stats.cache_peak_bytes) s->stats.cache_peak_bytes = s->used;
-    if (pin) s->stats.cache_misses++;
+    if (use) s->stats.cache_misses++;
     else s->stats.prefetches++;
-    if (pin && transient && s->mode == FM_CACHE_LFU) s->stats.not_admitted++;
+    if (transient && s->mode == FM_CACHE_LFU) s->stats.not_admitted++;
     if (s->q_len == s->q_cap) {
         int cap = 2 * s->q_cap;
         int *nq = malloc((size_t) cap * sizeof *nq);
@@ -457,7 +476,7 @@ int fm_store_acquire(fm_store *s, int tensor, const int *experts, int n, int *ou
             pthread_mutex_unlock(&s->mu);
             return -1;
         }
-        int idx = get_slot_locked(s, tensor, experts[i], 1);
+        int idx = get_slot_locked(s, tensor, experts[i], GET_USE);
         if (idx < 0) {
             set_error_locked(s, "out of memory for expert buffers");
             for (int j = 0; j < i; j++) s->slots[out_slots[j]].pins--;
@@ -466,26 +485,33 @@ int fm_store_acquire(fm_store *s, int tensor, const int *experts, int n, int *ou
         }
         out_slots[i] = idx;
     }
+    drop_held_locked(s, tensor); /* the acquire holds them now; prefetched experts not used are let go */
     pthread_mutex_unlock(&s->mu);
     return 0;
 }
 
 void fm_store_prefetch(fm_store *s, int tensor, const int *experts, int n) {
-    if (s->mode == FM_CACHE_OS) return; /* nothing is kept between uses */
     pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < n && !s->failed; i++) {
-        if (experts[i] < 0 || experts[i] >= s->tensors[tensor].n_expert) continue;
-        /* only when it fits without evicting pinned work (LFU: nor an entry used more often) */
-        if (s->mode == FM_CACHE_LFU && s->used + s->tensors[tensor].stride > s->budget && s->slot_of &&
-            s->slot_of[(size_t) tensor * (size_t) s->max_expert + (size_t) experts[i]] < 0) {
-            int v = pick_victim_locked(s);
-            unsigned f = s->freq[(size_t) tensor * (size_t) s->max_expert + (size_t) experts[i]] + 1u;
-            if (v < 0 || (s->slots[v].state == FM_SLOT_READY && f < s->freq[key_of(s, &s->slots[v])])) continue;
-        }
-        if (s->used + s->tensors[tensor].stride > s->budget) evict_locked(s, s->tensors[tensor].stride);
-        if (s->used + s->tensors[tensor].stride > s->budget) break;
-        get_slot_locked(s, tensor, experts[i], 0);
+    fm_tensor *t = &s->tensors[tensor];
+    if (!t->held) t->held = malloc(2 * (size_t) t->n_expert * sizeof *t->held);
+    if (!t->held) {
+        pthread_mutex_unlock(&s->mu);
+        return; /* no read-ahead; the acquire reads them */
     }
+    /* pin the new set before letting the old one go, so an expert in both is not freed and read again */
+    int n_old = t->n_held;
+    for (int i = 0; i < n && !s->failed && t->n_held < 2 * t->n_expert; i++) {
+        if (experts[i] < 0 || experts[i] >= t->n_expert) continue;
+        int idx = get_slot_locked(s, tensor, experts[i], GET_HOLD);
+        if (idx < 0) break; /* out of memory for buffers: the acquire will try again and report it */
+        t->held[t->n_held++] = idx;
+    }
+    int n_new = t->n_held - n_old;
+    t->n_held = n_old;
+    drop_held_locked(s, tensor);
+    memmove(t->held, t->held + n_old, (size_t) n_new * sizeof *t->held);
+    t->n_held = n_new;
+    if (s->mode != FM_CACHE_OS) evict_locked(s, 0);
     pthread_mutex_unlock(&s->mu);
 }
 

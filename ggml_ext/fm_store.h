@@ -37,6 +37,8 @@ typedef struct fm_tensor {
     int64_t ne0, ne1;  /* values per row, rows per expert */
     int partner;       /* tensor read together with this one (down for gate_up), or -1 */
     int bound;         /* placed in a flashmoe buffer by the loader */
+    int *held;         /* slots pinned by the last prefetch of this tensor, until its next acquire */
+    int n_held;
 } fm_tensor;
 
 typedef struct fm_slot {
@@ -108,7 +110,9 @@ int fm_store_find(const fm_store *s, const char *name);
 int fm_store_check_file(fm_store *s);
 /* Pin the given experts of a tensor, queueing reads for those not cached. out_slots receives slot indices. */
 int fm_store_acquire(fm_store *s, int tensor, const int *experts, int n, int *out_slots);
-/* Queue reads for experts that will be needed soon, without pinning them. */
+/* Queue reads for experts of a tensor that its next acquire will need (the partner of the tensor being
+ * computed). They stay pinned until that acquire (or the next prefetch of the tensor), so an expert the cache
+ * does not admit is still read ahead, into a transient slot. */
 void fm_store_prefetch(fm_store *s, int tensor, const int *experts, int n);
 /* Wait until one of slots[i] with done[i] == 0 is ready; returns i, or -1 on a read error. */
 int fm_store_wait_any(fm_store *s, const int *slots, const char *done, int n);

@@ -102,7 +102,7 @@ def test_load_reads_no_expert_bytes() -> None:
     llm.close()
 
 
-@pytest.mark.parametrize("cache,direct", [("os", False), ("lru", False), ("lfu", True), ("lru", True)])
+@pytest.mark.parametrize("cache,direct", [("os", False), ("lru", False), ("lfu", False), ("lfu", True), ("lru", True)])
 def test_cache_modes_match_stock(cache: str, direct: bool) -> None:
     """Every cache policy, and O_DIRECT reads, give stock's logits; lfu/lru under constant eviction."""
     path = gguf_for("qwen3_moe", "Q4_K")
@@ -175,3 +175,25 @@ def test_flashmoe_run_cli_streams_stock_text() -> None:
     m = re.match(r" (\d+) tokens, ([\d.]+) tok/s decode, .* cache hit rate (\d+)%, budget 0 MiB", stats)
     assert m, stats
     assert int(m.group(1)) == n_want
+
+
+def test_direct_io_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """direct_io="auto": O_DIRECT with our own cache when the file system takes it, never for cache="os"."""
+    import os
+
+    from flashmoe_gguf import runtime
+    path = gguf_for("qwen3_moe", "Q4_K")
+    assert runtime.direct_io_works(path)             # the test cache lives on a disk file system
+    llm = streamed(path, "1M")
+    assert llm.flashmoe_stats()["direct_io"] is True
+    llm.close()
+    llm = streamed(path, "1M", cache="os")
+    assert llm.flashmoe_stats()["direct_io"] is False
+    llm.close()
+
+    def refuse(*a: object, **k: object) -> int:
+        raise OSError(22, "Invalid argument")
+    monkeypatch.setattr(os, "open", refuse)
+    assert not runtime.direct_io_works(path)
+    with pytest.raises(ValueError, match="direct_io"):
+        runtime.StreamedModel(path, 1 << 20, direct_io="yes")

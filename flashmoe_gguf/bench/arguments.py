@@ -50,9 +50,10 @@ def parse_configs(cache: str | None, compare: str) -> tuple[str, ...]:
     default = default_cache_mode()
     caches = [c.strip() for c in (cache or default).split(",") if c.strip()]
     caches = [f"{default}-direct" if c == "direct" else c for c in caches]
-    bad = [c for c in caches if c.removesuffix("-direct") not in modes]
+    bad = [c for c in caches if c.removesuffix("-direct").removesuffix("-buffered") not in modes]
     if bad:
-        raise ValueError(f"--cache: unknown {bad}; choose from {', '.join(modes)} (add -direct for O_DIRECT reads)")
+        raise ValueError(f"--cache: unknown {bad}; choose from {', '.join(modes)} (add -direct to force O_DIRECT "
+                         "reads, -buffered to force page-cache reads)")
     compared = [] if compare.strip().lower() in ("", "none") else [c.strip() for c in compare.split(",")]
     bad = [c for c in compared if c not in STOCK_CONFIGS]
     if bad:
@@ -72,7 +73,7 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--compare", default="stock", help="stock configurations to run: stock (default), "
                    "stock-norepack (CPU_REPACK off: experts paged from the mmap), comma-separated, or none")
     b.add_argument("--cache", default=None, help="flashmoe cache modes, comma-separated: the runtime's (e.g. lru, os; "
-                   "MODE-direct reads with O_DIRECT; direct: the default mode with O_DIRECT) (default: the runtime's "
+                   "MODE-direct forces O_DIRECT reads, MODE-buffered page-cache reads; direct: the default mode with O_DIRECT) (default: the runtime's "
                    "default mode)")
     b.add_argument("--report", type=Path, default=None,
                    help="report directory (default ./flashmoe-bench-<file>-<time>)")

@@ -35,7 +35,8 @@ STOCK_CONFIGS = ("stock", "stock-norepack")
 
 
 def is_flashmoe(config: str) -> bool:
-    """"flashmoe-<cache mode>" (any mode flashmoe_gguf.Llama accepts) or "flashmoe-<mode>-direct" (O_DIRECT)."""
+    """"flashmoe-<cache mode>" (any mode flashmoe_gguf.Llama accepts; O_DIRECT as the runtime decides),
+    "flashmoe-<mode>-direct" (O_DIRECT forced) or "flashmoe-<mode>-buffered" (page-cache reads forced)."""
     return config.startswith("flashmoe-")
 
 
@@ -91,8 +92,10 @@ def make_llama(spec: WorkerSpec) -> Any:
     if is_flashmoe(spec.config):
         from flashmoe_gguf import Llama
         mode = spec.config.split("-", 1)[1]
-        direct = mode.endswith("-direct")
-        return Llama(spec.model, ram_budget=spec.budget, cache=mode.removesuffix("-direct"), direct_io=direct, **kw)
+        # MODE: the runtime's choice of O_DIRECT ("auto"); MODE-direct / MODE-buffered force it on / off
+        direct: bool | str = True if mode.endswith("-direct") else False if mode.endswith("-buffered") else "auto"
+        return Llama(spec.model, ram_budget=spec.budget, cache=mode.removesuffix("-direct").removesuffix("-buffered"),
+                     direct_io=direct, **kw)
     import llama_cpp
     if spec.config == "stock-norepack":
         with no_extra_buffer_types():
