@@ -80,8 +80,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--threads", type=int, default=1,
                    help="n_threads for every run (default 1: ggml's threads spin at barriers when cores are shared)")
     b.add_argument("--n-ctx", type=int, default=512, help="context size (default 512)")
-    b.add_argument("--headroom", default="256M", help="part of a cap kept for the process, compute buffers and the "
-                   "page cache: ram_budget = cap - resident - KV cache - headroom (default 256M)")
+    b.add_argument("--headroom", default="768M", help="part of a cap kept for the process, llama.cpp's compute "
+                   "buffers (they grow with the vocabulary: 256M was not enough for Qwen3.5's), the reads in flight "
+                   "and the page cache: ram_budget = cap - resident - KV cache - headroom (default 768M)")
     b.add_argument("--no-warm", action="store_true", help="skip the no-cap, warm-cache setting")
     b.add_argument("--full-layers", type=int, default=None,
                    help="layers of the full model this file is a slice of (default: from its metadata)")
