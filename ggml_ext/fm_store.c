@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #define FM_DIRECT_ALIGN 4096u
+#define FM_FREE_BUFS 32 /* free slots that keep their buffer */
 
 static double now_s(void) {
     struct timespec ts;
@@ -85,6 +86,13 @@ static void free_slot_locked(fm_store *s, int idx) {
     s->used -= s->tensors[sl->tensor].stride;
     sl->state = FM_SLOT_FREE;
     sl->transient = 0;
+    /* keep a few buffers for the next reads; beyond that, memory outside the budget goes back */
+    if (sl->buf && s->n_free_bufs >= FM_FREE_BUFS) {
+        free(sl->buf);
+        sl->buf = NULL;
+        sl->cap = 0;
+    }
+    if (sl->buf) s->n_free_bufs++;
     sl->next_free = s->free_head;
     s->free_head = idx;
 }
@@ -402,16 +410,27 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
     /* LRU/LFU: nothing evictable (all pinned) means the cache is over budget only for the node in progress */
     if (!transient) evict_locked(s, t->stride);
     size_t need = (size_t) t->stride + (s->direct ? 2 * FM_DIRECT_ALIGN : 0);
-    if (s->free_head >= 0 && s->slots[s->free_head].cap >= need) {
-        idx = s->free_head;
-        s->free_head = s->slots[idx].next_free;
-    } else if (s->free_head >= 0) {
-        /* reuse the free slot's entry with a bigger buffer */
-        idx = s->free_head;
-        s->free_head = s->slots[idx].next_free;
-        free(s->slots[idx].buf);
-        s->slots[idx].buf = NULL;
-        s->slots[idx].cap = 0;
+    /* a free slot whose buffer fits without waste (an expert of another tensor may be twice the size: its pages
+       would stay resident beyond what the budget counts); else any free slot, with a new buffer */
+    int prev = -1, fit = -1, fit_prev = -1;
+    for (int i = s->free_head, n = 0; i >= 0 && n < 2 * FM_FREE_BUFS; prev = i, i = s->slots[i].next_free, n++) {
+        if (s->slots[i].cap >= need && s->slots[i].cap <= need + need / 8) {
+            fit = i;
+            fit_prev = prev;
+            break;
+        }
+    }
+    if (fit < 0 && s->free_head >= 0) fit = s->free_head;
+    if (fit >= 0) {
+        idx = fit;
+        if (fit_prev >= 0) s->slots[fit_prev].next_free = s->slots[idx].next_free;
+        else s->free_head = s->slots[idx].next_free;
+        if (s->slots[idx].buf) s->n_free_bufs--;
+        if (s->slots[idx].cap < need || s->slots[idx].cap > need + need / 8) {
+            free(s->slots[idx].buf);
+            s->slots[idx].buf = NULL;
+            s->slots[idx].cap = 0;
+        }
     } else {
         if (s->n_slots == s->cap_slots) return -1; /* cannot happen: one slot per key at most */
         idx = s->n_slots++;

@@ -84,7 +84,7 @@ typedef struct fm_store {
     uint64_t accesses, age_period;
     int max_expert;
     fm_slot *slots;
-    int n_slots, cap_slots, free_head;
+    int n_slots, cap_slots, free_head, n_free_bufs;
     uint64_t budget, used, clock;
     pthread_mutex_t mu;
     pthread_cond_t cv_done;  /* a read finished */
