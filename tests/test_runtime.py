@@ -197,3 +197,29 @@ def test_direct_io_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not runtime.direct_io_works(path)
     with pytest.raises(ValueError, match="direct_io"):
         runtime.StreamedModel(path, 1 << 20, direct_io="yes")
+
+
+@pytest.mark.parametrize("cache", ["lfu", "lru", "os"])
+@pytest.mark.parametrize("budget_experts", [0, 64])
+def test_prefetch_reads_nothing_twice(cache: str, budget_experts: int) -> None:
+    """A node's partner experts (up, down) are read ahead with the gate's, and never read in vain: during decode
+    the bytes read never exceed the bytes of the experts used. With a budget below one expert, reads go in waves
+    and nothing is prefetched."""
+    from flashmoe_gguf.runtime import expert_tensors
+    path = gguf_for("qwen3_moe", "Q4_K")
+    stride = max(e.stride for e in expert_tensors(path))
+    llm = streamed(path, max(4096, budget_experts * stride), cache=cache)
+    llm.eval(PROMPT[:4])
+    before = llm.flashmoe_stats()
+    for t in PROMPT[4:]:
+        llm.eval([t])
+    st = llm.flashmoe_stats()
+    llm.close()
+    read = st["expert_bytes_read"] - before["expert_bytes_read"]
+    used = st["expert_bytes_used"] - before["expert_bytes_used"]
+    prefetched = st["prefetches"] - before["prefetches"]
+    assert used > 0 and read <= used
+    if budget_experts == 0 and cache != "os":
+        assert prefetched == 0
+    elif cache == "os":
+        assert prefetched > 0 and read == used
