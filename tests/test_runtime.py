@@ -167,8 +167,10 @@ def test_flashmoe_run_cli_streams_stock_text() -> None:
     ref = ref_llm.create_completion(prompt, max_tokens=12, temperature=0.0)
     want, n_want = ref["choices"][0]["text"], ref["usage"]["completion_tokens"]
     ref_llm.close()
+    # cwd: not the repository, whose flashmoe_gguf/ (first on sys.path with -m) has no built extension in CI
     r = subprocess.run([sys.executable, "-m", "flashmoe_gguf.cli", "run", str(path), "-p", prompt, "-n", "12",
-                        "--ram-budget", "64K", "-t", "1"], capture_output=True, text=True, timeout=300)
+                        "--ram-budget", "64K", "-t", "1"], capture_output=True, text=True, timeout=300,
+                       cwd=path.parent)
     assert r.returncode == 0, r.stderr
     text, _, stats = r.stdout.rpartition("[flashmoe]")
     assert text.rstrip("\n") == prompt + want
