@@ -536,10 +536,8 @@ def synth(preset: str, output: str | Path, *, layers: int | None = None, experts
     assert spread.n_expert == E
     params, _ = _param_counts(p.family, config)
     full_params, full_active = _param_counts(p.family, p.config())   # the real preset, never the tiny one
-    return SynthReport(p.name, int(hp["num_hidden_layers"]),
-                       int((full_config.get("text_config") or full_config)["num_hidden_layers"]),
-                       hp.get("layer_types"), int(seed), pool, report, spread, params, full_params, full_active,
-                       time.monotonic() - t0, tiny)
+    return SynthReport(p.name, int(hp["num_hidden_layers"]), full_layers, hp.get("layer_types"), int(seed), pool,
+                       report, spread, params, full_params, full_active, time.monotonic() - t0, tiny)
 
 
 __all__ = ["PRESETS", "Preset", "RoutingSpread", "SynthReport", "SyntheticWeights", "routing_spread", "synth"]

@@ -62,7 +62,9 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(REPO))
+from flashmoe_gguf.bench.machine import cpu_busy_seconds, top_processes  # noqa: E402
+
 EXPERT_TENSORS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 
 
@@ -86,28 +88,10 @@ class Step:
     attempt: int = 1
 
 
-def _cpu_busy() -> float:
-    """Busy CPU-seconds since boot, all cores (user, nice, system, irq, softirq, steal)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK
-
-
 def _busy_now(seconds: float = 2.0) -> float:
-    b0, t0 = _cpu_busy(), time.monotonic()
+    b0, t0 = cpu_busy_seconds(), time.monotonic()
     time.sleep(seconds)
-    return (_cpu_busy() - b0) / (time.monotonic() - t0)
-
-
-def _top() -> list[str]:
-    """The five busiest processes from top's second sample (the first one averages since boot)."""
-    try:
-        out = subprocess.run(["top", "-bn2", "-d1", "-w200"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    last = out.split("\ntop - ")[-1].splitlines()
-    head = next((i for i, line in enumerate(last) if line.lstrip().startswith("PID")), None)
-    return [] if head is None else [line.rstrip() for line in last[head:head + 6]]
+    return (cpu_busy_seconds() - b0) / (time.monotonic() - t0)
 
 
 def wait_idle(max_busy: float, wait: float) -> tuple[float, list[float], list[str]]:
@@ -118,7 +102,7 @@ def wait_idle(max_busy: float, wait: float) -> tuple[float, list[float], list[st
             if busy > max_busy:
                 print(f"  warning: still {busy:.2f} cores busy after waiting {wait:.0f} s; measuring anyway",
                       file=sys.stderr)
-            return busy, list(os.getloadavg()), _top()
+            return busy, list(os.getloadavg()), top_processes(n=5, width=200)
         print(f"  {busy:.2f} cores busy (load {os.getloadavg()[0]:.2f}); waiting for the machine to go idle",
               file=sys.stderr)
         time.sleep(20)
@@ -143,14 +127,14 @@ def _attempt(step: Step, env: dict[str, str], log: Path, max_busy: float, wait: 
     with open(log, "ab") as lf:
         lf.write(f"\n### {step.name}: {' '.join(step.cmd)}\n".encode())
         lf.flush()
-        b0, t0 = _cpu_busy(), time.monotonic()
+        b0, t0 = cpu_busy_seconds(), time.monotonic()
         proc = subprocess.Popen(step.cmd, env=env, stdout=lf, stderr=subprocess.STDOUT)
         _, status, ru = os.wait4(proc.pid, 0)   # this child's own rusage, not the accumulated RUSAGE_CHILDREN
         proc.returncode = os.waitstatus_to_exitcode(status)
         t1 = time.monotonic()
         os.sync()
         t2 = time.monotonic()
-        busy = _cpu_busy() - b0
+        busy = cpu_busy_seconds() - b0
     if proc.returncode != 0:
         sys.exit(f"{step.name} failed (exit {proc.returncode}); see {log}")
     step.seconds, step.sync_seconds = t2 - t0, t2 - t1
@@ -281,7 +265,6 @@ def main() -> None:
     if not shards:
         sys.exit(f"{ckpt}: no .safetensors files")
     ckpt_bytes = sum(_size(p) for p in shards)
-    sys.path.insert(0, str(REPO))
     from flashmoe_gguf.converter.checkpoint import Checkpoint
     c = Checkpoint(ckpt)
     largest_name, largest = max(((n, e.end - e.begin) for n, (_, e) in c.entries.items()), key=lambda x: x[1])

@@ -18,9 +18,9 @@ from . import disk as diskmod
 from .arguments import add_arguments, parse_caps, parse_configs, parse_ks  # noqa: F401  (re-exported)
 from .cgroup import check_available
 from .extrapolate import FixedPart
-from .machine import QuietRule, describe, wait_quiet
+from .machine import QuietRule, block_device_of, describe, meminfo, wait_quiet
 from .model import ModelInfo, model_info
-from .plan import BUDGET_DOC, BenchPlanOptions, flashmoe_budget, make_plan
+from .plan import BUDGET_DOC, SAFETY, BenchPlanOptions, flashmoe_budget, make_plan
 from .report import build, derive, render_markdown, sanitize, write_json
 from .runner import Control, RunPlan, RunResult, run_config
 from .worker import is_flashmoe
@@ -71,10 +71,7 @@ def setup(args: argparse.Namespace) -> Setup:
         limitations.append(f"--threads {args.threads} uses every core: ggml's threads spin at barriers, so any other "
                            "process on the machine slows decoding a lot")
     rule = QuietRule(wait_s=args.wait, max_busy=args.max_busy)
-    from .machine import block_device_of
     dev = block_device_of(path).get("device", "")
-    from .machine import meminfo
-    from .plan import SAFETY
     ram = meminfo().get("MemTotal", 0) or None
     control = Control(cgroup=cg_reason is None, drop_caches=drop, timeout_s=args.timeout, stall_s=args.stall,
                       quiet=rule, disk_device=dev, retries=args.retries, max_busy=args.max_busy,
@@ -262,7 +259,7 @@ def _run_one(p: RunPlan, info: ModelInfo, control: Control, say: Callable[[str],
         elif e["event"] == "token" and (e["i"] + 1) % 8 == 0:
             say(f"    token {e['i'] + 1}/{p.spec.tokens}")
 
-    return run_config(p, info, control, lambda s: say(s), on_event)
+    return run_config(p, info, control, say, on_event)
 
 
 def _line(r: RunResult) -> str:

@@ -116,14 +116,16 @@ def activity(dev: str, seconds: float = 3.0) -> tuple[float, float]:
     return (cpu_busy_seconds() - b0) / dt, (disk_counters(dev)[1] - d0[1]) / dt
 
 
-def top_processes() -> list[str]:
+def top_processes(n: int = 4, width: int = 180) -> list[str]:
+    """top's header line and its `n` busiest processes, from its second sample (the first averages since boot)."""
     try:
-        out = subprocess.run(["top", "-bn2", "-d1", "-w180"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(["top", "-bn2", "-d1", f"-w{width}"], capture_output=True, text=True,
+                             timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     last = out.split("\ntop - ")[-1].splitlines()
     head = next((i for i, line in enumerate(last) if line.lstrip().startswith("PID")), None)
-    return [] if head is None else [line.rstrip() for line in last[head:head + 5]]
+    return [] if head is None else [line.rstrip() for line in last[head:head + 1 + n]]
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import resource
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cgroup import MemCgroup
-from .machine import Quiet, QuietRule, cpu_busy_seconds, disk_counters, wait_quiet
+from .machine import Quiet, QuietRule, cpu_busy_seconds, disk_counters, proc_io, wait_quiet
 from .model import ModelInfo
 from .worker import EVENT, WorkerSpec, is_flashmoe
 
@@ -180,12 +179,11 @@ def _watch(proc: subprocess.Popen, fig: dict[str, Any], timeout: float, stall: f
 def _progress(pid: int) -> tuple[int, int] | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        io = Path(f"/proc/{pid}/io").read_text()
+        io = proc_io(pid)
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    m = re.search(r"^read_bytes: (\d+)", io, re.M)
-    return int(fields[11]) + int(fields[12]), int(m.group(1)) if m else 0
+    return int(fields[11]) + int(fields[12]), io.get("read_bytes", 0)
 
 
 def status_of(fig: dict[str, Any]) -> str:
