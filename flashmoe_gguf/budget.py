@@ -22,7 +22,8 @@ class Available:
     source: str       # "MemAvailable" or the cgroup file that limited it
 
 
-def _meminfo(root: Path) -> dict[str, int]:
+def meminfo(root: Path = Path("/")) -> dict[str, int]:
+    """/proc/meminfo in bytes (values given in kB are converted; counts such as HugePages_Total are not)."""
     out = {}
     for line in (root / "proc/meminfo").read_text().splitlines():
         key, _, rest = line.partition(":")
@@ -74,7 +75,7 @@ def _cgroup_limit(root: Path) -> Available | None:
 
 
 def available_memory(root: Path = Path("/")) -> Available:
-    mem = _meminfo(root)
+    mem = meminfo(root)
     avail = Available(mem.get("MemAvailable", mem.get("MemFree", 0)), "MemAvailable")
     cg = _cgroup_limit(root)
     return cg if cg is not None and cg.bytes < avail.bytes else avail

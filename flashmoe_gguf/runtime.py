@@ -121,6 +121,8 @@ class StreamedModel:
         self.experts = expert_tensors(self.path)
         if not self.experts:
             raise FlashMoeError(f"{path}: no routed-expert tensors (blk.N.ffn_*_exps.weight): not an MoE GGUF")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
         expert_total = sum(e.stride * e.n_expert for e in self.experts)
         if ram_budget == "auto":
             ram_budget = auto_budget(Path(self.path).stat().st_size - expert_total, expert_total)
@@ -133,8 +135,6 @@ class StreamedModel:
         elif not isinstance(direct_io, bool):
             raise ValueError(f"direct_io must be True, False or 'auto', not {direct_io!r}")
         self.direct_io = direct_io
-        if cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {cache!r}")
         err = self.ffi.new("char[1024]")
         handle = self.lib.fm_model_new(self.path.encode(), ram_budget, io_threads, CACHE_MODES[cache],
                                        int(direct_io), int(kernels), err, 1024)

@@ -249,8 +249,10 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
         if (fm_store_acquire(s, tensor, uniq + w0, nw, slots + w0) != 0) goto out;
         /* the same experts of the partner tensors (up, down) are needed next: read them now too. Not when the
            node's experts do not fit the budget at once (waves): the prefetch would pin what the budget lacks */
-        for (int p = t->partner, hops = 0; p >= 0 && hops < 4 && nw == n_uniq; p = s->tensors[p].partner, hops++)
-            fm_store_prefetch(s, p, uniq + w0, nw);
+        if (nw == n_uniq) {
+            for (int p = t->partner, hops = 0; p >= 0 && hops < 4; p = s->tensors[p].partner, hops++)
+                fm_store_prefetch(s, p, uniq + w0, nw);
+        }
         c.uniq = uniq + w0;
         c.slots = slots + w0;
         c.done = done + w0;

@@ -29,16 +29,9 @@ void fm_pool_free(fm_pool *p) {
     free(p);
 }
 
-int fm_pool_threads(const fm_pool *p) {
-    return p->n_threads;
-}
-
-void fm_pool_run(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
-    if (n > p->n_threads) n = p->n_threads;
-    if (n <= 1) {
-        fn(ctx, 0, 1);
-        return;
-    }
+/* n >= 2 threads, the caller among them */
+static void run_parallel(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
+    (void) p;
 #pragma omp parallel num_threads(n)
     fn(ctx, omp_get_thread_num(), omp_get_num_threads());
 }
@@ -127,16 +120,7 @@ void fm_pool_free(fm_pool *p) {
     free(p);
 }
 
-int fm_pool_threads(const fm_pool *p) {
-    return p->n_threads;
-}
-
-void fm_pool_run(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
-    if (n > p->n_threads) n = p->n_threads;
-    if (n <= 1) {
-        fn(ctx, 0, 1);
-        return;
-    }
+static void run_parallel(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
     pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->ctx = ctx;
@@ -152,3 +136,16 @@ void fm_pool_run(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
 }
 
 #endif
+
+int fm_pool_threads(const fm_pool *p) {
+    return p->n_threads;
+}
+
+void fm_pool_run(fm_pool *p, int n, fm_task_fn fn, void *ctx) {
+    if (n > p->n_threads) n = p->n_threads;
+    if (n <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    run_parallel(p, n, fn, ctx);
+}

@@ -73,10 +73,14 @@ static int read_expert(fm_store *s, const fm_tensor *t, char *buf, size_t cap, i
     return 0;
 }
 
+static size_t key_of(const fm_store *s, const fm_slot *sl) {
+    return (size_t) sl->tensor * (size_t) s->max_expert + (size_t) sl->expert;
+}
+
 /* caller holds mu: the slot's expert leaves the cache and the slot (with its buffer) goes to the free list */
 static void free_slot_locked(fm_store *s, int idx) {
     fm_slot *sl = &s->slots[idx];
-    s->slot_of[(size_t) sl->tensor * (size_t) s->max_expert + (size_t) sl->expert] = -1;
+    s->slot_of[key_of(s, sl)] = -1;
     if (sl->cpos >= 0) {
         int last = s->cached[--s->n_cached];
         s->cached[sl->cpos] = last;
@@ -97,10 +101,6 @@ static void free_slot_locked(fm_store *s, int idx) {
     s->free_head = idx;
 }
 
-static size_t key_of(const fm_store *s, const fm_slot *sl) {
-    return (size_t) sl->tensor * (size_t) s->max_expert + (size_t) sl->expert;
-}
-
 /* caller holds mu: the entry the policy would evict next (unpinned, read or failed), or -1 */
 static int pick_victim_locked(const fm_store *s) {
     int victim = -1;
@@ -118,6 +118,14 @@ static int pick_victim_locked(const fm_store *s) {
         }
     }
     return victim;
+}
+
+/* caller holds mu: drops one pin; a transient slot (not admitted, or any slot in OS mode) is freed with its last
+   pin, or by io_main when its read completes */
+static void unpin_locked(fm_store *s, int idx) {
+    fm_slot *sl = &s->slots[idx];
+    if (sl->pins > 0) sl->pins--;
+    if (sl->transient && sl->pins == 0 && sl->state != FM_SLOT_LOADING) free_slot_locked(s, idx);
 }
 
 /* caller holds mu: counts one use of key (LFU), halving every count once per age_period uses */
@@ -163,7 +171,7 @@ static void *io_main(void *arg) {
             sl->data = buf + data_off;
             sl->state = FM_SLOT_READY;
             s->stats.expert_bytes_read += t->stride;
-            if ((s->mode == FM_CACHE_OS || sl->transient) && sl->pins == 0) free_slot_locked(s, idx);
+            if (sl->transient && sl->pins == 0) free_slot_locked(s, idx);
         } else {
             sl->state = FM_SLOT_ERROR;
             set_error_locked(s, err);
@@ -348,19 +356,14 @@ static void evict_locked(fm_store *s, uint64_t need) {
    (or, still being read, when their read completes) */
 static void drop_held_locked(fm_store *s, int tensor) {
     fm_tensor *t = &s->tensors[tensor];
-    for (int i = 0; i < t->n_held; i++) {
-        fm_slot *sl = &s->slots[t->held[i]];
-        if (sl->pins > 0) sl->pins--;
-        if ((s->mode == FM_CACHE_OS || sl->transient) && sl->pins == 0 && sl->state != FM_SLOT_LOADING)
-            free_slot_locked(s, t->held[i]);
-    }
+    for (int i = 0; i < t->n_held; i++) unpin_locked(s, t->held[i]);
     t->n_held = 0;
 }
 
 enum { GET_USE = 1, GET_HOLD = 2 }; /* an acquire (counts a use), a prefetch (pins, counts nothing) */
 
 static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
-    const int pin = 1, use = kind == GET_USE;
+    const int use = kind == GET_USE; /* both kinds pin the slot */
     if (!s->slot_of) {
         /* every (tensor, expert) key owns at most one slot and freed slots are reused, so this many slots is
          * enough for good: the table never moves while I/O threads hold pointers into it */
@@ -394,7 +397,7 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
     }
     if (idx >= 0) {
         fm_slot *sl = &s->slots[idx];
-        sl->pins += pin;
+        sl->pins++;
         sl->last_use = s->clock;
         if (use) s->stats.cache_hits++;
         return idx;
@@ -402,13 +405,20 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
     /* a miss: make room, or (LFU) do not admit an expert used less than what it would displace (a prefetch
        compares the count its coming use will give) */
     int transient = s->mode == FM_CACHE_OS;
-    if (!transient && s->used + t->stride > s->budget && s->mode == FM_CACHE_LFU) {
+    if (!transient && s->used + t->stride > s->budget) {
+        /* one scan for both decisions: the victim is what admission compares with and what goes first */
         int v = pick_victim_locked(s);
         unsigned f = s->freq[key] + (use ? 0u : 1u);
-        if (v >= 0 && s->slots[v].state == FM_SLOT_READY && f < s->freq[key_of(s, &s->slots[v])]) transient = 1;
+        if (s->mode == FM_CACHE_LFU && v >= 0 && s->slots[v].state == FM_SLOT_READY &&
+            f < s->freq[key_of(s, &s->slots[v])]) {
+            transient = 1;
+        } else if (v >= 0) {
+            free_slot_locked(s, v);
+            /* LRU/LFU: nothing evictable (all pinned) means the cache is over budget only for the node in
+               progress */
+            evict_locked(s, t->stride);
+        }
     }
-    /* LRU/LFU: nothing evictable (all pinned) means the cache is over budget only for the node in progress */
-    if (!transient) evict_locked(s, t->stride);
     size_t need = (size_t) t->stride + (s->direct ? 2 * FM_DIRECT_ALIGN : 0);
     /* a free slot whose buffer fits without waste (an expert of another tensor may be twice the size: its pages
        would stay resident beyond what the budget counts); else any free slot, with a new buffer */
@@ -452,12 +462,12 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
     sl->expert = expert;
     sl->transient = transient;
     sl->cpos = -1;
-    if (!transient && s->mode != FM_CACHE_OS) {
+    if (!transient) {
         sl->cpos = s->n_cached;
         s->cached[s->n_cached++] = idx;
     }
     sl->state = FM_SLOT_LOADING;
-    sl->pins = pin;
+    sl->pins = 1;
     sl->last_use = s->clock;
     sl->data = NULL;
     s->slot_of[key] = idx;
@@ -530,7 +540,7 @@ void fm_store_prefetch(fm_store *s, int tensor, const int *experts, int n) {
     drop_held_locked(s, tensor);
     memmove(t->held, t->held + n_old, (size_t) n_new * sizeof *t->held);
     t->n_held = n_new;
-    if (s->mode != FM_CACHE_OS) evict_locked(s, 0);
+    evict_locked(s, 0);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -553,13 +563,8 @@ int fm_store_wait_any(fm_store *s, const int *slots, const char *done, int n) {
 
 void fm_store_release(fm_store *s, const int *slots, int n) {
     pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < n; i++) {
-        fm_slot *sl = &s->slots[slots[i]];
-        if (sl->pins > 0) sl->pins--;
-        if ((s->mode == FM_CACHE_OS || sl->transient) && sl->pins == 0 && sl->state != FM_SLOT_LOADING)
-            free_slot_locked(s, slots[i]);
-    }
-    if (s->mode != FM_CACHE_OS) evict_locked(s, 0);
+    for (int i = 0; i < n; i++) unpin_locked(s, slots[i]);
+    evict_locked(s, 0);
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..budget import meminfo  # /proc/meminfo in bytes (re-exported for the bench)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -35,14 +37,6 @@ def _cpuinfo() -> dict[str, str]:
                 out.setdefault(k.strip(), v.strip())
     except OSError:
         pass
-    return out
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        k, v = line.split(":", 1)
-        out[k] = int(v.split()[0]) * 1024
     return out
 
 
