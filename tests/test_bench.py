@@ -128,6 +128,46 @@ def test_plan(tiny: Path) -> None:
     assert [p.spec.probe_pairs for p in plan] == [8 if p.setting == "nocap" else 0 for p in plan]   # warm runs
 
 
+def test_plan_rounds_rotate_the_order(tiny: Path) -> None:
+    info = model_info(tiny)
+    configs = ("flashmoe-lfu", "stock", "stock-norepack")
+    opt = BenchPlanOptions(caps=(1 << 30,), warm=True, ks=(None,), configs=configs, tokens=4, prompt_tokens=8,
+                           n_ctx=512, threads=1, headroom=HEADROOM, rounds=3)
+    plan = make_plan(info, opt)
+    assert len(plan) == 2 * 3 * 3                        # (cap + warm) x rounds x configs
+    for setting in ("capped", "nocap"):
+        runs = [p for p in plan if p.setting == setting]
+        assert [p.round for p in runs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]      # one round after the other
+        assert [p.config for p in runs] == ["flashmoe-lfu", "stock", "stock-norepack",
+                                            "stock", "stock-norepack", "flashmoe-lfu",
+                                            "stock-norepack", "flashmoe-lfu", "stock"]
+    assert len({p.name for p in plan}) == len(plan) and plan[3].name.endswith("/ round 2")
+    with pytest.raises(ValueError):
+        make_plan(info, BenchPlanOptions(caps=(), warm=True, ks=(None,), configs=configs, tokens=4, prompt_tokens=8,
+                                         n_ctx=512, threads=1, headroom=HEADROOM, rounds=0))
+
+
+def test_ratios_over_rounds() -> None:
+    from flashmoe_gguf.bench.report import compare
+    from flashmoe_gguf.bench.runner import RunResult
+
+    def run(config: str, rnd: int, tok_s: float | None, status: str = "ok") -> RunResult:
+        return RunResult(f"{config} {rnd}", config, "nocap", 8, False, None, None, 1, [], status=status,
+                         decode_tok_s=tok_s, round=rnd, tokens=[1, 2])
+
+    fm = [run("flashmoe-lfu", 0, 3.0), run("flashmoe-lfu", 1, 4.0), run("flashmoe-lfu", 2, 2.0)]
+    st = [run("stock", 0, 2.5), run("stock", 1, 5.0), run("stock", 2, None, "oom-killed")]
+    x = compare("nocap", None, 8, fm, st)
+    # medians 3.0 (of 2, 3, 4) and 3.75 (of 2.5 and 5; the failed run has no speed); rounds 1 and 2 pair up
+    assert x["flashmoe_tok_s"] == 3.0 and x["versus_tok_s"] == 3.75 and x["ratio"] == pytest.approx(0.8)
+    assert x["round_ratios"] == pytest.approx([1.2, 0.8]) and x["round_ratio_median"] == pytest.approx(1.0)
+    assert x["round_ratio_min"] == pytest.approx(0.8) and x["rounds"] == 3 and x["same_greedy_tokens"] is True
+    one = compare("nocap", None, 8, fm[:1], st[:1])     # one round: the plain ratio of the two runs
+    assert one["ratio"] == pytest.approx(1.2) and one["rounds"] == 1
+    failed = compare("nocap", None, 8, fm[:1], st[2:])
+    assert failed["ratio"] is None and failed["versus_status"] == "oom-killed"
+
+
 # -- argument parsing ----------------------------------------------------------------------------------------
 
 def test_parse_caps_ks_configs() -> None:
@@ -162,7 +202,9 @@ def test_cli_arguments(tiny: Path) -> None:
     assert st.caps == (1 << 30,) and st.plan_options.ks == (2,)
     assert not st.control.cgroup and not st.control.drop_caches
     assert any("NOT enforced" in x for x in st.limitations) and any("page cache" in x for x in st.limitations)
-    for bad in (["--n-ctx", "16"], ["--ram", "none", "--no-warm"], ["--tokens", "0"], ["--k", "x"]):
+    assert setup(build_parser().parse_args(_bench_args(tiny, "--rounds", "3"))).plan_options.rounds == 3
+    for bad in (["--n-ctx", "16"], ["--ram", "none", "--no-warm"], ["--tokens", "0"], ["--k", "x"],
+                ["--rounds", "0"]):
         with pytest.raises(ValueError):
             setup(build_parser().parse_args(_bench_args(tiny, *bad)))
     with pytest.raises(ValueError, match="no such file"):
@@ -446,6 +488,27 @@ def test_e2e_markdown_and_plots(e2e: tuple[Path, dict, int]) -> None:
         img = matplotlib.image.imread(out / name)           # decodes: a valid PNG
         assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
         assert f"![{name}]({name})" in md
+
+
+def test_e2e_rounds(tiny: Path, tmp_path: Path) -> None:
+    """--rounds 2 on the warm setting: four real runs in rotated order, the ratio from medians and per round."""
+    out = tmp_path / "report"
+    p = subprocess.run(["flashmoe", "bench", str(tiny), "--ram", "none", "--tokens", "2", "--prompt-tokens", "8",
+                        "--k", "2", "--cache", "lru", "--compare", "stock", "--rounds", "2", "--wait", "0",
+                        "--disk-reads", "16", "--disk-repeats", "1", "--retries", "0", "--probe-pairs", "2",
+                        "--report", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert [(r["config"], r["round"]) for r in rep["runs"]] == [("flashmoe-lru", 0), ("stock", 0), ("stock", 1),
+                                                                ("flashmoe-lru", 1)]
+    assert all(r["status"] == "ok" and r["decode_tok_s"] for r in rep["runs"]) and len(rep["warm_file_seconds"]) == 4
+    (x,) = rep["ratios"]
+    speed = {(r["config"], r["round"]): r["decode_tok_s"] for r in rep["runs"]}
+    assert x["rounds"] == 2 and x["round_ratios"] == pytest.approx(
+        [speed["flashmoe-lru", i] / speed["stock", i] for i in (0, 1)])
+    median = {c: (speed[c, 0] + speed[c, 1]) / 2 for c in ("flashmoe-lru", "stock")}
+    assert x["ratio"] == pytest.approx(median["flashmoe-lru"] / median["stock"])
+    assert "same-round ratios" in (out / "report.md").read_text() and "medians of 2 rounds" in p.stdout
 
 
 def test_unprivileged_run_says_what_it_could_not_control(tiny: Path, tmp_path: Path,

@@ -83,6 +83,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--headroom", default="768M", help="part of a cap kept for the process, llama.cpp's compute "
                    "buffers (they grow with the vocabulary: 256M was not enough for Qwen3.5's), the reads in flight "
                    "and the page cache: ram_budget = cap - resident - KV cache - headroom (default 768M)")
+    b.add_argument("--rounds", type=int, default=1,
+                   help="run every configuration N times, in rounds with a rotated order; ratios compare medians "
+                        "and same-round pairs (for machines whose speed drifts between runs; default 1)")
     b.add_argument("--no-warm", action="store_true", help="skip the no-cap, warm-cache setting")
     b.add_argument("--full-layers", type=int, default=None,
                    help="layers of the full model this file is a slice of (default: from its metadata)")

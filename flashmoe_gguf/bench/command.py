@@ -48,7 +48,8 @@ def setup(args: argparse.Namespace) -> Setup:
     caps = parse_caps(args.ram, info.file_bytes)
     ks = parse_ks(args.k)
     configs = parse_configs(args.cache, args.compare)
-    for name, v in (("--tokens", args.tokens), ("--prompt-tokens", args.prompt_tokens), ("--threads", args.threads)):
+    for name, v in (("--tokens", args.tokens), ("--prompt-tokens", args.prompt_tokens), ("--threads", args.threads),
+                    ("--rounds", args.rounds)):
         if v <= 0:
             raise ValueError(f"{name} must be positive")
     if args.n_ctx < args.prompt_tokens + args.tokens + 2 * args.probe_pairs + 8:
@@ -77,7 +78,7 @@ def setup(args: argparse.Namespace) -> Setup:
                       quiet=rule, disk_device=dev, retries=args.retries, max_busy=args.max_busy,
                       safety_limit=int(SAFETY * ram) if ram else None)
     opt = BenchPlanOptions(caps, not args.no_warm, ks, configs, args.tokens, args.prompt_tokens, args.n_ctx,
-                           args.threads, headroom, args.feed, args.probe_pairs, ram)
+                           args.threads, headroom, args.feed, args.probe_pairs, ram, args.rounds)
     second = None
     if args.slice is not None:
         second = model_info(Path(args.slice).resolve(), args.full_layers or info.full_layers)
@@ -175,15 +176,18 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
         return rep
 
     warmed = False
+    meta["warm_file_seconds"] = []
     try:
         measure_disk("before the runs", 0)
         disk = diskmod.combine(rounds)
         for i, p in enumerate(plan, 1):
-            if p.setting == "nocap" and not warmed:
-                if any(q.setting == "capped" for q in plan):
+            if p.setting == "nocap":
+                if not warmed and any(q.setting == "capped" for q in plan):
                     measure_disk("after the capped runs", 1000)
                     disk = diskmod.combine(rounds)
-                meta["warm_file_seconds"] = diskmod.warm_file(info.path)
+                # before every warm run: the run before (stock's repacked copy of the weights, 90 % of the RAM)
+                # may have pushed part of the file out of the page cache
+                meta["warm_file_seconds"].append(diskmod.warm_file(info.path))
                 warmed = True
             say(f"[{i}/{len(plan)}] {p.name}")
             r = _run_one(p, info, control, say)
@@ -249,7 +253,7 @@ def two_slice_fixed(results: list[RunResult], info: ModelInfo, second: dict[str,
 def _run_one(p: RunPlan, info: ModelInfo, control: Control, say: Callable[[str], None]) -> RunResult:
     if is_flashmoe(p.config) and p.spec.budget <= 0:
         r = RunResult(p.name, p.config, p.setting, p.k, p.k_overridden, p.cap, p.spec.budget, p.spec.threads,
-                      p.spec.command(), expert_bytes_needed_per_token=info.expert_bytes_per_token(p.k))
+                      p.spec.command(), expert_bytes_needed_per_token=info.expert_bytes_per_token(p.k), round=p.round)
         r.status = "skipped: cap below resident + KV cache + headroom"
         return r
 
@@ -287,7 +291,9 @@ def summary_lines(rep: dict[str, Any]) -> str:
         if x["ratio"]:
             out.append(f"{x['flashmoe']} / {x['versus']} ({x['setting']}, K={x['k']}, cap "
                        f"{'-' if x['cap_bytes'] is None else format(x['cap_bytes'] / 2**30, '.2f') + 'G'}): "
-                       f"{x['ratio']:.2f}x")
+                       f"{x['ratio']:.2f}x" + (f" (medians of {x['rounds']} rounds; same-round ratios "
+                                                 + ", ".join(f"{v:.2f}" for v in x["round_ratios"]) + ")"
+                                                 if x.get("rounds", 1) > 1 else ""))
     ex = rep["extrapolation"]
     if ex.get("applies"):
         for x in ex["runs"]:

@@ -37,6 +37,7 @@ class BenchPlanOptions:
     feed: str = "greedy"
     probe_pairs: int = 8
     ram_bytes: int | None = None       # this machine's RAM: the no-cap budget never exceeds what fits in it
+    rounds: int = 1                    # every configuration this many times, in rounds (see make_plan)
 
 
 def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int:
@@ -60,17 +61,28 @@ def _label(cap: int) -> str:
     return f"cap {cap / 2**30:.2f}G"
 
 
+def rotated(configs: tuple[str, ...], r: int) -> tuple[str, ...]:
+    """The order of round r: the configurations rotated by r, so that none always runs first or after the same
+    one (a machine whose speed drifts over minutes then favours none of them)."""
+    n = len(configs)
+    return tuple(configs[(i + r) % n] for i in range(n)) if n else configs
+
+
 def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
     """Capped (cold) runs first, for every K and cap, then the warm no-cap runs, which also run the fixed-part
-    probe (see extrapolate.py)."""
+    probe (see extrapolate.py). With rounds > 1 each (setting, K, cap) runs its configurations `rounds` times,
+    one round after the other, each round in a rotated order; the report compares medians and same-round
+    pairs."""
+    if opt.rounds < 1:
+        raise ValueError("rounds must be at least 1")
     runs: list[RunPlan] = []
     for setting in ("capped", "nocap"):
         caps: tuple[int | None, ...] = opt.caps if setting == "capped" else ((None,) if opt.warm else ())
         for k in opt.ks:
             k_eff = k or info.n_expert_used
             overrides = {f"{info.arch}.expert_used_count": int(k)} if k else {}
-            for cap in caps:
-                for config in opt.configs:
+            for cap, rnd in ((c, r) for c in caps for r in range(opt.rounds)):
+                for config in rotated(opt.configs, rnd):
                     fm = is_flashmoe(config)
                     budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom) if cap is not None
                               else nocap_budget(info, opt.n_ctx, opt.headroom, opt.ram_bytes)) if fm else 0
@@ -79,6 +91,7 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
                                       budget, warmup=setting == "nocap", feed=opt.feed, kv_overrides=overrides,
                                       probe_pairs=probe)
                     where = _label(cap) if cap is not None else "no cap, warm"
-                    runs.append(RunPlan(f"{where} / K={k_eff} / {config}", config, setting, cap, k_eff,
-                                        bool(k), spec, cold=setting == "capped"))
+                    name = f"{where} / K={k_eff} / {config}" + (f" / round {rnd + 1}" if opt.rounds > 1 else "")
+                    runs.append(RunPlan(name, config, setting, cap, k_eff, bool(k), spec, cold=setting == "capped",
+                                        round=rnd))
     return runs

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,10 @@ def decode_vs_ram(rep: dict[str, Any], path: Path) -> str:
         else:
             failed.setdefault(key, []).append(x)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for key, pts in series.items():   # several rounds (--rounds): their median
+        xs = sorted({p[0] for p in pts})
+        series[key] = [(x, statistics.median(p[1] for p in pts if p[0] == x)) for x in xs]
     for i, (key, pts) in enumerate(sorted(series.items())):
-        pts.sort()
         c = colors[i % len(colors)]
         capped = [p for p in pts if p[0] != warm_x]
         style = "-" if key[0].startswith("flashmoe") else "--"

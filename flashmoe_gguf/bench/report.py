@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,11 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
     for r in results:
         groups.setdefault((r.setting, r.cap_bytes, r.k), []).append(r)
     for (setting, cap, k), rs in groups.items():
-        for f in (r for r in rs if is_flashmoe(r.config)):
-            for s in (r for r in rs if not is_flashmoe(r.config)):
-                ratios.append({"setting": setting, "cap_bytes": cap, "k": k, "flashmoe": f.config, "versus": s.config,
-                               "same_greedy_tokens": f.tokens == s.tokens if f.ok() and s.ok() and f.tokens else None,
-                               "flashmoe_tok_s": f.decode_tok_s if f.ok() else None, "versus_status": s.status,
-                               "versus_tok_s": s.decode_tok_s if s.ok() else None,
-                               "ratio": f.decode_tok_s / s.decode_tok_s if f.ok() and s.ok() and f.decode_tok_s
-                               and s.decode_tok_s else None})
+        configs = list(dict.fromkeys(r.config for r in rs))
+        for fc in (c for c in configs if is_flashmoe(c)):
+            for sc in (c for c in configs if not is_flashmoe(c)):
+                ratios.append(compare(setting, cap, k, [r for r in rs if r.config == fc],
+                                      [r for r in rs if r.config == sc]))
 
     out: dict[str, Any] = {"per_run": per_run, "ratios": ratios, "k_check": k_check(results, info),
                            "extrapolation": extrapolation(results, info, disk, per_run, n_ctx, headroom,
@@ -103,6 +101,32 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
     # the fixed part of a token's time (output head etc.) per configuration and K, also for whole models
     out["fixed_parts"] = {f"{c} K={k}": asdict(f) for (c, k), f in fixed_parts(results).items()}
     return out
+
+
+def _speed(r: RunResult) -> float | None:
+    return r.decode_tok_s if r.ok() and r.decode_tok_s else None
+
+
+def compare(setting: str, cap: int | None, k: int, f_runs: list[RunResult], s_runs: list[RunResult]) -> dict[str, Any]:
+    """flashmoe's runs of one configuration against a compared configuration's runs of the same setting, cap and
+    K. With one run each, their ratio. With rounds (--rounds), the ratio of the medians, and the ratio within each
+    round where both finished (`round_ratios`; a machine that drifts slows both runs of a round alike)."""
+    fs = [x for x in map(_speed, f_runs) if x]
+    ss = [x for x in map(_speed, s_runs) if x]
+    f_med = statistics.median(fs) if fs else None
+    s_med = statistics.median(ss) if ss else None
+    by_round = {r.round: r for r in s_runs}
+    pairs = [(f, by_round[f.round]) for f in f_runs if f.round in by_round]
+    round_ratios = [_speed(f) / _speed(v) for f, v in pairs if _speed(f) and _speed(v)]    # type: ignore[operator]
+    first = next(((f, v) for f, v in pairs if f.ok() and v.ok() and f.tokens), None)
+    return {"setting": setting, "cap_bytes": cap, "k": k, "flashmoe": f_runs[0].config, "versus": s_runs[0].config,
+            "same_greedy_tokens": first[0].tokens == first[1].tokens if first else None,
+            "flashmoe_tok_s": f_med, "versus_status": "ok" if ss else s_runs[0].status, "versus_tok_s": s_med,
+            "ratio": f_med / s_med if f_med and s_med else None,
+            "rounds": max(len(f_runs), len(s_runs)), "flashmoe_tok_s_runs": [_speed(r) for r in f_runs],
+            "versus_tok_s_runs": [_speed(r) for r in s_runs], "round_ratios": round_ratios,
+            "round_ratio_min": min(round_ratios) if round_ratios else None,
+            "round_ratio_median": statistics.median(round_ratios) if round_ratios else None}
 
 
 def k_check(results: list[RunResult], info: ModelInfo) -> dict[str, Any]:
@@ -297,14 +321,24 @@ def render_markdown(rep: dict[str, Any]) -> str:
     if rep["ratios"]:
         L.append("## flashmoe against stock llama-cpp-python")
         L.append("")
-        L.append("| setting | K | flashmoe | tok/s | versus | tok/s | ratio | same greedy tokens |")
-        L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        multi = any(x.get("rounds", 1) > 1 for x in rep["ratios"])
+        if multi:
+            L.append("Every configuration ran in several rounds (`--rounds`, a rotated order each round): tok/s are "
+                     "medians, the ratio is the ratio of the medians, and the same-round ratios compare the two runs "
+                     "of each round (a machine whose speed drifts slows both alike).")
+            L.append("")
+        L.append("| setting | K | flashmoe | tok/s | versus | tok/s | ratio | same greedy tokens |"
+                 + (" rounds | same-round ratios |" if multi else ""))
+        L.append("| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if multi else ""))
         for x in rep["ratios"]:
             where = "no cap, warm" if x["setting"] == "nocap" else f"cap {x['cap_bytes'] / 2**30:.2f} GiB, cold"
             vs = _f(x["versus_tok_s"], ".3f") if x["versus_tok_s"] is not None else x["versus_status"]
+            extra = (f" {x.get('rounds', 1)} | " + (", ".join(f"{v:.2f}" for v in x.get("round_ratios") or []) or "-")
+                     + " |") if multi else ""
             L.append(f"| {where} | {x['k']} | {x['flashmoe']} | {_f(x['flashmoe_tok_s'], '.3f')} | {x['versus']} | "
                      f"{vs} | {_f(x['ratio'], '.2f')}{'x' if x['ratio'] else ''} | "
-                     f"{'-' if x['same_greedy_tokens'] is None else 'yes' if x['same_greedy_tokens'] else 'no'} |")
+                     f"{'-' if x['same_greedy_tokens'] is None else 'yes' if x['same_greedy_tokens'] else 'no'} |"
+                     + extra)
         L.append("")
     kc = rep["k_check"]
     if kc["runs"]:

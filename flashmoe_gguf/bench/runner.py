@@ -33,6 +33,7 @@ class RunPlan:
     k_overridden: bool
     spec: WorkerSpec
     cold: bool                    # drop the page cache first
+    round: int = 0                # which round of --rounds (0-based)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class RunResult:
     stderr_tail: str = ""
     last_event: str = ""
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    round: int = 0
 
     def ok(self) -> bool:
         return self.status == "ok"
@@ -207,7 +209,8 @@ def summarize(plan: RunPlan, info: ModelInfo, events: list[dict[str, Any]], fig:
                   spec.budget if is_flashmoe(plan.config) else None, spec.threads, fig["cmd"],
                   cap_enforced=control.cgroup and plan.cap is not None, cold=plan.cold and control.drop_caches,
                   wall_s=fig["wall_s"], others_cores=fig["others_cores"], others_disk_bytes=fig["others_disk_bytes"],
-                  cgroup=fig["cgroup"], stderr_tail=fig["stderr_tail"], expert_bytes_needed_per_token=need)
+                  cgroup=fig["cgroup"], stderr_tail=fig["stderr_tail"], expert_bytes_needed_per_token=need,
+                  round=plan.round)
     r.status = status_of(fig)
     r.oom = r.status == "oom-killed" or fig["cgroup"].get("oom_kill", 0) > 0
     if events:
