@@ -217,10 +217,24 @@ static enum ggml_status be_graph_compute(ggml_backend_t backend, struct ggml_cgr
     return GGML_STATUS_SUCCESS;
 }
 
+/* Events exist for llama.cpp's chunked loader (see dev_get_props): our work is synchronous, so an event is
+ * complete as soon as it is recorded. */
+static void be_event_record(ggml_backend_t backend, ggml_backend_event_t event) {
+    (void) backend;
+    (void) event;
+}
+
+static void be_event_wait(ggml_backend_t backend, ggml_backend_event_t event) {
+    (void) backend;
+    (void) event;
+}
+
 static const struct ggml_backend_i g_backend_iface = {
     .get_name = be_get_name,
     .free = be_free,
     .graph_compute = be_graph_compute,
+    .event_record = be_event_record,
+    .event_wait = be_event_wait,
 };
 
 static void fm_set_n_threads(ggml_backend_t backend, int n_threads) {
@@ -255,11 +269,41 @@ static enum ggml_backend_dev_type dev_get_type(ggml_backend_dev_t dev) {
     return GGML_BACKEND_DEVICE_TYPE_ACCEL;
 }
 
+/* async + host_buffer + events: llama.cpp's no-mmap loader then streams our tensors through four 1 MiB host
+ * buffers (llama_model_loader::load_all_data, "async uploads"). Without them it stages every tensor in a
+ * temporary buffer of the tensor's size, which it allocates and writes: 16 GB of writes and page faults for a
+ * 16 GB file's experts, only for set_tensor to drop them. The expert ranges of the file the loader reads are
+ * skipped (fm_open_file_skipping), so the chunks cost neither I/O nor copies. These caps are only read by the
+ * loader and by pipeline parallelism, which considers GPU devices only (we are ACCEL). */
 static void dev_get_props(ggml_backend_dev_t dev, struct ggml_backend_dev_props *props) {
     memset(props, 0, sizeof *props);
     props->name = dev_get_name(dev);
     props->description = dev_get_description(dev);
     props->type = GGML_BACKEND_DEVICE_TYPE_ACCEL;
+    props->caps.async = true;
+    props->caps.host_buffer = true;
+    props->caps.events = true;
+}
+
+static ggml_backend_buffer_type_t dev_get_host_buffer_type(ggml_backend_dev_t dev) {
+    (void) dev;
+    return fm_g.ggml_backend_cpu_buffer_type();
+}
+
+static ggml_backend_event_t dev_event_new(ggml_backend_dev_t dev) {
+    ggml_backend_event_t e = calloc(1, sizeof *e);
+    if (e) e->device = dev;
+    return e;
+}
+
+static void dev_event_free(ggml_backend_dev_t dev, ggml_backend_event_t event) {
+    (void) dev;
+    free(event);
+}
+
+static void dev_event_synchronize(ggml_backend_dev_t dev, ggml_backend_event_t event) {
+    (void) dev;
+    (void) event;
 }
 
 static ggml_backend_t dev_init_backend(ggml_backend_dev_t dev, const char *params) {
@@ -344,8 +388,12 @@ static const struct ggml_backend_device_i g_dev_iface = {
     .get_props = dev_get_props,
     .init_backend = dev_init_backend,
     .get_buffer_type = dev_get_buffer_type,
+    .get_host_buffer_type = dev_get_host_buffer_type,
     .supports_op = dev_supports_op,
     .supports_buft = dev_supports_buft,
+    .event_new = dev_event_new,
+    .event_free = dev_event_free,
+    .event_synchronize = dev_event_synchronize,
 };
 
 /* ---- registry ---------------------------------------------------------------------------------------- */

@@ -24,6 +24,7 @@
     X(base, ggml_backend_buft_is_host)      \
     X(reg, ggml_backend_register)           \
     X(cpu, ggml_get_type_traits_cpu)        \
+    X(cpu, ggml_backend_cpu_buffer_type)    \
     X(cpu, ggml_cpu_init)
 
 struct fm_ggml {

@@ -102,6 +102,21 @@ def test_load_reads_no_expert_bytes() -> None:
     llm.close()
 
 
+def test_loader_streams_expert_tensors_in_chunks(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without mmap, llama.cpp stages each tensor of a non-host buffer in a temporary buffer of the tensor's size
+    (allocated and written: as many bytes as the file's experts), unless the device offers async uploads; ours
+    does, so the loader goes through its 1 MiB host buffers (it says so in its debug log)."""
+    from flashmoe_gguf import Llama
+    path = gguf_for("qwen3_moe", "Q4_K")
+    llm = Llama(model_path=str(path), ram_budget="64M", n_ctx=64, verbose=True)
+    err = capsys.readouterr().err
+    assert "using async uploads for device FLASHMOE" in err, err[-3000:]
+    tokens = llm.tokenize(b"hello", add_bos=False)
+    llm.eval(tokens)
+    assert np.isfinite(np.array(llm.scores[: len(tokens)])).all()
+    llm.close()
+
+
 @pytest.mark.parametrize("cache,direct", [("os", False), ("lru", False), ("lfu", False), ("lfu", True), ("lru", True)])
 def test_cache_modes_match_stock(cache: str, direct: bool) -> None:
     """Every cache policy, and O_DIRECT reads, give stock's logits; lfu/lru under constant eviction."""
