@@ -351,7 +351,6 @@ static void evict_locked(fm_store *s, uint64_t need) {
     }
 }
 
-/* caller holds mu. Returns a slot index holding (or about to hold) the expert, or -1 on allocation failure. */
 /* caller holds mu: unpins what the last prefetch of a tensor pinned; transient slots no longer pinned are freed
    (or, still being read, when their read completes) */
 static void drop_held_locked(fm_store *s, int tensor) {
@@ -362,6 +361,13 @@ static void drop_held_locked(fm_store *s, int tensor) {
 
 enum { GET_USE = 1, GET_HOLD = 2 }; /* an acquire (counts a use), a prefetch (pins, counts nothing) */
 
+/* a free buffer is reused only when it fits without waste (an expert of another tensor may be twice the size:
+   its pages would stay resident beyond what the budget counts) */
+static int fits(size_t cap, size_t need) {
+    return cap >= need && cap <= need + need / 8;
+}
+
+/* caller holds mu. Returns a slot index holding (or about to hold) the expert, or -1 on allocation failure. */
 static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
     const int use = kind == GET_USE; /* both kinds pin the slot */
     if (!s->slot_of) {
@@ -420,11 +426,10 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
         }
     }
     size_t need = (size_t) t->stride + (s->direct ? 2 * FM_DIRECT_ALIGN : 0);
-    /* a free slot whose buffer fits without waste (an expert of another tensor may be twice the size: its pages
-       would stay resident beyond what the budget counts); else any free slot, with a new buffer */
+    /* a free slot whose buffer fits; else any free slot, with a new buffer */
     int prev = -1, fit = -1, fit_prev = -1;
     for (int i = s->free_head, n = 0; i >= 0 && n < 2 * FM_FREE_BUFS; prev = i, i = s->slots[i].next_free, n++) {
-        if (s->slots[i].cap >= need && s->slots[i].cap <= need + need / 8) {
+        if (fits(s->slots[i].cap, need)) {
             fit = i;
             fit_prev = prev;
             break;
@@ -436,7 +441,7 @@ static int get_slot_locked(fm_store *s, int tensor, int expert, int kind) {
         if (fit_prev >= 0) s->slots[fit_prev].next_free = s->slots[idx].next_free;
         else s->free_head = s->slots[idx].next_free;
         if (s->slots[idx].buf) s->n_free_bufs--;
-        if (s->slots[idx].cap < need || s->slots[idx].cap > need + need / 8) {
+        if (!fits(s->slots[idx].cap, need)) {
             free(s->slots[idx].buf);
             s->slots[idx].buf = NULL;
             s->slots[idx].cap = 0;

@@ -21,7 +21,7 @@ from .extrapolate import FixedPart
 from .machine import QuietRule, block_device_of, describe, meminfo, wait_quiet
 from .model import ModelInfo, model_info
 from .plan import BUDGET_DOC, SAFETY, BenchPlanOptions, flashmoe_budget, make_plan
-from .report import build, derive, render_markdown, sanitize, write_json
+from .report import build, derive, render_markdown, round_ratios_text, sanitize, write_json
 from .runner import Control, RunPlan, RunResult, run_config
 from .worker import is_flashmoe
 
@@ -292,8 +292,7 @@ def summary_lines(rep: dict[str, Any]) -> str:
             out.append(f"{x['flashmoe']} / {x['versus']} ({x['setting']}, K={x['k']}, cap "
                        f"{'-' if x['cap_bytes'] is None else format(x['cap_bytes'] / 2**30, '.2f') + 'G'}): "
                        f"{x['ratio']:.2f}x" + (f" (medians of {x['rounds']} rounds; same-round ratios "
-                                                 + ", ".join(f"{v:.2f}" for v in x["round_ratios"]) + ")"
-                                                 if x.get("rounds", 1) > 1 else ""))
+                                                 f"{round_ratios_text(x)})" if x.get("rounds", 1) > 1 else ""))
     ex = rep["extrapolation"]
     if ex.get("applies"):
         for x in ex["runs"]:

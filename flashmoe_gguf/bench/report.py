@@ -111,22 +111,27 @@ def compare(setting: str, cap: int | None, k: int, f_runs: list[RunResult], s_ru
     """flashmoe's runs of one configuration against a compared configuration's runs of the same setting, cap and
     K. With one run each, their ratio. With rounds (--rounds), the ratio of the medians, and the ratio within each
     round where both finished (`round_ratios`; a machine that drifts slows both runs of a round alike)."""
-    fs = [x for x in map(_speed, f_runs) if x]
-    ss = [x for x in map(_speed, s_runs) if x]
+    f_speeds, s_speeds = [_speed(r) for r in f_runs], [_speed(r) for r in s_runs]
+    fs, ss = [x for x in f_speeds if x], [x for x in s_speeds if x]
     f_med = statistics.median(fs) if fs else None
     s_med = statistics.median(ss) if ss else None
-    by_round = {r.round: r for r in s_runs}
-    pairs = [(f, by_round[f.round]) for f in f_runs if f.round in by_round]
-    round_ratios = [_speed(f) / _speed(v) for f, v in pairs if _speed(f) and _speed(v)]    # type: ignore[operator]
-    first = next(((f, v) for f, v in pairs if f.ok() and v.ok() and f.tokens), None)
+    by_round = {r.round: (r, v) for r, v in zip(s_runs, s_speeds)}
+    pairs = [(f, v, *by_round[f.round]) for f, v in zip(f_runs, f_speeds) if f.round in by_round]
+    round_ratios = [fv / sv for _, fv, _, sv in pairs if fv and sv]
+    first = next(((f, r) for f, _, r, _ in pairs if f.ok() and r.ok() and f.tokens), None)
     return {"setting": setting, "cap_bytes": cap, "k": k, "flashmoe": f_runs[0].config, "versus": s_runs[0].config,
             "same_greedy_tokens": first[0].tokens == first[1].tokens if first else None,
             "flashmoe_tok_s": f_med, "versus_status": "ok" if ss else s_runs[0].status, "versus_tok_s": s_med,
             "ratio": f_med / s_med if f_med and s_med else None,
-            "rounds": max(len(f_runs), len(s_runs)), "flashmoe_tok_s_runs": [_speed(r) for r in f_runs],
-            "versus_tok_s_runs": [_speed(r) for r in s_runs], "round_ratios": round_ratios,
+            "rounds": max(len(f_runs), len(s_runs)), "flashmoe_tok_s_runs": f_speeds,
+            "versus_tok_s_runs": s_speeds, "round_ratios": round_ratios,
             "round_ratio_min": min(round_ratios) if round_ratios else None,
             "round_ratio_median": statistics.median(round_ratios) if round_ratios else None}
+
+
+def round_ratios_text(x: dict[str, Any]) -> str:
+    """A comparison's same-round ratios as text, "-" if none."""
+    return ", ".join(f"{v:.2f}" for v in x.get("round_ratios") or []) or "-"
 
 
 def k_check(results: list[RunResult], info: ModelInfo) -> dict[str, Any]:
@@ -333,8 +338,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
         for x in rep["ratios"]:
             where = "no cap, warm" if x["setting"] == "nocap" else f"cap {x['cap_bytes'] / 2**30:.2f} GiB, cold"
             vs = _f(x["versus_tok_s"], ".3f") if x["versus_tok_s"] is not None else x["versus_status"]
-            extra = (f" {x.get('rounds', 1)} | " + (", ".join(f"{v:.2f}" for v in x.get("round_ratios") or []) or "-")
-                     + " |") if multi else ""
+            extra = f" {x.get('rounds', 1)} | {round_ratios_text(x)} |" if multi else ""
             L.append(f"| {where} | {x['k']} | {x['flashmoe']} | {_f(x['flashmoe_tok_s'], '.3f')} | {x['versus']} | "
                      f"{vs} | {_f(x['ratio'], '.2f')}{'x' if x['ratio'] else ''} | "
                      f"{'-' if x['same_greedy_tokens'] is None else 'yes' if x['same_greedy_tokens'] else 'no'} |"
