@@ -12,12 +12,14 @@ from __future__ import annotations
 import ctypes
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .gguf_index import GGUFIndexError, read_index
 from .budget import auto_budget
+from .isa import IsaError, resolve_isa, tiled_mode
 from .units import parse_size
 
 _EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate_up|gate|up|down)_exps\.weight$")
@@ -114,7 +116,7 @@ class StreamedModel:
     """The extension's handle on one GGUF: its expert table, cache and I/O threads."""
 
     def __init__(self, path: str | Path, ram_budget: int | str, io_threads: int = 8, cache: str = "lfu",
-                 direct_io: bool | str = "auto", kernels: bool = True) -> None:
+                 direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None) -> None:
         ext = _load_ext()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
         self.path = str(Path(path).resolve())
@@ -135,9 +137,16 @@ class StreamedModel:
         elif not isinstance(direct_io, bool):
             raise ValueError(f"direct_io must be True, False or 'auto', not {direct_io!r}")
         self.direct_io = direct_io
+        try:
+            choice = resolve_isa(isa, kernels, int(self.lib.fm_cpu_isa()), bool(self.lib.fm_ggml_has_x86_arith()))
+        except IsaError as exc:
+            raise FlashMoeError(str(exc)) from exc
+        if choice.note:
+            warnings.warn(f"flashmoe: {choice.note}", RuntimeWarning, stacklevel=3)
+        self.kernel_isa = choice.name
         err = self.ffi.new("char[1024]")
         handle = self.lib.fm_model_new(self.path.encode(), ram_budget, io_threads, CACHE_MODES[cache],
-                                       int(direct_io), int(kernels), err, 1024)
+                                       int(direct_io), choice.code, tiled_mode(), err, 1024)
         if handle == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         self.handle = handle
@@ -200,6 +209,7 @@ class StreamedModel:
             "io_wait_seconds": float(s.io_wait_seconds),
             "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),
             "load_bytes_read": self.load_bytes_read, "ram_budget": self.ram_budget, "direct_io": self.direct_io,
+            "kernel_isa": self.kernel_isa,
         }
 
     def access(self, tensor: str, experts: Sequence[int]) -> None:
@@ -253,14 +263,18 @@ class Llama(_llama_base()):  # type: ignore[misc]
     cgroup has available beyond the resident weights and a headroom, see flashmoe_gguf/budget.py), cache ("lfu": our cache, evicting the
     least often used experts (default); "lru": our cache, least recently used first; "os": no cache of our own,
     the page cache does it; see ggml_ext/fm_store.h), io_threads, direct_io (O_DIRECT reads; "auto" (default):
-    with our own cache, when the file system allows it), kernels (our AVX2/AVX-512
-    kernels where available, else ggml's). Every llama_cpp.Llama argument works as usual.
+    with our own cache, when the file system allows it), isa (which code computes the expert products: "auto"
+    (default, or the FLASHMOE_ISA environment variable), "avx512", "avx2", "scalar" (our kernels on that
+    instruction set) or "ggml" (ggml's own code); all give stock llama.cpp's results bit for bit, see
+    flashmoe_gguf/isa.py), kernels (False: the same as isa="ggml"). flashmoe_stats()["kernel_isa"] says which
+    is used. Every llama_cpp.Llama argument works as usual.
     """
 
     def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "auto", cache: str = "lfu",
-                 io_threads: int = 8, direct_io: bool | str = "auto", kernels: bool = True, **kwargs: Any) -> None:
+                 io_threads: int = 8, direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None,
+                 **kwargs: Any) -> None:
         self._fm: StreamedModel | None = None
-        self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels)
+        self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa)
         try:
             with _PatchedLoader(self._fm):
                 super().__init__(model_path, *args, **kwargs)

@@ -101,7 +101,7 @@ def openmp_flags() -> list[str]:
     return ["-fopenmp"] if r.returncode == 0 else []
 
 
-SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_matmul.c", "fm_pool.c", "fm_store.c",
+SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_ggml_mmid.c", "fm_matmul.c", "fm_pool.c", "fm_store.c",
            "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c", "fm_quant.c"]
 
 
@@ -123,10 +123,10 @@ def make_ffi(relative: bool = True) -> FFI:
         "#include <stddef.h>\n#include <stdint.h>\n#include \"fm_api.h\"\n#include \"fm_quant.h\"\n",
         sources=sources,
         include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src")],
-        extra_compile_args=["-std=gnu11", "-O3", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-format-truncation", "-pthread",
+        extra_compile_args=["-std=gnu11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-format-truncation", "-pthread",
                             "-fvisibility=hidden", *omp],
         extra_link_args=["-pthread", *omp],
-        libraries=["dl"],
+        libraries=["dl", "m"],
     )
     return ffi
 

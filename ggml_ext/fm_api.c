@@ -11,6 +11,7 @@
 
 #include "fm_build_info.h"
 #include "fm_ggml.h"
+#include "fm_kernels.h"
 #include "fm_model.h"
 
 /* fm_api.h declares fm_stats identically to fm_store.h's; keep them in step */
@@ -30,8 +31,34 @@ int fm_backend_api_version(void) {
     return GGML_BACKEND_API_VERSION;
 }
 
-fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int use_kernels,
+int fm_cpu_isa(void) {
+    return fm_kernel_best_isa();
+}
+
+int fm_ggml_has_x86_arith(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return fm_g.ggml_cpu_has_avx2() && fm_g.ggml_cpu_has_fma();
+#else
+    return 0;
+#endif
+}
+
+fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int isa, int tiled,
                        char *err, size_t err_len) {
+    if (isa < 0 || isa > fm_kernel_best_isa()) {
+        snprintf(err, err_len, "kernel instruction set %d is not available on this CPU (best: %d)", isa,
+                 fm_kernel_best_isa());
+        return NULL;
+    }
+    if (isa > 0 && !fm_ggml_has_x86_arith()) {
+        snprintf(err, err_len, "our kernels reproduce ggml's x86 AVX2 arithmetic, but this llama-cpp-python's "
+                 "ggml-cpu was built without AVX2/FMA: use ggml's own code (kernels=False)");
+        return NULL;
+    }
+    if (tiled < FM_TILED_OFF || tiled > FM_TILED_FORCE) {
+        snprintf(err, err_len, "bad tiled mode %d", tiled);
+        return NULL;
+    }
     fm_model *m = calloc(1, sizeof *m);
     if (!m) {
         snprintf(err, err_len, "out of memory");
@@ -41,7 +68,8 @@ fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mo
         free(m);
         return NULL;
     }
-    m->use_kernels = use_kernels;
+    m->mm.isa = isa;
+    m->mm.tiled = tiled;
     return m;
 }
 

@@ -24,9 +24,16 @@ int fm_init(const char *lib_dir, char *err, size_t err_len);
 const char *fm_built_ggml_version(void);
 int fm_backend_api_version(void);
 
+/* The instruction set our kernels can use on this CPU: 1 = scalar, 2 = AVX2 + FMA, 3 = AVX-512 F/BW/VL. */
+int fm_cpu_isa(void);
+/* Non-zero if the loaded ggml-cpu computes quantized dot products with its x86 AVX2 + FMA code, the
+   arithmetic our kernels reproduce bit for bit (fm_kernels.h); elsewhere only ggml's own code is exact. */
+int fm_ggml_has_x86_arith(void);
+
 /* mode: 0 = own LRU cache of `budget` bytes, 1 = OS page cache, 2 = own LFU cache (fm_store.h).
-   direct: read with O_DIRECT. */
-fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int use_kernels,
+   direct: read with O_DIRECT. isa: our kernels with this instruction set (1 scalar, 2 AVX2, 3 AVX-512), or 0:
+   ggml's own MUL_MAT_ID code. tiled: ggml's tiled K-quant path 0 off, 1 on (8+ rows), 2 forced. */
+fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int isa, int tiled,
                        char *err, size_t err_len);
 int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
                         int64_t ne0, int64_t ne1, char *err, size_t err_len);

@@ -205,7 +205,7 @@ static enum ggml_status be_graph_compute(ggml_backend_t backend, struct ggml_cgr
             if (!t || !as->buffer || as->buffer->buft != &g_buft) return GGML_STATUS_FAILED;
             fm_model *m = ((fm_buffer_ctx *) as->buffer->context)->model;
             int idx = (int) (t - m->store.tensors);
-            if (fm_mul_mat_id(&m->store, c->pool, c->n_threads, idx, m->use_kernels, node) != 0) {
+            if (fm_mul_mat_id(&m->store, c->pool, c->n_threads, idx, &m->mm, node) != 0) {
                 return GGML_STATUS_FAILED;
             }
             continue;

@@ -22,10 +22,23 @@
     X(base, ggml_graph_node)                \
     X(base, ggml_backend_buffer_init)       \
     X(base, ggml_backend_buft_is_host)      \
+    X(base, ggml_init)                      \
+    X(base, ggml_free)                      \
+    X(base, ggml_tensor_overhead)           \
+    X(base, ggml_graph_overhead_custom)     \
+    X(base, ggml_new_tensor_2d)             \
+    X(base, ggml_new_tensor_3d)             \
+    X(base, ggml_mul_mat_id)                \
+    X(base, ggml_new_graph_custom)          \
+    X(base, ggml_build_forward_expand)      \
     X(reg, ggml_backend_register)           \
     X(cpu, ggml_get_type_traits_cpu)        \
     X(cpu, ggml_backend_cpu_buffer_type)    \
-    X(cpu, ggml_cpu_init)
+    X(cpu, ggml_cpu_init)                   \
+    X(cpu, ggml_cpu_has_avx2)               \
+    X(cpu, ggml_cpu_has_fma)                \
+    X(cpu, ggml_graph_plan)                 \
+    X(cpu, ggml_graph_compute)
 
 struct fm_ggml {
 #define FM_DECLARE(lib, fn) __typeof__(fn) *fn;

@@ -1,4 +1,5 @@
-/* fm_kernels.c - kernel dispatch and the portable scalar reference kernels.
+/* fm_kernels.c - kernel dispatch and the portable scalar kernels, which are the specification of the
+ * arithmetic every instruction set must reproduce bit for bit (see fm_kernels.h).
  *
  * Block layouts (ggml-common.h; all little-endian, fp16 = IEEE half, no padding):
  *   Q4_0  18 B / 32 values : d fp16 | qs[16]        value l = (qs[l] & 15) - 8, value l+16 = (qs[l] >> 4) - 8
@@ -10,10 +11,21 @@
  *   Q4_K 144 B / 256 values: d, dmin fp16 | scales[12] (8 6-bit scales and 8 6-bit mins, per 32 values) | qs[128]
  *                            value 64c + l = qs[32c + l] & 15, value 64c + 32 + l = qs[32c + l] >> 4
  *   Q8_K 292 B / 256 values: d float | qs[256] int8 | bsums[16] int16 (sum of each 16 qs)
- * This file has no instruction-set specific code and is compiled with the default flags.
+ *
+ * ggml's x86 vec_dot (ggml-cpu/arch/x86/quants.c, AVX2 path, also what AVX-512 builds run for these types)
+ * works on 32-byte vectors: a vector of weight bytes times a vector of activation bytes gives 8 int32
+ * "lanes", lane l being the sum of the 4 products of bytes 4l..4l+3 (maddubs + madd, or VNNI's dpbusd: the same
+ * integers). Each block adds scale x lane into 8 float accumulators with one fused multiply-add per lane; the
+ * 8 accumulators are then added in a fixed tree (hsum8). The scalar code below does exactly that, lane by
+ * lane, with fmaf. ggml's tiled path (ggml-cpu/tiled/) sums a block's integers completely and then performs
+ * three float operations per block (see the _tiled functions).
+ *
+ * This file has no instruction-set specific code and is compiled with the default flags; the build turns
+ * floating-point contraction off, so every fused multiply-add here is an explicit fmaf.
  */
 #include "fm_kernels.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -52,6 +64,12 @@ static float fp16_to_fp32(const uint8_t *p) {
     return f;
 }
 
+static float h2f(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return fm_fp16_table[h];
+}
+
 static float load_f32(const uint8_t *p) {
     float f;
     memcpy(&f, p, sizeof f);
@@ -62,6 +80,19 @@ static int load_i16(const uint8_t *p) {
     int16_t v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+/* _mm256_sign_epi8(y, x) for one byte: y negated (wrapping: -(-128) is -128) where x < 0, zero where x == 0 */
+static int sign8(int y, int x) {
+    if (x == 0) return 0;
+    if (x > 0) return y;
+    return y == -128 ? -128 : -y;
+}
+
+/* the 8 float accumulators added as ggml's hsum_float_8 adds them */
+static float hsum8(const float a[8]) {
+    const float r0 = a[4] + a[0], r1 = a[5] + a[1], r2 = a[6] + a[2], r3 = a[7] + a[3];
+    return (r0 + r2) + (r1 + r3);
 }
 
 /* the 8 6-bit scales and 8 6-bit mins of a Q4_K block */
@@ -75,95 +106,142 @@ static void q4k_scales_mins(const uint8_t *q, int sc[8], int mn[8]) {
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
-/* scalar kernels: one (weight row, activation row) pair at a time; integer sums per block, float sum     */
+/* vec_dot arithmetic: one (weight row, activation row) pair                                              */
 
-static float dot1_q4_0(int n, const uint8_t *x, const uint8_t *y) {
-    float sum = 0.0f;
-    for (int i = 0; i < n / 32; ++i, x += 18, y += 34) {
-        const int8_t *yq = (const int8_t *)(y + 2);
-        int isum = 0;
+/* 32-value blocks. kind 0: Q4_0 x Q8_0, 1: Q8_0 x Q8_0 (signed weights: |x| times y with x's sign),
+   2: Q4_1 x Q8_1 (unsigned nibbles, plus m * s per block into a separate float sum) */
+static float dot1_32(int kind, int n, const uint8_t *x, const uint8_t *y) {
+    const size_t xs = kind == 0 ? 18 : kind == 1 ? 34 : 20, ys = kind == 2 ? 36 : 34, yo = kind == 2 ? 4 : 2;
+    float acc[8] = {0}, summs = 0.0f;
+    for (int i = 0; i < n / 32; ++i, x += xs, y += ys) {
+        int xv[32];
         for (int l = 0; l < 16; ++l) {
-            isum += ((x[2 + l] & 15) - 8) * yq[l];
-            isum += ((x[2 + l] >> 4) - 8) * yq[l + 16];
+            if (kind == 1) {
+                xv[l] = (int8_t)x[2 + l];
+                xv[l + 16] = (int8_t)x[18 + l];
+            } else {
+                const uint8_t b = x[(kind == 2 ? 4 : 2) + l];
+                xv[l] = (b & 15) - (kind == 0 ? 8 : 0);
+                xv[l + 16] = (b >> 4) - (kind == 0 ? 8 : 0);
+            }
         }
-        sum += fp16_to_fp32(x) * fp16_to_fp32(y) * (float)isum;
-    }
-    return sum;
-}
-
-static float dot1_q4_1(int n, const uint8_t *x, const uint8_t *y) {
-    float sum = 0.0f, summs = 0.0f;
-    for (int i = 0; i < n / 32; ++i, x += 20, y += 36) {
-        const int8_t *yq = (const int8_t *)(y + 4);
-        int isum = 0;
-        for (int l = 0; l < 16; ++l) {
-            isum += (x[4 + l] & 15) * yq[l];
-            isum += (x[4 + l] >> 4) * yq[l + 16];
+        const int8_t *yq = (const int8_t *)(y + yo);
+        const float d = h2f(x) * h2f(y);
+        if (kind == 2) summs = fmaf(h2f(x + 2), h2f(y + 2), summs);
+        for (int l = 0; l < 8; ++l) {
+            int lane = 0;
+            for (int b = 4 * l; b < 4 * l + 4; ++b)
+                lane += kind == 2 ? xv[b] * yq[b] : (xv[b] < 0 ? -xv[b] : xv[b]) * sign8(yq[b], xv[b]);
+            acc[l] = fmaf(d, (float)lane, acc[l]);
         }
-        sum += fp16_to_fp32(x) * fp16_to_fp32(y) * (float)isum;
-        summs += fp16_to_fp32(x + 2) * fp16_to_fp32(y + 2);
     }
-    return sum + summs;
-}
-
-static float dot1_q8_0(int n, const uint8_t *x, const uint8_t *y) {
-    float sum = 0.0f;
-    for (int i = 0; i < n / 32; ++i, x += 34, y += 34) {
-        const int8_t *xq = (const int8_t *)(x + 2);
-        const int8_t *yq = (const int8_t *)(y + 2);
-        int isum = 0;
-        for (int l = 0; l < 32; ++l) isum += xq[l] * yq[l];
-        sum += fp16_to_fp32(x) * fp16_to_fp32(y) * (float)isum;
-    }
-    return sum;
+    return kind == 2 ? hsum8(acc) + summs : hsum8(acc);
 }
 
 static float dot1_q2_K(int n, const uint8_t *x, const uint8_t *y) {
-    float sum = 0.0f;
+    float acc[8] = {0};
     for (int i = 0; i < n / 256; ++i, x += 84, y += 292) {
-        const uint8_t *sc = x;
-        const uint8_t *qs = x + 16;
+        const uint8_t *sc = x, *qs = x + 16;
         const int8_t *yq = (const int8_t *)(y + 4);
-        int isum = 0, msum = 0;
-        for (int c = 0; c < 2; ++c) {
-            for (int k = 0; k < 4; ++k) {
-                for (int h = 0; h < 2; ++h) { /* 16-value sub-block 8c + 2k + h */
-                    const int sb = 8 * c + 2 * k + h;
-                    int s16 = 0;
-                    for (int l = 16 * h; l < 16 * h + 16; ++l) s16 += ((qs[32 * c + l] >> (2 * k)) & 3) * yq[128 * c + 32 * k + l];
-                    isum += (sc[sb] & 15) * s16;
-                }
-            }
+        const float yd = load_f32(y), d = yd * h2f(x + 80), dmin = -yd * h2f(x + 82);
+        for (int l = 0; l < 8; ++l) {
+            const int prod = (sc[2 * l] >> 4) * load_i16(y + 260 + 4 * l) + (sc[2 * l + 1] >> 4) * load_i16(y + 262 + 4 * l);
+            acc[l] = fmaf(dmin, (float)prod, acc[l]);
         }
-        for (int sb = 0; sb < 16; ++sb) msum += (sc[sb] >> 4) * load_i16(y + 260 + 2 * sb);
-        const float yd = load_f32(y);
-        sum += yd * fp16_to_fp32(x + 80) * (float)isum - yd * fp16_to_fp32(x + 82) * (float)msum;
+        int sumi[8] = {0};
+        for (int c = 0; c < 2; ++c)
+            for (int k = 0; k < 4; ++k)
+                for (int l = 0; l < 8; ++l) { /* bytes 4l..4l+3 of the 32 values 128c + 32k + ..: sub-block 8c+2k (+1) */
+                    int s = 0;
+                    for (int b = 4 * l; b < 4 * l + 4; ++b) s += ((qs[32 * c + b] >> (2 * k)) & 3) * yq[128 * c + 32 * k + b];
+                    sumi[l] += (sc[8 * c + 2 * k + (l >= 4)] & 15) * s;
+                }
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)sumi[l], acc[l]);
     }
-    return sum;
+    return hsum8(acc);
 }
 
 static float dot1_q4_K(int n, const uint8_t *x, const uint8_t *y) {
-    float sum = 0.0f;
+    float acc[8] = {0}, accm[4] = {0};
     for (int i = 0; i < n / 256; ++i, x += 144, y += 292) {
         int sc[8], mn[8];
         q4k_scales_mins(x + 4, sc, mn);
         const uint8_t *qs = x + 16;
         const int8_t *yq = (const int8_t *)(y + 4);
-        int isum = 0, msum = 0;
+        const float yd = load_f32(y), d = yd * h2f(x), dmin = -yd * h2f(x + 2);
+        int q8s[8]; /* pairs of 16-value sums (int16, as _mm_hadd_epi16 adds them) */
+        for (int j = 0; j < 8; ++j) q8s[j] = (int16_t)(load_i16(y + 260 + 4 * j) + load_i16(y + 262 + 4 * j));
+        for (int l = 0; l < 4; ++l) accm[l] = fmaf(dmin, (float)(mn[2 * l] * q8s[2 * l] + mn[2 * l + 1] * q8s[2 * l + 1]), accm[l]);
+        int sumi[8] = {0};
+        for (int c = 0; c < 4; ++c)
+            for (int l = 0; l < 8; ++l) {
+                int lo = 0, hi = 0;
+                for (int b = 4 * l; b < 4 * l + 4; ++b) {
+                    lo += (qs[32 * c + b] & 15) * yq[64 * c + b];
+                    hi += (qs[32 * c + b] >> 4) * yq[64 * c + 32 + b];
+                }
+                sumi[l] += sc[2 * c] * lo + sc[2 * c + 1] * hi;
+            }
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)sumi[l], acc[l]);
+    }
+    return hsum8(acc) + ((accm[0] + accm[2]) + (accm[1] + accm[3]));
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* tiled arithmetic (K-quants): per block the integer sums s1 = sum(scale * products) and s2 = sum(min *
+   activation sums), then res = d * s1, res -= dmin * s2 (fused), acc += res * y.d (fused)                */
+
+static float tiled_step(float acc, const uint8_t *y, float d, float dmin, int s1, int s2) {
+    const float res = fmaf(-dmin, (float)s2, d * (float)s1);
+    return fmaf(res, load_f32(y), acc);
+}
+
+static float dot1_q2_K_tiled(int n, const uint8_t *x, const uint8_t *y) {
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; ++i, x += 84, y += 292) {
+        const uint8_t *sc = x, *qs = x + 16;
+        const int8_t *yq = (const int8_t *)(y + 4);
+        int s1 = 0, s2 = 0;
+        for (int sb = 0; sb < 16; ++sb) { /* values 16sb..: byte 32c + 16h + l at shift 2k, sb = 8c + 2k + h */
+            const int c = sb / 8, k = (sb % 8) / 2, h = sb % 2;
+            int raw = 0;
+            for (int l = 0; l < 16; ++l) raw += ((qs[32 * c + 16 * h + l] >> (2 * k)) & 3) * yq[16 * sb + l];
+            s1 += (sc[sb] & 15) * raw;
+            s2 += (sc[sb] >> 4) * load_i16(y + 260 + 2 * sb);
+        }
+        acc = tiled_step(acc, y, h2f(x + 80), h2f(x + 82), s1, s2);
+    }
+    return acc;
+}
+
+static float dot1_q4_K_tiled(int n, const uint8_t *x, const uint8_t *y) {
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; ++i, x += 144, y += 292) {
+        int sc[8], mn[8];
+        q4k_scales_mins(x + 4, sc, mn);
+        const uint8_t *qs = x + 16;
+        const int8_t *yq = (const int8_t *)(y + 4);
+        int s1 = 0, s2 = 0;
         for (int c = 0; c < 4; ++c) {
             int lo = 0, hi = 0;
             for (int l = 0; l < 32; ++l) {
                 lo += (qs[32 * c + l] & 15) * yq[64 * c + l];
                 hi += (qs[32 * c + l] >> 4) * yq[64 * c + 32 + l];
             }
-            isum += sc[2 * c] * lo + sc[2 * c + 1] * hi;
+            s1 += sc[2 * c] * lo + sc[2 * c + 1] * hi;
         }
-        for (int j = 0; j < 8; ++j) msum += mn[j] * (load_i16(y + 260 + 4 * j) + load_i16(y + 262 + 4 * j));
-        const float yd = load_f32(y);
-        sum += yd * fp16_to_fp32(x) * (float)isum - yd * fp16_to_fp32(x + 2) * (float)msum;
+        for (int j = 0; j < 8; ++j) s2 += mn[j] * (load_i16(y + 260 + 4 * j) + load_i16(y + 262 + 4 * j));
+        acc = tiled_step(acc, y, h2f(x), h2f(x + 2), s1, s2);
     }
-    return sum;
+    return acc;
 }
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* kernels from the one-pair functions                                                                    */
+
+static float dot1_q4_0(int n, const uint8_t *x, const uint8_t *y) { return dot1_32(0, n, x, y); }
+static float dot1_q8_0(int n, const uint8_t *x, const uint8_t *y) { return dot1_32(1, n, x, y); }
+static float dot1_q4_1(int n, const uint8_t *x, const uint8_t *y) { return dot1_32(2, n, x, y); }
 
 #define FM_SCALAR_KERNEL(name, dot1)                                                                       \
     static void name(int n, const void *w, const void *act, size_t act_stride, int n_act, float *s,          \
@@ -177,12 +255,14 @@ FM_SCALAR_KERNEL(dot_q4_1_scalar, dot1_q4_1)
 FM_SCALAR_KERNEL(dot_q8_0_scalar, dot1_q8_0)
 FM_SCALAR_KERNEL(dot_q2_K_scalar, dot1_q2_K)
 FM_SCALAR_KERNEL(dot_q4_K_scalar, dot1_q4_K)
+FM_SCALAR_KERNEL(dot_q2_K_tiled_scalar, dot1_q2_K_tiled)
+FM_SCALAR_KERNEL(dot_q4_K_tiled_scalar, dot1_q4_K_tiled)
 
-static const fm_kernel k_scalar_q4_0 = {"q4_0_scalar", dot_q4_0_scalar};
-static const fm_kernel k_scalar_q4_1 = {"q4_1_scalar", dot_q4_1_scalar};
-static const fm_kernel k_scalar_q8_0 = {"q8_0_scalar", dot_q8_0_scalar};
-static const fm_kernel k_scalar_q2_K = {"q2_K_scalar", dot_q2_K_scalar};
-static const fm_kernel k_scalar_q4_K = {"q4_K_scalar", dot_q4_K_scalar};
+static const fm_kernel k_scalar_q4_0 = {"q4_0_scalar", dot_q4_0_scalar, NULL};
+static const fm_kernel k_scalar_q4_1 = {"q4_1_scalar", dot_q4_1_scalar, NULL};
+static const fm_kernel k_scalar_q8_0 = {"q8_0_scalar", dot_q8_0_scalar, NULL};
+static const fm_kernel k_scalar_q2_K = {"q2_K_scalar", dot_q2_K_scalar, dot_q2_K_tiled_scalar};
+static const fm_kernel k_scalar_q4_K = {"q4_K_scalar", dot_q4_K_scalar, dot_q4_K_tiled_scalar};
 
 static const fm_kernel *scalar_kernel(int type) {
     switch (type) {
@@ -241,10 +321,11 @@ size_t fm_kernel_type_size(int type) {
 #define FM_ACT_TILE_BYTES (16u << 10) /* activation rows kept in L1 while a tile of weight rows passes */
 #define FM_ROW_TILE_BYTES (64u << 10) /* weight rows kept in L2 while the activation chunks pass */
 
-void fm_kernel_matmul(const fm_kernel *k, int type, int n, const void *w, size_t w_stride, int n_rows,
+void fm_kernel_matmul(const fm_kernel *k, int type, int tiled, int n, const void *w, size_t w_stride, int n_rows,
                       const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride) {
     const int vdt = fm_kernel_vec_dot_type(type);
-    if (n_rows <= 0 || n_act <= 0 || vdt < 0) return;
+    const fm_dot_fn dot = tiled ? k->dot_tiled : k->dot;
+    if (n_rows <= 0 || n_act <= 0 || vdt < 0 || !dot) return;
     const size_t rb = (size_t)(n / fm_kernel_block_size(type)) * fm_kernel_type_size(type);
     const size_t ab = (size_t)(n / fm_kernel_block_size(vdt)) * fm_kernel_type_size(vdt);
     int chunk = ab ? (int)(FM_ACT_TILE_BYTES / ab) : 4;
@@ -257,8 +338,8 @@ void fm_kernel_matmul(const fm_kernel *k, int type, int n, const void *w, size_t
         for (int j0 = 0; j0 < n_act; j0 += chunk) {
             const int nj = n_act - j0 < chunk ? n_act - j0 : chunk;
             for (int r = r0; r < r1; ++r)
-                k->dot(n, wp + (size_t)r * w_stride, ap + (size_t)j0 * act_stride, act_stride, nj,
-                       dst + (size_t)j0 * dst_stride + (size_t)r, dst_stride);
+                dot(n, wp + (size_t)r * w_stride, ap + (size_t)j0 * act_stride, act_stride, nj,
+                    dst + (size_t)j0 * dst_stride + (size_t)r, dst_stride);
         }
     }
 }

@@ -6,10 +6,22 @@
  *
  *     s[j * s_stride] = dot(w, act + j * act_stride)      for j < n_act
  *
- * which is what ggml's CPU vec_dot computes for each (weight row, activation row) pair, up to the order of
- * float additions (the per-block integer sums are exact). n must be a multiple of the weight type's block
- * size (256 for K-quants, 32 otherwise); act_stride is in bytes, s_stride in floats. With n_act > 1 each
- * weight block is decoded once and used for several activation rows (prompt processing).
+ * bit for bit as ggml's CPU backend computes it: the per-block integer sums are exact everywhere, and the
+ * float operations (which products are fused, in which order the partial sums are added) are exactly those of
+ * ggml's x86 code, because with activations quantized again at every layer a last-bit difference can flip a
+ * rounding and grow into a visible change of the logits. ggml has two procedures for these types and a kernel
+ * has one function for each:
+ *   dot        ggml's vec_dot (ggml-cpu/arch/x86/quants.c), used for an expert that receives fewer than 8
+ *              activation rows;
+ *   dot_tiled  ggml's tiled K-quant path (ggml-cpu/tiled/), which ggml's MUL_MAT_ID takes instead for an
+ *              expert that receives 8 or more rows of a batch; NULL for types ggml has no tiled path for.
+ * The scalar kernels (fm_kernels.c) spell the arithmetic out; AVX2 and AVX-512 kernels reproduce it.
+ * This holds where ggml-cpu was built with its x86 AVX2 + FMA code (ggml_cpu_has_avx2/fma): elsewhere ggml
+ * computes differently and the caller must use ggml itself (fm_matmul.c does).
+ *
+ * n must be a multiple of the weight type's block size (256 for K-quants, 32 otherwise); act_stride is in
+ * bytes, s_stride in floats. With n_act > 1 each weight block is decoded once and used for several activation
+ * rows (prompt processing).
  *
  * Kernels are pure functions of their inputs: no allocation, no mutable state (they read a conversion
  * table that fm_kernel_get fills once), safe from any thread.
@@ -37,7 +49,11 @@ enum { FM_ISA_BEST = 0, FM_ISA_SCALAR = 1, FM_ISA_AVX2 = 2, FM_ISA_AVX512 = 3 };
    (vec_dot_type)), j < n_act */
 typedef void (*fm_dot_fn)(int n, const void *w, const void *act, size_t act_stride, int n_act, float *s,
                           size_t s_stride);
-typedef struct { const char *name; fm_dot_fn dot; } fm_kernel;
+typedef struct {
+    const char *name;
+    fm_dot_fn dot;       /* ggml's vec_dot arithmetic */
+    fm_dot_fn dot_tiled; /* ggml's tiled K-quant arithmetic, or NULL where ggml has no tiled path for the type */
+} fm_kernel;
 
 /* best kernel for the weight type on this CPU (runtime dispatch via __builtin_cpu_supports), or NULL if
    unsupported; isa: 0 = best available, 1 = scalar, 2 = avx2, 3 = avx512 (returns NULL if the CPU lacks it) */
@@ -45,10 +61,10 @@ const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 
 /* dst[j * dst_stride + r] = dot(weight row r at w + r * w_stride, activation row j at act + j * act_stride)
    for r < n_rows, j < n_act: a whole matrix product (one expert's rows against the tokens routed to it)
-   through kernel k of weight type `type`, tiled so that the activation rows stay in L1 and the weight rows
-   in L2 (with many activation rows, streaming all of them past every weight row is L2-bound). Results are
-   bitwise those of k->dot. */
-void fm_kernel_matmul(const fm_kernel *k, int type, int n, const void *w, size_t w_stride, int n_rows,
+   through kernel k of weight type `type` (k->dot_tiled if `tiled`, else k->dot), tiled so that the
+   activation rows stay in L1 and the weight rows in L2 (with many activation rows, streaming all of them
+   past every weight row is L2-bound). Results are bitwise those of the kernel function called per pair. */
+void fm_kernel_matmul(const fm_kernel *k, int type, int tiled, int n, const void *w, size_t w_stride, int n_rows,
                       const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride);
 
 /* the instruction set fm_kernel_get(type, 0) picks on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512) */

@@ -5,16 +5,18 @@
  * and FMA.
  *
  * Integer products: _mm256_maddubs_epi16 multiplies unsigned 8-bit weights (nibbles, 2-bit values, or |x|)
- * by signed 8-bit activations and adds pairs into int16 (no saturation is possible: |pair| <= 2*127*128 for
- * Q8_0 with the sign moved onto the activation, 2*15*128 for 4-bit, 2*3*128 for 2-bit); _mm256_madd_epi16
- * then applies the sub-block scale (or 1) and adds pairs into int32. Every per-block integer sum is exact;
- * floats enter once per block (scale * sum), as in ggml.
+ * by signed 8-bit activations and adds pairs into int16 (no saturation is possible: a pair lies in
+ * [-2*128*128, 2*128*127] for Q8_0 with the sign moved onto the activation, 2*15*128 for 4-bit, 2*3*128 for
+ * 2-bit); _mm256_madd_epi16 then applies the sub-block scale (or 1) and adds pairs into int32. The int32
+ * lanes are ggml's lanes and every integer sum is exact; the float operations are ggml's, in ggml's order
+ * (the scalar kernels in fm_kernels.c spell them out).
  *
  * With several activation rows, each weight block (or 64-value chunk of it) is decoded once and used for a
  * group of up to FM_R activation rows.
  */
 #include "fm_kernels.h"
 
+#include <math.h>
 #include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -56,6 +58,13 @@ FM_INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(x);
 }
 
+/* 4 floats added as ggml adds its Q4_K min accumulator: (a0 + a2) + (a1 + a3) */
+FM_INLINE float hsum4(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_movehdup_ps(v));
+    return _mm_cvtss_f32(v);
+}
+
 /* 32 nibbles of a Q4_0/Q4_1 block as bytes: low nibbles (values 0..15), then high nibbles (values 16..31) */
 FM_INLINE __m256i nibbles32(const uint8_t *qs) {
     const __m128i q = ld128(qs);
@@ -77,104 +86,172 @@ static const uint8_t k_pick16[8][32] __attribute__((aligned(32))) = {FM_PICK(0),
 static const uint8_t k_pick2[8][32] __attribute__((aligned(32))) = {FM_PICK2(0), FM_PICK2(1), FM_PICK2(2), FM_PICK2(3),
                                                                      FM_PICK2(4), FM_PICK2(5), FM_PICK2(6), FM_PICK2(7)};
 
+/* 4 int32 sums, one per vector: the lanes of a, b, c, d added up (integers: exact in any order) */
+FM_INLINE __m128i hsum4x8(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+FM_INLINE __m128i hsum4x4(__m128i a, __m128i b, __m128i c, __m128i d) {
+    return _mm_hadd_epi32(_mm_hadd_epi32(a, b), _mm_hadd_epi32(c, d));
+}
+
+/* ggml's tiled epilogue for up to 4 activation rows at once (lanes r < nr): per block and row,
+   res = d * s1, res -= dmin * s2 (fused), acc += res * y.d (fused) */
+FM_INLINE __m128 tiled_step4(__m128 acc, __m128i s1, __m128i s2, float d, float dmin, const uint8_t *y0, size_t as,
+                             const int nr) {
+    float yd[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    FM_UNROLL for (int r = 0; r < nr; ++r) yd[r] = f32(y0 + (size_t)r * as);
+    const __m128 res = _mm_fnmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(s2), _mm_mul_ps(_mm_set1_ps(d), _mm_cvtepi32_ps(s1)));
+    return _mm_fmadd_ps(res, _mm_loadu_ps(yd), acc);
+}
+
+FM_INLINE void store4(__m128 v, const int nr, float *s, size_t ss) {
+    float o[4];
+    _mm_storeu_ps(o, v);
+    FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = o[r];
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* Q4_K x Q8_K                                                                                           */
 
-FM_INLINE void q4k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+/* one block's integer sums for nr activation rows: sumi[r] (8 lanes of scale x products, as ggml's vec_dot
+   has them) and prod[r] (4 lanes of min x activation sums) */
+FM_INLINE void q4k_block(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256i *sumi, __m128i *prod) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[FM_R];
-    FM_UNROLL for (int r = 0; r < nr; ++r) acc[r] = _mm256_setzero_ps();
-    for (int i = 0; i < n / 256; ++i) {
-        const uint8_t *x = w + (size_t)i * 144;
-        const uint8_t *y0 = a + (size_t)i * 292;
-        const float dx = t2f(x), mx = t2f(x + 2);
-        uint32_t u0, u1, u2;
-        memcpy(&u0, x + 4, 4);
-        memcpy(&u1, x + 8, 4);
-        memcpy(&u2, x + 12, 4);
-        /* 6-bit scales sc[0..7] and mins mn[0..7], one byte each */
-        const uint32_t sc_lo = u0 & 0x3f3f3f3fu;
-        const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
-        const uint32_t mn_lo = u1 & 0x3f3f3f3fu;
-        const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
-        /* scales as int16 in both lanes; mins as int16, each twice (one per 16-value bsum) */
-        const __m256i scb = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
-        const __m128i mb = _mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo);
-        const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mb, mb));
-
-        __m256i sumi[FM_R];
-        FM_UNROLL for (int r = 0; r < nr; ++r) sumi[r] = _mm256_setzero_si256();
-        FM_UNROLL for (int c = 0; c < 4; ++c) { /* 64 values: 32 low nibbles, 32 high nibbles */
-            const __m256i q = ld256(x + 16 + 32 * c);
-            const __m256i lo = _mm256_and_si256(q, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            const __m256i scl = _mm256_shuffle_epi8(scb, ld256(k_pick16[2 * c]));
-            const __m256i sch = _mm256_shuffle_epi8(scb, ld256(k_pick16[2 * c + 1]));
-            FM_UNROLL for (int r = 0; r < nr; ++r) {
-                const uint8_t *y = y0 + (size_t)r * as + 4 + 64 * c;
-                const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ld256(y)), scl);
-                const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ld256(y + 32)), sch);
-                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
-            }
-        }
+    uint32_t u0, u1, u2;
+    memcpy(&u0, x + 4, 4);
+    memcpy(&u1, x + 8, 4);
+    memcpy(&u2, x + 12, 4);
+    /* 6-bit scales sc[0..7] and mins mn[0..7], one byte each */
+    const uint32_t sc_lo = u0 & 0x3f3f3f3fu;
+    const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
+    const uint32_t mn_lo = u1 & 0x3f3f3f3fu;
+    const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
+    /* scales as int16 in both lanes; mins as 8 int16 */
+    const __m256i scb = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+    const __m128i mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo));
+    FM_UNROLL for (int r = 0; r < nr; ++r) sumi[r] = _mm256_setzero_si256();
+    FM_UNROLL for (int c = 0; c < 4; ++c) { /* 64 values: 32 low nibbles, 32 high nibbles */
+        const __m256i q = ld256(x + 16 + 32 * c);
+        const __m256i lo = _mm256_and_si256(q, m4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        const __m256i scl = _mm256_shuffle_epi8(scb, ld256(k_pick16[2 * c]));
+        const __m256i sch = _mm256_shuffle_epi8(scb, ld256(k_pick16[2 * c + 1]));
         FM_UNROLL for (int r = 0; r < nr; ++r) {
-            const uint8_t *y = y0 + (size_t)r * as;
-            const float yd = f32(y);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(yd * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-            const __m256i pm = _mm256_madd_epi16(ld256(y + 260), mins);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-yd * mx), _mm256_cvtepi32_ps(pm), acc[r]);
+            const uint8_t *y = y0 + (size_t)r * as + 4 + 64 * c;
+            const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ld256(y)), scl);
+            const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ld256(y + 32)), sch);
+            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(pl, ph));
         }
     }
-    FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = hsum8(acc[r]);
+    FM_UNROLL for (int r = 0; r < nr; ++r) { /* pairs of 16-value sums, then min x pair */
+        const __m256i bs = ld256(y0 + (size_t)r * as + 260);
+        prod[r] = _mm_madd_epi16(mins, _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
+    }
+}
+
+FM_INLINE void q4k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    __m256 acc[FM_R];
+    __m128 accm[FM_R];
+    FM_UNROLL for (int r = 0; r < nr; ++r) {
+        acc[r] = _mm256_setzero_ps();
+        accm[r] = _mm_setzero_ps();
+    }
+    for (int i = 0; i < n / 256; ++i) {
+        const uint8_t *x = w + (size_t)i * 144, *y0 = a + (size_t)i * 292;
+        __m256i sumi[FM_R];
+        __m128i prod[FM_R];
+        q4k_block(x, y0, as, nr, sumi, prod);
+        const float dx = t2f(x), mx = t2f(x + 2);
+        FM_UNROLL for (int r = 0; r < nr; ++r) {
+            const float yd = f32(y0 + (size_t)r * as), d = yd * dx, dmin = -yd * mx;
+            accm[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod[r]), accm[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
+    }
+    FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = hsum8(acc[r]) + hsum4(accm[r]);
+}
+
+FM_INLINE void q4k_rows_tiled(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    __m128 acc = _mm_setzero_ps();
+    const __m256i z8 = _mm256_setzero_si256();
+    const __m128i z4 = _mm_setzero_si128();
+    for (int i = 0; i < n / 256; ++i) {
+        const uint8_t *x = w + (size_t)i * 144, *y0 = a + (size_t)i * 292;
+        __m256i sumi[FM_R] = {z8, z8, z8, z8};
+        __m128i prod[FM_R] = {z4, z4, z4, z4};
+        q4k_block(x, y0, as, nr, sumi, prod);
+        acc = tiled_step4(acc, hsum4x8(sumi[0], sumi[1], sumi[2], sumi[3]), hsum4x4(prod[0], prod[1], prod[2], prod[3]),
+                          t2f(x), t2f(x + 2), y0, as, nr);
+    }
+    store4(acc, nr, s, ss);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Q2_K x Q8_K                                                                                           */
 
-FM_INLINE void q2k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+/* one block's integer sums for nr activation rows: sumi[r] (8 lanes of scale x products) and prod[r]
+   (8 lanes of min x 16-value activation sums) */
+FM_INLINE void q2k_block(const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256i *sumi, __m256i *prod) {
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i sc = ld128(x);
+    const __m256i scb = _mm256_broadcastsi128_si256(_mm_and_si128(sc, m4));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), m4));
+    FM_UNROLL for (int r = 0; r < nr; ++r) {
+        sumi[r] = _mm256_setzero_si256();
+        prod[r] = _mm256_madd_epi16(mins, ld256(y0 + (size_t)r * as + 260));
+    }
+    FM_UNROLL for (int c = 0; c < 2; ++c) { /* 128 values from 32 bytes, 2 bits at shifts 0, 2, 4, 6 */
+        const __m256i q = ld256(x + 16 + 32 * c);
+        FM_UNROLL for (int k = 0; k < 4; ++k) {
+            const __m256i qk = _mm256_and_si256(k == 0 ? q : k == 1 ? _mm256_srli_epi16(q, 2)
+                                                          : k == 2 ? _mm256_srli_epi16(q, 4)
+                                                                   : _mm256_srli_epi16(q, 6), m3);
+            /* sub-blocks 8c+2k (first 16 values) and 8c+2k+1 (next 16) */
+            const __m256i scv = _mm256_shuffle_epi8(scb, ld256(k_pick2[4 * c + k]));
+            FM_UNROLL for (int r = 0; r < nr; ++r) {
+                const uint8_t *y = y0 + (size_t)r * as + 4 + 128 * c + 32 * k;
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(qk, ld256(y)), scv));
+            }
+        }
+    }
+}
+
+FM_INLINE void q2k_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
     __m256 acc[FM_R];
     FM_UNROLL for (int r = 0; r < nr; ++r) acc[r] = _mm256_setzero_ps();
     for (int i = 0; i < n / 256; ++i) {
-        const uint8_t *x = w + (size_t)i * 84;
-        const uint8_t *y0 = a + (size_t)i * 292;
+        const uint8_t *x = w + (size_t)i * 84, *y0 = a + (size_t)i * 292;
+        __m256i sumi[FM_R], prod[FM_R];
+        q2k_block(x, y0, as, nr, sumi, prod);
         const float dx = t2f(x + 80), mx = t2f(x + 82);
-        const __m128i sc = ld128(x);
-        const __m256i scb = _mm256_broadcastsi128_si256(_mm_and_si128(sc, m4));
-        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), m4));
-
-        __m256i sumi[FM_R];
-        FM_UNROLL for (int r = 0; r < nr; ++r) sumi[r] = _mm256_setzero_si256();
-        FM_UNROLL for (int c = 0; c < 2; ++c) { /* 128 values from 32 bytes, 2 bits at shifts 0, 2, 4, 6 */
-            const __m256i q = ld256(x + 16 + 32 * c);
-            FM_UNROLL for (int k = 0; k < 4; ++k) {
-                const __m256i qk = _mm256_and_si256(k == 0 ? q : k == 1 ? _mm256_srli_epi16(q, 2)
-                                                              : k == 2 ? _mm256_srli_epi16(q, 4)
-                                                                       : _mm256_srli_epi16(q, 6), m3);
-                /* sub-blocks 8c+2k (first 16 values) and 8c+2k+1 (next 16) */
-                const __m256i scv = _mm256_shuffle_epi8(scb, ld256(k_pick2[4 * c + k]));
-                FM_UNROLL for (int r = 0; r < nr; ++r) {
-                    const uint8_t *y = y0 + (size_t)r * as + 4 + 128 * c + 32 * k;
-                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(_mm256_maddubs_epi16(qk, ld256(y)), scv));
-                }
-            }
-        }
-        FM_UNROLL for (int r = 0; r < nr; ++r) {
-            const uint8_t *y = y0 + (size_t)r * as;
-            const float yd = f32(y);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(yd * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
-            const __m256i pm = _mm256_madd_epi16(ld256(y + 260), mins);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(-yd * mx), _mm256_cvtepi32_ps(pm), acc[r]);
+        FM_UNROLL for (int r = 0; r < nr; ++r) { /* the mins first, as ggml */
+            const float yd = f32(y0 + (size_t)r * as), d = yd * dx, dmin = -yd * mx;
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod[r]), acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
         }
     }
     FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = hsum8(acc[r]);
 }
 
+FM_INLINE void q2k_rows_tiled(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
+    __m128 acc = _mm_setzero_ps();
+    const __m256i z = _mm256_setzero_si256();
+    for (int i = 0; i < n / 256; ++i) {
+        const uint8_t *x = w + (size_t)i * 84, *y0 = a + (size_t)i * 292;
+        __m256i sumi[FM_R] = {z, z, z, z}, prod[FM_R] = {z, z, z, z};
+        q2k_block(x, y0, as, nr, sumi, prod);
+        acc = tiled_step4(acc, hsum4x8(sumi[0], sumi[1], sumi[2], sumi[3]), hsum4x8(prod[0], prod[1], prod[2], prod[3]),
+                          t2f(x + 80), t2f(x + 82), y0, as, nr);
+    }
+    store4(acc, nr, s, ss);
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
-/* 32-value blocks: Q4_0 x Q8_0 (kind 0), Q8_0 x Q8_0 (kind 1), Q4_1 x Q8_1 (kind 2). Per block: one
-   integer dot, one conversion, one fma with the scale (weight d * activation d, rounded to float as ggml
-   does), alternating between two accumulators. The fp16 scales go through fm_fp16_table: with F16C's
+/* 32-value blocks: Q4_0 x Q8_0 (kind 0), Q8_0 x Q8_0 (kind 1), Q4_1 x Q8_1 (kind 2). Per block and row:
+   one integer dot (8 lanes), acc += (weight d * activation d) * lanes (fused), and for Q4_1 m * s fused
+   into a separate float sum, as ggml's vec_dot. The fp16 scales go through fm_fp16_table: with F16C's
    insert + convert, the two to four conversions per 32 values cost as much as the integer dot product. */
 
 #define XSIZE(kind) ((size_t)((kind) == 0 ? 18 : (kind) == 1 ? 34 : 20))
@@ -205,40 +282,28 @@ FM_INLINE __m256i idot32(const int kind, __m256i ux, __m256i sx, const uint8_t *
     return dot_u8s8(ux, _mm256_sign_epi8(ld256(y + 2), sx));
 }
 
-/* block x (weights) against block y0 + r * as of each activation row, into acc[r][h] (and summ[r][h]) */
-FM_INLINE void step32(const int kind, const uint8_t *x, const uint8_t *y0, size_t as, const int nr,
-                      __m256 acc[][2], float summ[][2], const int h) {
-    __m256i ux, sx;
-    decode32(kind, x, &ux, &sx);
-    const float dx = t2f(x);
-    FM_UNROLL for (int r = 0; r < nr; ++r) {
-        const uint8_t *y = y0 + (size_t)r * as;
-        const __m256i p = idot32(kind, ux, sx, y);
-        acc[r][h] = _mm256_fmadd_ps(_mm256_set1_ps(dx * t2f(y)), _mm256_cvtepi32_ps(p), acc[r][h]);
-        if (kind == 2) summ[r][h] += t2f(x + 2) * t2f(y + 2); /* Q4_1: m * s_y */
-    }
-}
-
 FM_INLINE void rows32(const int kind, int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s,
                       size_t ss) {
     const size_t xs = XSIZE(kind), ys = YSIZE(kind);
-    __m256 acc[FM_R][2];
-    float summ[FM_R][2];
+    __m256 acc[FM_R];
+    float summs[FM_R];
     FM_UNROLL for (int r = 0; r < nr; ++r) {
-        acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        summ[r][0] = summ[r][1] = 0.0f;
+        acc[r] = _mm256_setzero_ps();
+        summs[r] = 0.0f;
     }
-    const int nb = n / 32;
-    int i = 0;
-    for (; i + 1 < nb; i += 2) {
-        step32(kind, w + (size_t)i * xs, a + (size_t)i * ys, as, nr, acc, summ, 0);
-        step32(kind, w + (size_t)(i + 1) * xs, a + (size_t)(i + 1) * ys, as, nr, acc, summ, 1);
+    for (int i = 0; i < n / 32; ++i) {
+        const uint8_t *x = w + (size_t)i * xs, *y0 = a + (size_t)i * ys;
+        __m256i ux, sx;
+        decode32(kind, x, &ux, &sx);
+        const float dx = t2f(x);
+        FM_UNROLL for (int r = 0; r < nr; ++r) {
+            const uint8_t *y = y0 + (size_t)r * as;
+            const __m256i p = idot32(kind, ux, sx, y);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * t2f(y)), _mm256_cvtepi32_ps(p), acc[r]);
+            if (kind == 2) summs[r] = fmaf(t2f(x + 2), t2f(y + 2), summs[r]); /* Q4_1: m * s_y */
+        }
     }
-    if (i < nb) step32(kind, w + (size_t)i * xs, a + (size_t)i * ys, as, nr, acc, summ, 0);
-    FM_UNROLL for (int r = 0; r < nr; ++r) {
-        const float t = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
-        s[(size_t)r * ss] = kind == 2 ? t + (summ[r][0] + summ[r][1]) : t;
-    }
+    FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = kind == 2 ? hsum8(acc[r]) + summs[r] : hsum8(acc[r]);
 }
 
 FM_INLINE void q4_0_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) {
@@ -268,7 +333,9 @@ FM_INLINE void q4_1_rows(int n, const uint8_t *w, const uint8_t *a, size_t as, c
     }
 
 FM_GROUPED(dot_q4_K_avx2, q4k_rows)
+FM_GROUPED(dot_q4_K_tiled_avx2, q4k_rows_tiled)
 FM_GROUPED(dot_q2_K_avx2, q2k_rows)
+FM_GROUPED(dot_q2_K_tiled_avx2, q2k_rows_tiled)
 FM_GROUPED(dot_q4_0_avx2, q4_0_rows)
 FM_GROUPED(dot_q8_0_avx2, q8_0_rows)
 FM_GROUPED(dot_q4_1_avx2, q4_1_rows)
@@ -279,11 +346,11 @@ FM_GROUPED(dot_q4_1_avx2, q4_1_rows)
 #pragma GCC pop_options
 #endif
 
-static const fm_kernel k_q4_0 = {"q4_0_avx2", dot_q4_0_avx2};
-static const fm_kernel k_q4_1 = {"q4_1_avx2", dot_q4_1_avx2};
-static const fm_kernel k_q8_0 = {"q8_0_avx2", dot_q8_0_avx2};
-static const fm_kernel k_q2_K = {"q2_K_avx2", dot_q2_K_avx2};
-static const fm_kernel k_q4_K = {"q4_K_avx2", dot_q4_K_avx2};
+static const fm_kernel k_q4_0 = {"q4_0_avx2", dot_q4_0_avx2, NULL};
+static const fm_kernel k_q4_1 = {"q4_1_avx2", dot_q4_1_avx2, NULL};
+static const fm_kernel k_q8_0 = {"q8_0_avx2", dot_q8_0_avx2, NULL};
+static const fm_kernel k_q2_K = {"q2_K_avx2", dot_q2_K_avx2, dot_q2_K_tiled_avx2};
+static const fm_kernel k_q4_K = {"q4_K_avx2", dot_q4_K_avx2, dot_q4_K_tiled_avx2};
 
 const fm_kernel *fm_kernel_get_avx2(int type) {
     switch (type) {

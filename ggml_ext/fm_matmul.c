@@ -3,9 +3,15 @@
  * ggml semantics: as = src0 [ne00 cols, ne01 rows, n_expert], b = src1 [ne00, ne11, n_tokens] (ne11 is 1 when
  * the activation is shared by all slots), ids = src2 [n_used, n_tokens] int32, dst [ne01, n_used, n_tokens]:
  *     dst[:, k, t] = as[ids[k, t]] . b[:, k % ne11, t]
- * Like ggml's CPU backend, activation rows are first quantized to the weight type's vec_dot_type with ggml's
- * own from_float, so the products equal stock llama.cpp's. All selected experts are requested from the store
- * at once; each is multiplied as soon as its bytes arrive, so computing overlaps the remaining reads. */
+ * Every product is bitwise what stock llama.cpp's CPU backend computes (extra buffer types off). Two ways:
+ *   - our kernels (fm_kernels.h): the activation rows are quantized once to the weight type's vec_dot_type
+ *     with ggml's own from_float, then each expert's rows go through the kernel function that reproduces the
+ *     procedure ggml would choose for that expert: vec_dot, or the tiled K-quant path when the expert has 8 or
+ *     more activation rows (GGML_CPU_TILED_MM / GGML_CPU_TILED_MM_FORCE change that choice in ggml, and here);
+ *   - ggml's own MUL_MAT_ID code, one expert at a time (fm_ggml_mmid.h): for types without a kernel, when
+ *     ggml-cpu's arithmetic is not the one our kernels reproduce, and when asked (kernels=False).
+ * All selected experts are requested from the store at once; each is multiplied as soon as its bytes arrive,
+ * so computing overlaps the remaining reads. */
 #include "fm_matmul.h"
 
 #include <stdio.h>
@@ -15,7 +21,11 @@
 #include <time.h>
 
 #include "fm_ggml.h"
+#include "fm_ggml_mmid.h"
 #include "fm_kernels.h"
+
+/* ggml-cpu/tiled/tiled.cpp: an expert's MUL_MAT_ID goes through the tiled path from this many rows on */
+#define FM_TILED_MIN_ROWS 8
 
 static double now_s(void) {
     struct timespec ts;
@@ -23,25 +33,31 @@ static double now_s(void) {
     return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
 }
 
+/* per compute thread */
+typedef struct {
+    char *gathered;              /* an expert's activation rows, contiguous (quantized, or float for ggml) */
+    float *out;                  /* [n_pairs][rows] results */
+    fm_ggml_scratch ggml;
+    char err[256];
+} mm_thread;
+
 typedef struct {
     /* shared, read-only during a task */
     fm_store *s;
     const struct ggml_tensor *b;
     struct ggml_tensor *dst;
     int64_t ne00, ne01, ne11;
-    size_t act_row;              /* bytes of one quantized activation row */
+    size_t act_row;              /* bytes of one quantized activation row (kernel path) */
     size_t w_row;                /* bytes of one weight row */
-    char *act;                   /* quantized rows, index i11 + i12 * ne11 */
+    char *act;                   /* quantized rows, index i11 + i12 * ne11 (kernel path) */
     ggml_from_float_t from_float;
-    ggml_vec_dot_t vec_dot;
-    const fm_kernel *kernel;
+    const fm_kernel *kernel;     /* NULL: ggml's own MUL_MAT_ID */
+    int tiled_mode;              /* FM_TILED_* */
     int type;
     int n_used;
     const int *pairs;            /* (k, t) pairs packed as k + t * n_used, grouped by expert */
     const int *start;            /* expert e's pairs are pairs[start[e] .. start[e + 1]) */
-    size_t max_pairs;
-    char *gathered;              /* per thread: an expert's activation rows, contiguous (kernel path) */
-    float *out;                  /* per thread: [n_pairs][rows] results (kernel path) */
+    mm_thread *th;
     /* the current wave: experts uniq[0..nw), their slots; work item i is chunk i % cpe of the
        (i / cpe)-th expert to arrive */
     const int *uniq;
@@ -62,49 +78,46 @@ static void quantize_task(void *arg, int ith, int nth) {
     for (int64_t r = ith; r < n; r += nth) {
         int64_t i11 = r % c->ne11, i12 = r / c->ne11;
         const float *src = (const float *) ((const char *) b->data + i11 * b->nb[1] + i12 * b->nb[2]);
-        char *dst = c->act + (size_t) r * c->act_row;
-        if (c->from_float) {
-            c->from_float(src, dst, c->ne00);
-        } else {
-            memcpy(dst, src, (size_t) c->ne00 * sizeof(float));
-        }
+        c->from_float(src, c->act + (size_t) r * c->act_row, c->ne00);
     }
 }
 
-/* rows r0..r1 of expert e (bytes w) for all of its (k, t) pairs */
-static void expert_rows(mm_ctx *c, int ith, int e, const char *w, int64_t r0, int64_t r1) {
-    struct ggml_tensor *dst = c->dst;
+static const float *act_f32(const mm_ctx *c, int k, int t) {
+    return (const float *) ((const char *) c->b->data + (size_t) (k % c->ne11) * c->b->nb[1] + (size_t) t * c->b->nb[2]);
+}
+
+/* rows r0..r1 of expert e (bytes w) for all of its (k, t) pairs; 0, or -1 with th->err set */
+static int expert_rows(mm_ctx *c, mm_thread *th, int e, const char *w, int64_t r0, int64_t r1) {
     const int *pairs = c->pairs + c->start[e];
-    int n_pairs = c->start[e + 1] - c->start[e];
+    const int n_pairs = c->start[e + 1] - c->start[e];
+    const int n_rows = (int) (r1 - r0);
+    const char *wr = w + (size_t) r0 * c->w_row;
     if (c->kernel) {
-        int n_rows = (int) (r1 - r0);
-        char *gathered = c->gathered + (size_t) ith * (c->max_pairs * c->act_row + 64);
-        float *out = c->out + (size_t) ith * (size_t) c->ne01 * c->max_pairs;
         for (int p = 0; p < n_pairs; p++) {
             int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
-            memcpy(gathered + (size_t) p * c->act_row, c->act + (size_t) ((k % c->ne11) + t * c->ne11) * c->act_row,
-                   c->act_row);
+            memcpy(th->gathered + (size_t) p * c->act_row,
+                   c->act + (size_t) ((k % c->ne11) + t * c->ne11) * c->act_row, c->act_row);
         }
-        /* out is [n_pairs][n_rows] */
-        fm_kernel_matmul(c->kernel, c->type, (int) c->ne00, w + (size_t) r0 * c->w_row, c->w_row, n_rows,
-                         gathered, c->act_row, n_pairs, out, (size_t) n_rows);
+        /* the procedure ggml's MUL_MAT_ID picks for an expert with n_pairs rows */
+        const int tiled = c->tiled_mode == FM_TILED_FORCE || (c->tiled_mode == FM_TILED_ON && n_pairs >= FM_TILED_MIN_ROWS);
+        fm_kernel_matmul(c->kernel, c->type, tiled && c->kernel->dot_tiled, (int) c->ne00, wr, c->w_row, n_rows,
+                         th->gathered, c->act_row, n_pairs, th->out, (size_t) n_rows);
+    } else {
         for (int p = 0; p < n_pairs; p++) {
             int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
-            char *d = (char *) dst->data + (size_t) k * dst->nb[1] + (size_t) t * dst->nb[2];
-            memcpy((float *) d + r0, out + (size_t) p * (size_t) n_rows, (size_t) n_rows * sizeof(float));
+            memcpy(th->gathered + (size_t) p * c->ne00 * sizeof(float), act_f32(c, k, t), (size_t) c->ne00 * sizeof(float));
         }
-        return;
+        if (fm_ggml_expert_product(&th->ggml, c->type, c->ne00, wr, c->w_row, n_rows, (const float *) th->gathered,
+                                   n_pairs, th->out, th->err, sizeof th->err) != 0)
+            return -1;
     }
+    /* out is [n_pairs][n_rows] */
     for (int p = 0; p < n_pairs; p++) {
         int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
-        const char *a = c->act + (size_t) ((k % c->ne11) + t * c->ne11) * c->act_row;
-        float *d = (float *) ((char *) dst->data + (size_t) k * dst->nb[1] + (size_t) t * dst->nb[2]);
-        for (int64_t r = r0; r < r1; r++) {
-            float sum;
-            c->vec_dot((int) c->ne00, &sum, 0, w + (size_t) r * c->w_row, 0, a, 0, 1);
-            d[r] = sum;
-        }
+        char *d = (char *) c->dst->data + (size_t) k * c->dst->nb[1] + (size_t) t * c->dst->nb[2];
+        memcpy((float *) d + r0, th->out + (size_t) p * (size_t) n_rows, (size_t) n_rows * sizeof(float));
     }
+    return 0;
 }
 
 /* Threads claim work items in order; the thread whose item belongs to an expert that has not arrived yet waits
@@ -137,11 +150,17 @@ static void wave_task(void *arg, int ith, int nth) {
         pthread_mutex_unlock(&c->mu);
         int chunk = item % c->cpe;
         int64_t r0 = c->ne01 * chunk / c->cpe, r1 = c->ne01 * (chunk + 1) / c->cpe;
-        if (r1 > r0) expert_rows(c, ith, c->uniq[wi], fm_store_data(c->s, c->slots[wi]), r0, r1);
+        if (r1 > r0 && expert_rows(c, &c->th[ith], c->uniq[wi], fm_store_data(c->s, c->slots[wi]), r0, r1) != 0) {
+            fm_store_set_error(c->s, c->th[ith].err);
+            pthread_mutex_lock(&c->mu);
+            c->failed = 1;
+            pthread_mutex_unlock(&c->mu);
+            return;
+        }
     }
 }
 
-int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use_kernels,
+int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const fm_mm_opts *opts,
                   struct ggml_tensor *dst) {
     const struct ggml_tensor *as = dst->src[0], *b = dst->src[1], *ids = dst->src[2];
     const fm_tensor *t = &s->tensors[tensor];
@@ -167,13 +186,19 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
     c.ne01 = as->ne[1];
     c.ne11 = b->ne[1];
     c.n_used = (int) ids->ne[0];
-    c.vec_dot = tt->vec_dot;
-    c.from_float = vdt == GGML_TYPE_F32 ? NULL : fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
-    c.act_row = fm_g.ggml_row_size(vdt, c.ne00);
     c.w_row = fm_g.ggml_row_size((enum ggml_type) t->type, c.ne00);
-    c.kernel = use_kernels ? fm_kernel_get(t->type, 0) : NULL;
     c.type = t->type;
-    if (c.w_row * (size_t) c.ne01 != t->stride || !c.vec_dot || (vdt != GGML_TYPE_F32 && !c.from_float)) {
+    c.tiled_mode = opts->tiled;
+    /* our kernel, where the type has one for the chosen instruction set and ggml's vec_dot_type is the one
+       the kernel expects */
+    c.kernel = opts->isa > 0 ? fm_kernel_get(t->type, opts->isa) : NULL;
+    if (c.kernel && (int) vdt != fm_kernel_vec_dot_type(t->type)) c.kernel = NULL;
+    if (c.kernel) {
+        c.from_float = fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
+        c.act_row = fm_g.ggml_row_size(vdt, c.ne00);
+        if (!c.from_float) c.kernel = NULL;
+    }
+    if (c.w_row * (size_t) c.ne01 != t->stride) {
         snprintf(msg, sizeof msg, "%s: %s experts are not supported (row size %zu x %lld vs stride %llu)", t->name,
                  fm_g.ggml_type_name((enum ggml_type) t->type), c.w_row, (long long) c.ne01,
                  (unsigned long long) t->stride);
@@ -184,6 +209,8 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
     int n_tok = (int) ids->ne[1];
     int n_pairs_total = c.n_used * n_tok;
     int n_exp = t->n_expert;
+    int nth = n_threads < fm_pool_threads(pool) ? n_threads : fm_pool_threads(pool);
+    if (nth < 1) nth = 1;
     /* group (k, t) pairs by expert, keeping first-seen order of experts */
     int *count = calloc((size_t) n_exp, sizeof *count);
     int *start = calloc((size_t) n_exp + 1, sizeof *start);
@@ -192,9 +219,10 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
     int *slots = malloc((size_t) n_exp * sizeof *slots);
     char *done = calloc((size_t) n_exp, 1);
     int *order = malloc((size_t) n_exp * sizeof *order);
-    c.act = malloc((size_t) (c.ne11 * b->ne[2]) * c.act_row + 64);
+    c.th = calloc((size_t) nth, sizeof *c.th);
+    if (c.kernel) c.act = malloc((size_t) (c.ne11 * b->ne[2]) * c.act_row + 64);
     int rc = -1;
-    if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.act) {
+    if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.th || (c.kernel && !c.act)) {
         fm_store_set_error(s, "out of memory in MUL_MAT_ID");
         goto out;
     }
@@ -225,25 +253,24 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, int use
         if (fit < 1) fit = 1;
         if ((uint64_t) wave > fit) wave = (int) fit;
     }
-    int nth = n_threads < fm_pool_threads(pool) ? n_threads : fm_pool_threads(pool);
-    if (nth < 1) nth = 1;
-    fm_pool_run(pool, nth, quantize_task, &c);
-    c.max_pairs = 0;
+    if (c.kernel) fm_pool_run(pool, nth, quantize_task, &c);
+    size_t max_pairs = 0;
     for (int i = 0; i < n_uniq; i++) {
         size_t n = (size_t) (start[uniq[i] + 1] - start[uniq[i]]);
-        if (n > c.max_pairs) c.max_pairs = n;
+        if (n > max_pairs) max_pairs = n;
     }
-    c.s = s;
-    c.pairs = pairs;
-    c.start = start;
-    if (c.kernel) {
-        c.gathered = malloc((size_t) nth * (c.max_pairs * c.act_row + 64));
-        c.out = malloc((size_t) nth * (size_t) c.ne01 * c.max_pairs * sizeof(float));
-        if (!c.gathered || !c.out) {
+    const size_t gathered_row = c.kernel ? c.act_row : (size_t) c.ne00 * sizeof(float);
+    for (int i = 0; i < nth; i++) {
+        c.th[i].gathered = malloc(max_pairs * gathered_row + 64);
+        c.th[i].out = malloc((size_t) c.ne01 * max_pairs * sizeof(float));
+        if (!c.th[i].gathered || !c.th[i].out) {
             fm_store_set_error(s, "out of memory in MUL_MAT_ID");
             goto out;
         }
     }
+    c.s = s;
+    c.pairs = pairs;
+    c.start = start;
     for (int w0 = 0; w0 < n_uniq; w0 += wave) {
         int nw = n_uniq - w0 < wave ? n_uniq - w0 : wave;
         if (fm_store_acquire(s, tensor, uniq + w0, nw, slots + w0) != 0) goto out;
@@ -283,9 +310,15 @@ out:
     free(slots);
     free(done);
     free(order);
+    if (c.th) {
+        for (int i = 0; i < nth; i++) {
+            free(c.th[i].gathered);
+            free(c.th[i].out);
+            fm_ggml_scratch_free(&c.th[i].ggml);
+        }
+        free(c.th);
+    }
     pthread_mutex_destroy(&c.mu);
     free(c.act);
-    free(c.gathered);
-    free(c.out);
     return rc;
 }

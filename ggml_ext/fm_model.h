@@ -2,11 +2,12 @@
 #ifndef FM_MODEL_H
 #define FM_MODEL_H
 
+#include "fm_matmul.h"
 #include "fm_store.h"
 
 typedef struct fm_model {
     fm_store store;
-    int use_kernels;
+    fm_mm_opts mm;        /* how expert products are computed */
     int n_bound;          /* expert tensors placed in flashmoe buffers by the loader */
     int n_unknown;        /* expert-named tensors the store does not know */
     uint64_t dropped;     /* expert bytes the loader handed over and we did not keep */

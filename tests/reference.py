@@ -41,19 +41,22 @@ def hf_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
 
 @contextlib.contextmanager
 def no_extra_buffer_types() -> Iterator[None]:
-    """Stock llama.cpp with CPU_REPACK off, so expert weights run through the plain CPU kernels."""
-    import llama_cpp
-    orig = llama_cpp.llama_model_default_params
+    """Stock llama.cpp with extra buffer types (CPU_REPACK, AMX) off, so expert weights run through ggml's plain
+    CPU MUL_MAT_ID. llama_cpp.Llama reads the model defaults through the submodule's name
+    (llama_cpp.llama_cpp.llama_model_default_params), so that is the name patched; checked by
+    test_reference_really_turns_repack_off."""
+    import llama_cpp.llama_cpp as lc
+    orig = lc.llama_model_default_params
 
     def patched():  # type: ignore[no-untyped-def]
         p = orig()
         p.use_extra_bufts = False
         return p
-    llama_cpp.llama_model_default_params = patched
+    lc.llama_model_default_params = patched
     try:
         yield
     finally:
-        llama_cpp.llama_model_default_params = orig
+        lc.llama_model_default_params = orig
 
 
 def llama(gguf: Path, n_ctx: int = 256, extra_bufts: bool = False):  # type: ignore[no-untyped-def]

@@ -47,7 +47,7 @@ TOLERANCE = 1e-6
 KERNEL_CDEF = """
 typedef void (*fm_dot_fn)(int n, const void *w, const void *act, size_t act_stride, int n_act, float *s,
                           size_t s_stride);
-typedef struct { const char *name; fm_dot_fn dot; } fm_kernel;
+typedef struct { const char *name; fm_dot_fn dot; fm_dot_fn dot_tiled; } fm_kernel;
 const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 int fm_kernel_best_isa(void);
 int fm_kernel_vec_dot_type(int ggml_type);
@@ -55,13 +55,13 @@ int fm_kernel_block_size(int ggml_type);
 size_t fm_kernel_type_size(int ggml_type);
 void fm_kernels_init(void);
 extern float fm_fp16_table[65536];
-void fm_kernel_matmul(const fm_kernel *k, int type, int n, const void *w, size_t w_stride, int n_rows,
+void fm_kernel_matmul(const fm_kernel *k, int type, int tiled, int n, const void *w, size_t w_stride, int n_rows,
                       const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride);
 """
 EMULATED_CDEF = KERNEL_CDEF.split("const fm_kernel *fm_kernel_get(")[0] + \
     "const fm_kernel *fm_kernel_get_avx512(int ggml_type);\nvoid fm_kernels_init(void);\n"
 
-COMPILE_ARGS = ["-std=c11", "-O2", "-Wall", "-Wextra"]
+COMPILE_ARGS = ["-std=c11", "-O2", "-ffp-contract=off", "-Wall", "-Wextra"]
 
 
 def row_bytes(gtype: int, n: int) -> int:
@@ -92,7 +92,7 @@ def build_module(name: str, sources: list[Path], cdef: str, build_dir: Path, *, 
         ffi.cdef(cdef)
         ffi.set_source(modname, '#include "fm_kernels.h"\n' + extra_source, sources=[str(p) for p in sources],
                        include_dirs=[str(EXT), *include_dirs], define_macros=list(define_macros),
-                       extra_compile_args=[*COMPILE_ARGS, *extra_args])
+                       extra_compile_args=[*COMPILE_ARGS, *extra_args], libraries=["m"])
         out.mkdir(parents=True, exist_ok=True)
         so = Path(ffi.compile(tmpdir=str(out)))
     spec = importlib.util.spec_from_file_location(modname, so)
@@ -120,7 +120,7 @@ def build_emulated_avx512(build_dir: Path):
     if inc is None:
         return None
     mod = build_module("_fmk_avx512emu", [EXT / s for s in SOURCES], EMULATED_CDEF, build_dir,
-                       include_dirs=(inc,), define_macros=(("FM_AVX512_SIMDE", "1"),), extra_args=("-Wno-psabi",))
+                       include_dirs=(inc,), define_macros=(("FM_AVX512_SIMDE", "1"),), extra_args=("-Wno-psabi", "-mavx2", "-mfma"))
     mod.lib.fm_kernels_init()  # fm_kernel_get would; the emulated kernels are taken directly
     return mod
 
