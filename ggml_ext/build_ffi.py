@@ -105,7 +105,11 @@ SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_ggml_mmid.c", "fm_matmul
            "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c", "fm_quant.c"]
 
 
-def make_ffi(relative: bool = True) -> FFI:
+def make_ffi(relative: bool = True, simde_include: str | None = None, extra_flags: tuple[str, ...] = ()) -> FFI:
+    """The extension's cffi builder. Test builds: simde_include, a build whose AVX-512 kernels run on SIMDe's
+    emulation of the intrinsics (SIMDe's headers there), so that a CPU without AVX-512 runs them end to end
+    (it needs AVX2 and FMA, which SIMDe uses underneath: fused multiply-adds must stay fused); extra_flags,
+    added to compiling and linking (tools/sanitize.py)."""
     src = llama_cpp_source()
     gen = Path(tempfile.gettempdir()) / f"flashmoe-build-{os.getpid()}"
     gen.mkdir(parents=True, exist_ok=True)
@@ -115,6 +119,7 @@ def make_ffi(relative: bool = True) -> FFI:
         f'#define FM_LLAMA_CPP_PYTHON_VERSION "{LLAMA_CPP_PYTHON_VERSION}"\n')
     # setuptools wants paths relative to the project; cffi's own compile() changes directory, so absolute
     omp = openmp_flags()
+    simde = ["-mavx2", "-mfma", "-Wno-psabi"] if simde_include else []
     sources = [os.path.relpath(HERE / n) if relative else str(HERE / n) for n in SOURCES]
     ffi = FFI()
     ffi.cdef(_cdef())
@@ -122,10 +127,12 @@ def make_ffi(relative: bool = True) -> FFI:
         "flashmoe_gguf._fmext",
         "#include <stddef.h>\n#include <stdint.h>\n#include \"fm_api.h\"\n#include \"fm_quant.h\"\n",
         sources=sources,
-        include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src")],
+        include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src"),
+                      *([simde_include] if simde_include else [])],
+        define_macros=[("FM_AVX512_SIMDE", "1")] if simde_include else [],
         extra_compile_args=["-std=gnu11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-format-truncation", "-pthread",
-                            "-fvisibility=hidden", *omp],
-        extra_link_args=["-pthread", *omp],
+                            "-fvisibility=hidden", *omp, *simde, *extra_flags],
+        extra_link_args=["-pthread", *omp, *extra_flags],
         libraries=["dl", "m"],
     )
     return ffi

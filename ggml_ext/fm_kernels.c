@@ -387,8 +387,14 @@ static int detect_isa(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return FM_ISA_SCALAR;
     const int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
     if (!avx2) return FM_ISA_SCALAR;
+#if defined(FM_AVX512_SIMDE)
+    /* a test build whose AVX-512 kernels run on SIMDe's emulation (with AVX2 + FMA underneath) */
+    (void)avx512f, (void)avx512bw, (void)avx512vl;
+    return FM_ISA_AVX512;
+#else
     if (avx512f && avx512bw && avx512vl && (xcr0 & 0xe6) == 0xe6) return FM_ISA_AVX512;
     return FM_ISA_AVX2;
+#endif
 }
 #endif
 

@@ -2,6 +2,9 @@
 
 FLASHMOE_TEST_CACHE selects the cache (default: .cache/tests in the repository). Entries are keyed by the
 builder version, so a stale cache is never used.
+
+FLASHMOE_TEST_FMEXT=path/to/_fmext.so runs the tests on another build of the ggml extension (the sanitizer
+build of tools/sanitize.py): it is put in sys.modules as flashmoe_gguf._fmext before anything imports it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import BUILDER_VERSION, TINY, build_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _use_extension_build(path: str) -> None:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("flashmoe_gguf._fmext", path)
+    assert spec and spec.loader, path
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    import flashmoe_gguf  # noqa: F401  (the package first, then its extension module)
+    sys.modules["flashmoe_gguf._fmext"] = ext
+
+
+if os.environ.get("FLASHMOE_TEST_FMEXT"):
+    _use_extension_build(os.environ["FLASHMOE_TEST_FMEXT"])
 
 
 def cache_root() -> Path:

@@ -69,6 +69,14 @@ def llama(gguf: Path, n_ctx: int = 256, extra_bufts: bool = False):  # type: ign
         return llama_cpp.Llama(**kw)
 
 
+def last_logits(llm) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The logits of the last token evaluated, read from llama.cpp. (llama-cpp-python 0.3.36 fills Llama.scores
+    only with logits_all=True; without it, scores is uninitialised memory.)"""
+    import llama_cpp
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
 def llama_logits(gguf: Path, ids: list[int]) -> np.ndarray:
     llm = llama(gguf)
     llm.eval(ids)

@@ -1,21 +1,22 @@
-"""The expert-matmul dot-product kernels (ggml_ext/fm_kernels*.c) against ggml's own CPU kernels.
+"""The expert-matmul dot-product kernels (ggml_ext/fm_kernels*.c) against ggml's own CPU code, bit for bit.
 
 Weight rows are quantized by ggml (`ggml_quantize_chunk`, libggml-base), activation rows by ggml-cpu's
-`from_float` for the weight type's vec_dot_type, and every result is compared with ggml-cpu's `vec_dot` for
-the same pair of quantized rows: every type x every instruction set this machine can run x odd shapes.
+`from_float` for the weight type's vec_dot_type. The kernels must give exactly (bitwise) what ggml computes:
+  - `dot` what ggml-cpu's `vec_dot` gives for the same pair of quantized rows;
+  - `dot_tiled` (K-quants) what ggml-cpu's MUL_MAT_ID gives for an expert with 8 or more activation rows,
+    where ggml takes its tiled path (ggml-cpu/tiled/), run through a one-node ggml graph (tests/ggml_mmid.py);
+  - `fm_kernel_matmul`, fed the way ggml_ext/fm_matmul.c feeds it (activation rows gathered per expert,
+    an expert's rows split between threads, 1 to 512 activation rows, misaligned cache slots and activation
+    buffers), what ggml's MUL_MAT_ID gives for the whole routed product.
+Every type, every instruction set this machine can run; on a CPU without AVX-512 its kernels still run,
+compiled on SIMDe's portable emulation of the intrinsics (the `simde-py` package, SIMDe's headers), with
+native AVX2/FMA underneath so that emulated fused multiply-adds stay fused.
 
 The kernels are built here with cffi (API mode) into the pytest cache, once per source version; ggml is
-reached through cffi's ABI mode (the libraries llama-cpp-python installs). On a CPU without AVX-512 the
-AVX-512 kernels are still run, compiled on SIMDe's portable emulation of the intrinsics, when the `simde-py`
-package (SIMDe's headers) is installed.
-
-Tolerance: the per-block integer sums are exact in both, so results differ only by float rounding (the
-per-block products are added in different orders). Such errors are proportional to the magnitudes of the
-terms added, not to the result, which can cancel to ~0; so the difference is measured against the "mass"
-of the dot product, the same sum with every product replaced by its magnitude (computed in float64 by an
-independent numpy decoding of the blocks, which also checks ggml's own result against the exact value).
-|ours - ggml| / mass must stay below 1e-6; it is ~1e-7, the size of ggml's own error against the exact
-value. Where the result is not tiny (|result| >= mass / 100) that is a relative difference of ~1e-6.
+reached through cffi's ABI mode (the libraries llama-cpp-python installs). Independently of our kernels,
+ggml's results are checked against a float64 numpy decoding of the blocks (ggml's own rounding error,
+relative to the sum of the magnitudes of the products, is ~1e-7), so the block layouts the kernels assume
+are known to be ggml's.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ VEC_DOT_TYPE = {Q4_0: Q8_0, Q4_1: Q8_1, Q8_0: Q8_0, Q2_K: Q8_K, Q4_K: Q8_K}
 BLOCK = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q8_1: (32, 36), Q2_K: (256, 84), Q4_K: (256, 144),
          Q8_K: (256, 292)}
 ISA_NAMES = {1: "scalar", 2: "avx2", 3: "avx512"}
-TOLERANCE = 1e-6
+GGML_ERROR_BOUND = 1e-6   # ggml's own float error against the exact value, relative to the products' mass
 
 KERNEL_CDEF = """
 typedef void (*fm_dot_fn)(int n, const void *w, const void *act, size_t act_stride, int n_act, float *s,
@@ -115,9 +116,11 @@ def simde_include() -> str | None:
 
 
 def build_emulated_avx512(build_dir: Path):
-    """fm_kernels_avx512.c on SIMDe (portable emulation of the AVX-512 intrinsics), or None without SIMDe."""
+    """fm_kernels_avx512.c on SIMDe (portable emulation of the AVX-512 intrinsics), or None without SIMDe or
+    without AVX2 + FMA: SIMDe emulates each fused multiply-add with native FMA only when the compiler may use it
+    (without, it would round twice and not be the kernel's arithmetic)."""
     inc = simde_include()
-    if inc is None:
+    if inc is None or not {"avx2", "fma"} <= cpu_flags():
         return None
     mod = build_module("_fmk_avx512emu", [EXT / s for s in SOURCES], EMULATED_CDEF, build_dir,
                        include_dirs=(inc,), define_macros=(("FM_AVX512_SIMDE", "1"),), extra_args=("-Wno-psabi", "-mavx2", "-mfma"))
@@ -333,13 +336,15 @@ def ggml():
 
 
 def kernels_under_test(kern, emulated, gtype: int):
-    """(label, kernel struct, module) for every instruction set this machine can run."""
+    """(label, kernel struct, module) for every instruction set this machine can run, and the AVX-512 kernels
+    through SIMDe (so that AVX2-only machines test them too, and AVX-512 machines test the emulated build
+    that AVX2-only machines use for the runtime tests)."""
     out = []
     for isa in (1, 2, 3):
         k = kern.lib.fm_kernel_get(gtype, isa)
         if k != kern.ffi.NULL:
             out.append((ISA_NAMES[isa], k, kern))
-    if kern.lib.fm_kernel_get(gtype, 3) == kern.ffi.NULL and emulated is not None:
+    if emulated is not None:
         out.append(("avx512-emulated", emulated.lib.fm_kernel_get_avx512(gtype), emulated))
     return out
 
@@ -363,9 +368,9 @@ def reference_case(ggml, gtype: int, n: int):
 
 
 def run_kernel(mod, k, n: int, wq_row: np.ndarray, aq: np.ndarray, n_act: int, *, pad: int = 0,
-               s_stride: int = 1, misalign: int = 0) -> np.ndarray:
-    """our kernel on one weight row and the first n_act activation rows, through arbitrary strides and
-    unaligned buffers; returns float32 [n_act]"""
+               s_stride: int = 1, misalign: int = 0, tiled: bool = False) -> np.ndarray:
+    """our kernel (k.dot, or k.dot_tiled) on one weight row and the first n_act activation rows, through
+    arbitrary strides and unaligned buffers; returns float32 [n_act]"""
     ffi = mod.ffi
     rb = aq.shape[1]
     stride = rb + pad
@@ -378,11 +383,36 @@ def run_kernel(mod, k, n: int, wq_row: np.ndarray, aq: np.ndarray, n_act: int, *
     out = np.full(max(n_act, 1) * s_stride + 1, sentinel, dtype=np.float32)
     pw = ffi.from_buffer("char[]", wbuf) + misalign
     pa = ffi.from_buffer("char[]", abuf) + misalign
-    k.dot(n, pw, pa, stride, n_act, ffi.from_buffer("float[]", out), s_stride)
+    (k.dot_tiled if tiled else k.dot)(n, pw, pa, stride, n_act, ffi.from_buffer("float[]", out), s_stride)
     res = out[: n_act * s_stride: s_stride].copy()
     untouched = np.delete(out, np.arange(0, n_act * s_stride, s_stride))
     assert np.all(untouched == sentinel), "kernel wrote outside s[j * s_stride]"
     return res
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(np.ascontiguousarray(a, np.float32).view(np.uint32),
+                                                 np.ascontiguousarray(b, np.float32).view(np.uint32))
+
+
+@pytest.fixture(scope="session")
+def mmid():
+    from ggml_mmid import GgmlMulMatId
+    try:
+        return GgmlMulMatId()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach ggml means no reference
+        pytest.skip(f"ggml CPU library not usable: {exc}")
+
+
+def kernel_matmul(kern, mod, k, gtype: int, tiled: bool, n: int, w: np.ndarray, w_off: int, n_rows: int,
+                  act: np.ndarray, a_off: int, n_act: int, out: np.ndarray, o_off: int, o_stride: int) -> None:
+    """kern's fm_kernel_matmul with kernel k of module mod (kern, or the SIMDe build), on buffers at offsets"""
+    ffi = kern.ffi
+    kk = ffi.cast("fm_kernel *", int(mod.ffi.cast("uintptr_t", k)))
+    rb = row_bytes(gtype, n)
+    kern.lib.fm_kernel_matmul(kk, gtype, int(tiled), n, ffi.from_buffer("char[]", w) + w_off, rb, n_rows,
+                              ffi.from_buffer("char[]", act) + a_off, row_bytes(VEC_DOT_TYPE[gtype], n), n_act,
+                              ffi.from_buffer("float[]", out) + o_off, o_stride)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -395,42 +425,102 @@ N_ACT = (1, 2, 3, 5, 8, 17)
 
 @pytest.mark.parametrize("gtype,n", CASES, ids=[f"{TYPE_NAMES[t]}-{n}" for t, n in CASES])
 def test_matches_ggml_vec_dot(kern, emulated, ggml, gtype, n):
+    """k.dot == ggml's vec_dot, bitwise, for varied rows (outliers, offsets, zeros, tiny and huge values)"""
     w, a, wq, aq, ref = reference_case(ggml, gtype, n)
     assert ggml.traits(gtype).vec_dot_type == VEC_DOT_TYPE[gtype] == kern.lib.fm_kernel_vec_dot_type(gtype)
     assert np.all(np.isfinite(ref))
     exact, mass = exact_dots(gtype, wq, aq)
-    # the formula (and the numpy decoding) is ggml's: ggml's own float error, relative to the mass
-    ggml_err = float((np.abs(ref - exact) / mass).max())
-    assert ggml_err <= TOLERANCE
-    plain = mass <= 100 * np.abs(ref)  # pairs whose result is not ~0 by cancellation
+    # the block layouts and the formula are ggml's: ggml's own float error, relative to the mass, is tiny
+    assert float((np.abs(ref - exact) / mass).max()) <= GGML_ERROR_BOUND
     kernels = kernels_under_test(kern, emulated, gtype)
     if {"avx2", "fma"} <= cpu_flags():
-        assert [lbl for lbl, _, _ in kernels][:2] == ["scalar", "avx2"]
-    report = []
+        want = ["scalar", "avx2"] + (["avx512"] if {"avx512f", "avx512bw", "avx512vl"} <= cpu_flags() else [])
+        assert [lbl for lbl, _, _ in kernels] == want + (["avx512-emulated"] if emulated is not None else [])
     for label, k, mod in kernels:
-        worst = worst_rel = worst_exact = 0.0
         for n_act in N_ACT:
             for i in range(wq.shape[0]):
                 for pad, s_stride, mis in ((0, 1, 0), (5, 3, 1)) if n_act in (5, 17) else ((0, 1, 0),):
                     got = run_kernel(mod, k, n, wq[i], aq, n_act, pad=pad, s_stride=s_stride, misalign=mis)
-                    diff = np.abs(got.astype(np.float64) - ref[i, :n_act])
-                    err = diff / mass[i, :n_act]
-                    worst = max(worst, float(err.max()))
-                    worst_exact = max(worst_exact, float((np.abs(got - exact[i, :n_act]) / mass[i, :n_act]).max()))
-                    sel = plain[i, :n_act]
-                    if sel.any():
-                        worst_rel = max(worst_rel, float((diff[sel] / np.abs(ref[i, :n_act][sel])).max()))
-                    assert err.max() <= TOLERANCE, (
+                    assert same_bits(got, ref[i, :n_act]), (
                         f"{label} {TYPE_NAMES[gtype]} n={n} n_act={n_act} weight row {i}: "
                         f"got {got} want {ref[i, :n_act]}")
-        report.append(f"{label} {worst:.1e} (vs exact {worst_exact:.1e}, plain relative {worst_rel:.1e})")
-    print(f"\n{TYPE_NAMES[gtype]} n={n}: |ours - ggml| / mass: " + ", ".join(report) +
-          f"; ggml vs exact {ggml_err:.1e}")
+
+
+@pytest.mark.parametrize("gtype", [Q4_K, Q2_K], ids=["q4_K", "q2_K"])
+@pytest.mark.parametrize("n", [256, 2048])
+def test_tiled_matches_ggml_mul_mat_id(kern, emulated, ggml, mmid, gtype, n):
+    """k.dot_tiled == ggml's MUL_MAT_ID for one expert with >= 8 activation rows (ggml's tiled path), bitwise;
+    k.dot == the same MUL_MAT_ID below 8 rows (ggml's vec_dot). And the two procedures really differ, so the
+    switch between them matters."""
+    rng = np.random.default_rng(gtype * 7 + n)
+    rows = 40
+    wq = ggml.quantize_weights(gtype, np.concatenate([weight_rows(rng, n) for _ in range(6)])[:rows])
+    acts = np.concatenate([activation_rows(rng, n, 7) for _ in range(10)])
+    differ = 0
+    for n_tok in (1, 5, 7, 8, 9, 33, 64):
+        x = acts[:n_tok]
+        ref = mmid(gtype, n, wq[None], x[:, None, :], np.zeros((n_tok, 1), np.int32))[:, 0, :]   # [n_tok, rows]
+        aq = ggml.quantize_activations(gtype, x)
+        tiled = n_tok >= 8
+        if tiled:
+            differ += int((ggml.dots(gtype, n, wq, aq).T != ref).sum())
+        for label, k, mod in kernels_under_test(kern, emulated, gtype):
+            got = np.stack([run_kernel(mod, k, n, wq[r], aq, n_tok, tiled=tiled) for r in range(rows)], axis=1)
+            assert same_bits(got, ref), f"{label} {TYPE_NAMES[gtype]} n={n} rows={n_tok} tiled={tiled}"
+    assert differ > 0, "ggml's tiled path gave vec_dot's results: the test no longer tells them apart"
+
+
+MATMUL_TYPES = [Q4_K, Q2_K, Q4_0, Q4_1, Q8_0]
+
+
+@pytest.mark.parametrize("gtype", MATMUL_TYPES, ids=[TYPE_NAMES[t] for t in MATMUL_TYPES])
+def test_matmul_as_the_runtime_feeds_it(kern, emulated, ggml, mmid, gtype):
+    """fm_kernel_matmul used as ggml_ext/fm_matmul.c uses it equals ggml's MUL_MAT_ID on the whole routed product:
+    tokens routed to experts (ids), each expert's activation rows gathered into a scratch buffer at an odd
+    offset, its weight bytes in a cache slot at an odd offset, its rows split into chunks as between threads,
+    the tiled procedure from 8 rows on; 1 to 512 activation rows per expert."""
+    rng = np.random.default_rng(gtype)
+    n = 512 if BLOCK[gtype][0] == 256 else 96
+    n_exp, rows, n_used = 4, 48, 2
+    wq = ggml.quantize_weights(gtype, rng.standard_normal((n_exp * rows, n)).astype(np.float32) * 0.05)
+    wq = wq.reshape(n_exp, rows, -1)
+    vdt = VEC_DOT_TYPE[gtype]
+    arow = row_bytes(vdt, n)
+    for n_tok in (1, 3, 4, 9, 40, 256):
+        x = rng.standard_normal((n_tok, n)).astype(np.float32)
+        if n_tok == 256:     # one expert gets every token: 512 rows... and 256 rows for expert 1
+            ids = np.stack([np.zeros(n_tok, np.int32), np.ones(n_tok, np.int32)], 1)
+            ids[::2] = ids[::2, ::-1]
+        else:
+            ids = np.stack([rng.choice(n_exp, n_used, replace=False) for _ in range(n_tok)]).astype(np.int32)
+        ref = mmid(gtype, n, wq, x[:, None, :], ids)                       # [n_tok, n_used, rows]
+        aq = ggml.quantize_activations(gtype, x)
+        for label, k, mod in kernels_under_test(kern, emulated, gtype):
+            got = np.full((n_tok, n_used, rows), np.nan, np.float32)
+            for e in range(n_exp):
+                pairs = [(t, j) for t in range(n_tok) for j in range(n_used) if ids[t, j] == e]
+                if not pairs:
+                    continue
+                gathered = np.zeros(7 + len(pairs) * arow, np.uint8)        # odd offset, as a scratch buffer
+                for p, (t, _) in enumerate(pairs):
+                    gathered[7 + p * arow: 7 + (p + 1) * arow] = aq[t]
+                slot = np.zeros(3 + wq[e].size, np.uint8)
+                slot[3:] = wq[e].reshape(-1)
+                out = np.full(len(pairs) * rows + 1, np.nan, np.float32)
+                for chunk in range(3):                                      # rows split as between 3 threads
+                    r0, r1 = rows * chunk // 3, rows * (chunk + 1) // 3
+                    part = np.full(len(pairs) * (r1 - r0), np.nan, np.float32)
+                    kernel_matmul(kern, mod, k, gtype, len(pairs) >= 8 and gtype in (Q4_K, Q2_K), n, slot,
+                                  3 + r0 * row_bytes(gtype, n), r1 - r0, gathered, 7, len(pairs), part, 0, r1 - r0)
+                    out[:-1].reshape(len(pairs), rows)[:, r0:r1] = part.reshape(len(pairs), r1 - r0)
+                for p, (t, j) in enumerate(pairs):
+                    got[t, j] = out[p * rows:(p + 1) * rows]
+            assert same_bits(got, ref), f"{label} {TYPE_NAMES[gtype]} {n_tok} tokens"
 
 
 @pytest.mark.parametrize("gtype", list(TYPE_NAMES), ids=list(TYPE_NAMES.values()))
 def test_matmul_is_dot_tiled(kern, ggml, gtype):
-    """fm_kernel_matmul gives bitwise the results of one k->dot per (weight row, activation row)"""
+    """fm_kernel_matmul gives bitwise the results of one kernel call per (weight row, activation row)"""
     ffi, lib = kern.ffi, kern.lib
     rng = np.random.default_rng(7)
     n = 2048 if BLOCK[gtype][0] == 256 else 1024
@@ -441,17 +531,29 @@ def test_matmul_is_dot_tiled(kern, ggml, gtype):
         k = lib.fm_kernel_get(gtype, isa)
         if k == ffi.NULL:
             continue
-        dst = np.full((n_act, n_rows + 3), -1.0, np.float32)
-        lib.fm_kernel_matmul(k, gtype, n, ffi.from_buffer(wq), wq.shape[1], n_rows, ffi.from_buffer(aq), aq.shape[1],
-                             n_act, ffi.from_buffer("float[]", dst), n_rows + 3)
-        want = np.empty((n_act, n_rows), np.float32)
-        one = ffi.new("float *")
-        for r in range(n_rows):
-            for j in range(n_act):
-                k.dot(n, ffi.from_buffer(wq[r]), ffi.from_buffer(aq[j]), 0, 1, one, 1)
-                want[j, r] = one[0]
-        assert np.array_equal(dst[:, :n_rows].view(np.uint32), want.view(np.uint32)), ISA_NAMES[isa]
-        assert np.all(dst[:, n_rows:] == -1.0)
+        for tiled in (False, True) if k.dot_tiled != ffi.NULL else (False,):
+            fn = k.dot_tiled if tiled else k.dot
+            dst = np.full((n_act, n_rows + 3), -1.0, np.float32)
+            lib.fm_kernel_matmul(k, gtype, int(tiled), n, ffi.from_buffer(wq), wq.shape[1], n_rows,
+                                 ffi.from_buffer(aq), aq.shape[1], n_act, ffi.from_buffer("float[]", dst), n_rows + 3)
+            want = np.empty((n_act, n_rows), np.float32)
+            one = ffi.new("float *")
+            for r in range(n_rows):
+                for j in range(n_act):
+                    fn(n, ffi.from_buffer(wq[r]), ffi.from_buffer(aq[j]), 0, 1, one, 1)
+                    want[j, r] = one[0]
+            assert same_bits(dst[:, :n_rows], want), (ISA_NAMES[isa], tiled)
+            assert np.all(dst[:, n_rows:] == -1.0)
+
+
+def test_tiled_only_for_ggml_tiled_types(kern):
+    """ggml's tiled path covers K-quants (and IQ types), not the 32-value block types: a dot_tiled exists
+    exactly where ggml has one, on every instruction set"""
+    for gtype in TYPE_NAMES:
+        for isa in (1, 2, 3):
+            k = kern.lib.fm_kernel_get(gtype, isa)
+            if k != kern.ffi.NULL:
+                assert (k.dot_tiled != kern.ffi.NULL) == (gtype in (Q4_K, Q2_K))
 
 
 def test_n_act_zero_writes_nothing(kern):
@@ -463,7 +565,8 @@ def test_n_act_zero_writes_nothing(kern):
             n = BLOCK[gtype][0]
             out = np.full(4, 7.0, dtype=np.float32)
             w = np.zeros(row_bytes(gtype, n), dtype=np.uint8)
-            k.dot(n, kern.ffi.from_buffer("char[]", w), kern.ffi.NULL, 0, 0, kern.ffi.from_buffer("float[]", out), 1)
+            for fn in (k.dot, k.dot_tiled) if k.dot_tiled != kern.ffi.NULL else (k.dot,):
+                fn(n, kern.ffi.from_buffer("char[]", w), kern.ffi.NULL, 0, 0, kern.ffi.from_buffer("float[]", out), 1)
             assert np.all(out == 7.0)
 
 
