@@ -1,0 +1,105 @@
+"""Choosing the code that computes expert products (flashmoe_gguf/isa.py): the isa argument, FLASHMOE_ISA, what
+the CPU and ggml allow, and ggml's tiled-path switches, which our kernels must follow as ggml-cpu does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flashmoe_gguf.isa import TILED_FORCE, TILED_OFF, TILED_ON, IsaError, resolve_isa, tiled_mode
+
+AVX512, AVX2, SCALAR = 3, 2, 1
+
+
+def test_auto_takes_the_best_instruction_set() -> None:
+    assert resolve_isa(None, True, AVX512, True, {}).name == "avx512"
+    assert resolve_isa("auto", True, AVX2, True, {}).name == "avx2"
+    assert resolve_isa(None, True, SCALAR, True, {}).name == "scalar"
+
+
+def test_auto_uses_ggml_where_its_arithmetic_is_not_ours() -> None:
+    c = resolve_isa(None, True, AVX512, False, {})
+    assert (c.name, c.code) == ("ggml", 0) and c.note and "AVX2" in c.note
+    with pytest.raises(IsaError, match="built without"):
+        resolve_isa("avx2", True, AVX512, False, {})
+
+
+def test_explicit_choice_and_environment() -> None:
+    assert resolve_isa("AVX2", True, AVX512, True, {}).code == 2
+    assert resolve_isa(None, True, AVX512, True, {"FLASHMOE_ISA": "scalar"}).name == "scalar"
+    assert resolve_isa("avx2", True, AVX512, True, {"FLASHMOE_ISA": "scalar"}).name == "avx2"   # the argument wins
+    assert resolve_isa(None, True, AVX512, True, {"FLASHMOE_ISA": " "}).name == "avx512"
+    with pytest.raises(IsaError, match="FLASHMOE_ISA=avx512: this CPU cannot run it"):
+        resolve_isa(None, True, AVX2, True, {"FLASHMOE_ISA": "avx512"})
+    with pytest.raises(IsaError, match="unknown instruction set"):
+        resolve_isa("sse4", True, AVX512, True, {})
+
+
+def test_kernels_false_is_ggml() -> None:
+    assert resolve_isa(None, False, AVX512, True, {}).name == "ggml"
+    assert resolve_isa(None, False, AVX512, True, {"FLASHMOE_ISA": "avx2"}).name == "ggml"  # explicit beats env
+    with pytest.raises(IsaError, match="kernels=False"):
+        resolve_isa("avx2", False, AVX512, True, {})
+
+
+@pytest.mark.parametrize("env,want", [
+    ({}, TILED_ON), ({"GGML_CPU_TILED_MM": "1"}, TILED_ON), ({"GGML_CPU_TILED_MM": "7"}, TILED_ON),
+    ({"GGML_CPU_TILED_MM": "0"}, TILED_OFF), ({"GGML_CPU_TILED_MM": ""}, TILED_OFF),
+    ({"GGML_CPU_TILED_MM": "off"}, TILED_OFF), ({"GGML_CPU_TILED_MM": " -0"}, TILED_OFF),
+    ({"GGML_CPU_TILED_MM_FORCE": "1"}, TILED_FORCE), ({"GGML_CPU_TILED_MM_FORCE": "01"}, TILED_FORCE),
+    ({"GGML_CPU_TILED_MM_FORCE": "2"}, TILED_ON), ({"GGML_CPU_TILED_MM_FORCE": "yes"}, TILED_ON),
+    ({"GGML_CPU_TILED_MM": "0", "GGML_CPU_TILED_MM_FORCE": "1"}, TILED_OFF)])
+def test_tiled_mode_reads_the_environment_as_ggml(env: dict[str, str], want: int) -> None:
+    """ggml-cpu/tiled/tiled.cpp: enabled = !env || atoi(env) != 0; forced = env && atoi(env) == 1"""
+    assert tiled_mode(env) == want
+
+
+def test_runtime_reports_and_checks_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashmoe_gguf import FlashMoeError
+    from test_runtime import gguf_for, streamed
+    path = gguf_for("qwen3_moe", "Q4_K")
+    monkeypatch.setenv("FLASHMOE_ISA", "scalar")
+    llm = streamed(path, "64M")
+    assert llm.flashmoe_stats()["kernel_isa"] == "scalar"
+    llm.close()
+    llm = streamed(path, "64M", kernels=False)
+    assert llm.flashmoe_stats()["kernel_isa"] == "ggml"
+    llm.close()
+    with pytest.raises(FlashMoeError, match="unknown instruction set"):
+        streamed(path, "64M", isa="neon")
+
+
+CHECK = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_runtime import BATCH, assert_same_logits, gguf_for, logits, streamed
+from reference import llama as stock
+path = gguf_for(sys.argv[2], sys.argv[3])
+ref = stock(path); want = logits(ref, BATCH, batch=True); ref.close()
+for isa in ("scalar", "avx2", "ggml"):
+    llm = streamed(path, 1 << 30, isa=isa)
+    assert_same_logits(logits(llm, BATCH, batch=True), want, isa)
+    llm.close()
+np.save(sys.argv[4], want)
+"""
+
+
+@pytest.mark.parametrize("experts", ["Q4_K", "Q2_K"])
+def test_tiled_switches_followed_as_in_ggml(tmp_path: Path, experts: str) -> None:
+    """Stock's logits under GGML_CPU_TILED_MM=0 (ggml's vec_dot everywhere) and GGML_CPU_TILED_MM_FORCE=1 (its
+    tiled path even for one row) differ, and ours follow each bit for bit, as they do by default. Each in a
+    fresh process: ggml reads the variables once per process."""
+    import os
+    out = {}
+    for name, env in (("default", {}), ("off", {"GGML_CPU_TILED_MM": "0"}), ("force", {"GGML_CPU_TILED_MM_FORCE": "1"})):
+        npy = tmp_path / f"{name}.npy"
+        full = {k: v for k, v in os.environ.items() if not k.startswith("GGML_CPU_TILED")} | env
+        r = subprocess.run([sys.executable, "-c", CHECK, str(Path(__file__).parent), "qwen3_moe", experts, str(npy)],
+                           capture_output=True, text=True, timeout=600, env=full, cwd=tmp_path)
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+        out[name] = np.load(npy)
+    assert not np.array_equal(out["off"], out["force"])
