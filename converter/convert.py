@@ -12,7 +12,7 @@ from typing import Any, Callable
 import gguf
 from gguf import GGMLQuantizationType as T
 
-from ..ggml_lib import Ggml, default_threads
+from flashmoe_gguf.ggml_lib import Ggml, default_threads
 from .archs import arch_for
 from .checkpoint import Checkpoint
 from .errors import ConversionError

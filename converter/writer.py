@@ -22,8 +22,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..ggml_lib import Ggml
-from ..layout import FORMAT_VERSION, ExpertTensor, StreamingLayout
+from flashmoe_gguf.ggml_lib import Ggml
+from flashmoe_gguf.layout import FORMAT_VERSION, IndexEntry, StreamingLayout
 from .archs.base import TensorSpec
 from .errors import ConversionError
 from .recipe import Recipe, tensor_nbytes
@@ -67,8 +67,8 @@ def plan_tensors(specs: list[TensorSpec], recipe: Recipe, alignment: int) -> lis
 
 def streaming_layout(planned: list[PlannedTensor], n_expert: int) -> StreamingLayout:
     experts = [p for p in planned if p.spec.is_expert]
-    tensors = tuple(ExpertTensor(p.spec.name, p.spec.layer or 0, p.spec.expert_kind or "", p.offset,
-                                 p.nbytes // p.spec.shape[0]) for p in experts)
+    tensors = tuple(IndexEntry(p.spec.name, p.spec.layer or 0, p.spec.expert_kind or "", p.offset,
+                               p.nbytes // p.spec.shape[0]) for p in experts)
     expert_bytes = sum(p.nbytes for p in experts)
     return StreamingLayout(FORMAT_VERSION, n_expert, tensors, expert_bytes,
                            sum(p.nbytes for p in planned) - expert_bytes)

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
-
-# Installed, `converter/` becomes the subpackage flashmoe_gguf.converter (see pyproject.toml). Imported from a
-# source checkout instead (e.g. `python -m flashmoe_gguf.cli` in the repository), it sits beside this package.
-_checkout = Path(__file__).resolve().parent.parent
-if not (Path(__file__).parent / "converter").exists() and (_checkout / "converter" / "convert.py").exists():
-    __path__.append(str(_checkout))  # type: ignore[name-defined]  # noqa: F821
 
 
 def convert(*args: Any, **kwargs: Any) -> Any:

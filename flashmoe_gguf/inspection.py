@@ -6,7 +6,6 @@ table, and reports every expert slice that does not start on an alignment bounda
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +13,9 @@ from typing import Any
 
 import gguf
 
+from .experts import parse_expert_name
 from .layout import StreamingLayout
 
-_EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate_up|gate|up|down)_exps\.weight$")
 
 
 class InspectError(Exception):
@@ -117,7 +116,7 @@ def inspect_gguf(path: str | Path) -> Inspection:
         problems = []
     alignment = int(kv.get("general.alignment", 32))
     by_name = {t.name: t for t in rows}
-    expert_rows = [t for t in rows if _EXPERT.match(t.name)]
+    expert_rows = [t for t in rows if parse_expert_name(t.name)]
     expert_bytes = sum(t.nbytes for t in expert_rows)
     n_expert = int(kv.get(f"{arch}.expert_count", 0) or 0)
     unaligned: list[str] = []

@@ -19,14 +19,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# codes of fm_model_new's isa argument (ggml_ext/fm_api.h)
-ISA_CODES = {"ggml": 0, "scalar": 1, "avx2": 2, "avx512": 3}
-ISA_NAMES = {v: k for k, v in ISA_CODES.items()}
-ENV = "FLASHMOE_ISA"
-CHOICES = ("auto", *ISA_CODES)
+from . import extension
 
-# fm_matmul.h: FM_TILED_OFF, FM_TILED_ON, FM_TILED_FORCE
-TILED_OFF, TILED_ON, TILED_FORCE = 0, 1, 2
+ISA_NAMES = ("ggml", "scalar", "avx2", "avx512")
+ENV = "FLASHMOE_ISA"
+CHOICES = ("auto", *ISA_NAMES)
+
+
+def isa_code(name: str) -> int:
+    """The C enum fm_isa value of an instruction set name (ggml_ext/fm_types.h)"""
+    return int(getattr(extension.constants(), f"FM_ISA_{name.upper()}"))
+
+
+def isa_name(code: int) -> str:
+    return next(n for n in ISA_NAMES if isa_code(n) == code)
 
 
 class IsaError(ValueError):
@@ -36,15 +42,18 @@ class IsaError(ValueError):
 @dataclass(frozen=True)
 class IsaChoice:
     name: str            # "ggml", "scalar", "avx2" or "avx512"
-    code: int            # ISA_CODES[name]
     note: str | None     # why "auto" did not pick our kernels, if it did not
+
+    @property
+    def code(self) -> int:
+        return isa_code(self.name)
 
 
 def resolve_isa(isa: str | None, kernels: bool, cpu_isa: int, ggml_x86_arith: bool,
                 environ: Mapping[str, str] | None = None) -> IsaChoice:
     """The expert-product code to use. isa: the Llama argument (None: FLASHMOE_ISA, else "auto"); cpu_isa:
-    the best instruction set of this CPU (ISA_CODES value); ggml_x86_arith: ggml-cpu uses its x86 AVX2 + FMA
-    arithmetic."""
+    the best instruction set of this CPU (an fm_isa value, isa_code(name)); ggml_x86_arith: ggml-cpu uses its
+    x86 AVX2 + FMA arithmetic."""
     env = os.environ if environ is None else environ
     from_env = isa is None
     want = (env.get(ENV, "") if from_env else isa).strip().lower() or "auto"
@@ -54,21 +63,20 @@ def resolve_isa(isa: str | None, kernels: bool, cpu_isa: int, ggml_x86_arith: bo
     if not kernels:
         if want not in ("auto", "ggml") and not from_env:
             raise IsaError(f"{source} asks for our kernels, but kernels=False asks for ggml's own code")
-        return IsaChoice("ggml", 0, None)
+        return IsaChoice("ggml", None)
     if want == "ggml":
-        return IsaChoice("ggml", 0, None)
+        return IsaChoice("ggml", None)
     if want == "auto":
         if not ggml_x86_arith:
-            return IsaChoice("ggml", 0, "the installed ggml-cpu does not use its x86 AVX2+FMA code, which is the "
-                                        "arithmetic our kernels reproduce: using ggml's own code")
-        return IsaChoice(ISA_NAMES[cpu_isa], cpu_isa, None)
-    code = ISA_CODES[want]
-    if code > cpu_isa:
-        raise IsaError(f"{source}: this CPU cannot run it (best available: {ISA_NAMES[cpu_isa]})")
+            return IsaChoice("ggml", "the installed ggml-cpu does not use its x86 AVX2+FMA code, which is the "
+                                     "arithmetic our kernels reproduce: using ggml's own code")
+        return IsaChoice(isa_name(cpu_isa), None)
+    if isa_code(want) > cpu_isa:
+        raise IsaError(f"{source}: this CPU cannot run it (best available: {isa_name(cpu_isa)})")
     if not ggml_x86_arith:
         raise IsaError(f"{source}: our kernels reproduce ggml's x86 AVX2+FMA arithmetic, but the installed ggml-cpu "
                        "was built without it; only ggml's own code (isa='ggml') is exact here")
-    return IsaChoice(want, code, None)
+    return IsaChoice(want, None)
 
 
 def _atoi(text: str) -> int:
@@ -81,13 +89,18 @@ def _atoi(text: str) -> int:
     return sign * int(s[:digits]) if digits else 0
 
 
-def tiled_mode(environ: Mapping[str, str] | None = None) -> int:
-    """How ggml-cpu (ggml-cpu/tiled/tiled.cpp) sets its tiled K-quant path from the environment: off when
-    GGML_CPU_TILED_MM is set and atoi() of it is 0, forced when atoi(GGML_CPU_TILED_MM_FORCE) == 1, else on for
-    experts with 8 or more rows. ggml reads both once per process, at its first matrix product."""
+def tiled_setting(environ: Mapping[str, str] | None = None) -> str:
+    """How ggml-cpu (ggml-cpu/tiled/tiled.cpp) sets its tiled K-quant path from the environment: "off" when
+    GGML_CPU_TILED_MM is set and atoi() of it is 0, "force" when atoi(GGML_CPU_TILED_MM_FORCE) == 1, else "on"
+    (for experts with 8 or more rows). ggml reads both once per process, at its first matrix product."""
     env = os.environ if environ is None else environ
     enabled = env.get("GGML_CPU_TILED_MM")
     if enabled is not None and _atoi(enabled) == 0:
-        return TILED_OFF
+        return "off"
     forced = env.get("GGML_CPU_TILED_MM_FORCE")
-    return TILED_FORCE if forced is not None and _atoi(forced) == 1 else TILED_ON
+    return "force" if forced is not None and _atoi(forced) == 1 else "on"
+
+
+def tiled_mode(environ: Mapping[str, str] | None = None) -> int:
+    """tiled_setting as the C enum fm_tiled (ggml_ext/fm_types.h)"""
+    return int(getattr(extension.constants(), f"FM_TILED_{tiled_setting(environ).upper()}"))

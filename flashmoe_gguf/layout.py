@@ -26,7 +26,9 @@ PREFIX = "flashmoe."
 
 
 @dataclass(frozen=True)
-class ExpertTensor:
+class IndexEntry:
+    """One routed-expert tensor in the flashmoe.* block (the full table, with shapes and absolute offsets, is
+    flashmoe_gguf.experts.ExpertTensor, read from the tensor table)."""
     name: str
     layer: int
     kind: str
@@ -38,7 +40,7 @@ class ExpertTensor:
 class StreamingLayout:
     version: int
     n_expert: int
-    tensors: tuple[ExpertTensor, ...]
+    tensors: tuple[IndexEntry, ...]
     expert_bytes: int
     resident_bytes: int
 
@@ -67,6 +69,6 @@ class StreamingLayout:
         cols = [kv[f"flashmoe.expert.{k}"] for k in ("tensors", "layers", "kinds", "offsets", "stride")]
         if len({len(c) for c in cols}) != 1:
             raise ValueError("flashmoe.expert.* arrays have different lengths")
-        tensors = tuple(ExpertTensor(str(n), int(layer), str(k), int(o), int(s)) for n, layer, k, o, s in zip(*cols))
+        tensors = tuple(IndexEntry(str(n), int(layer), str(k), int(o), int(s)) for n, layer, k, o, s in zip(*cols))
         return cls(version, int(kv["flashmoe.expert_count"]), tensors, int(kv["flashmoe.expert_bytes"]),
                    int(kv["flashmoe.resident_bytes"]))

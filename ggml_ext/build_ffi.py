@@ -79,9 +79,10 @@ def ggml_version(src: Path) -> str:
 
 
 def _cdef() -> str:
-    text = (HERE / "fm_api.h").read_text() + (HERE / "fm_quant.h").read_text()
+    """What Python sees: the extension's public headers, comments and preprocessor lines removed."""
+    text = "".join((HERE / h).read_text() for h in ("fm_types.h", "fm_api.h", "fm_quant.h"))
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    return text
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
 def openmp_flags() -> list[str]:
@@ -125,7 +126,7 @@ def make_ffi(relative: bool = True, simde_include: str | None = None, extra_flag
     ffi.cdef(_cdef())
     ffi.set_source(
         "flashmoe_gguf._fmext",
-        "#include <stddef.h>\n#include <stdint.h>\n#include \"fm_api.h\"\n#include \"fm_quant.h\"\n",
+        "#include \"fm_api.h\"\n#include \"fm_quant.h\"\n",
         sources=sources,
         include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src"),
                       *([simde_include] if simde_include else [])],

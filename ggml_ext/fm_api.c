@@ -14,8 +14,6 @@
 #include "fm_kernels.h"
 #include "fm_model.h"
 
-/* fm_api.h declares fm_stats identically to fm_store.h's; keep them in step */
-_Static_assert(sizeof(fm_stats) == 10 * sizeof(uint64_t) + 3 * sizeof(double), "fm_stats layout");
 
 int fm_init(const char *lib_dir, char *err, size_t err_len) {
     if (fm_ggml_load(lib_dir, err, err_len) != 0) return -1;
@@ -45,12 +43,12 @@ int fm_ggml_has_x86_arith(void) {
 
 fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int isa, int tiled,
                        char *err, size_t err_len) {
-    if (isa < 0 || isa > fm_kernel_best_isa()) {
+    if (isa != FM_ISA_GGML && (isa < FM_ISA_SCALAR || isa > fm_kernel_best_isa())) {
         snprintf(err, err_len, "kernel instruction set %d is not available on this CPU (best: %d)", isa,
                  fm_kernel_best_isa());
         return NULL;
     }
-    if (isa > 0 && !fm_ggml_has_x86_arith()) {
+    if (isa != FM_ISA_GGML && !fm_ggml_has_x86_arith()) {
         snprintf(err, err_len, "our kernels reproduce ggml's x86 AVX2 arithmetic, but this llama-cpp-python's "
                  "ggml-cpu was built without AVX2/FMA: use ggml's own code (kernels=False)");
         return NULL;
@@ -95,16 +93,16 @@ int fm_model_set_partner(fm_model *m, const char *a, const char *b) {
     return 0;
 }
 
-void fm_model_begin_load(fm_model *m) {
-    fm_backend_set_loading(m);
+int fm_model_begin_load(fm_model *m, char *err, size_t err_len) {
+    if (fm_backend_begin_load(m) != 0) {
+        snprintf(err, err_len, "this thread is already loading a flashmoe model");
+        return -1;
+    }
+    return 0;
 }
 
 int fm_model_end_load(fm_model *m, char *err, size_t err_len) {
-    fm_backend_set_loading(NULL);
-    if (m->n_unknown) {
-        snprintf(err, err_len, "%d expert tensors of the model are not in the flashmoe index", m->n_unknown);
-        return -1;
-    }
+    fm_backend_end_load();
     for (int i = 0; i < m->store.n_tensors; i++) {
         if (!m->store.tensors[i].bound) {
             snprintf(err, err_len, "expert tensor %s was not placed on the flashmoe device "
@@ -122,7 +120,7 @@ void fm_model_free(fm_model *m) {
 }
 
 void fm_model_get_stats(fm_model *m, fm_stats *out) {
-    fm_store_get_stats(&m->store, (struct fm_stats *) out);
+    fm_store_get_stats(&m->store, out);
 }
 
 int fm_model_error(fm_model *m, char *buf, size_t len) {

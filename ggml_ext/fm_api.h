@@ -1,45 +1,39 @@
-/* The extension's C API as Python sees it (through cffi). Plain C types only: this file is also the cdef.
- * Every function that can fail returns non-zero (or NULL) and writes a message into err. */
+/* The extension's C API as Python sees it (through cffi). Plain C types only: this file (with fm_types.h, whose
+ * enums and fm_stats it uses) is also the cdef. Every function that can fail returns non-zero (or NULL) and
+ * writes a message into err. */
+#ifndef FM_API_H
+#define FM_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fm_types.h"
 
 typedef struct fm_model fm_model;
 
-typedef struct fm_stats {
-    uint64_t expert_bytes_read;
-    uint64_t reads;
-    uint64_t cache_hits;
-    uint64_t cache_misses;
-    uint64_t prefetches;
-    uint64_t not_admitted;
-    uint64_t cache_bytes;
-    uint64_t cache_peak_bytes;
-    uint64_t mul_mat_id_calls;
-    uint64_t expert_bytes_used;
-    double io_seconds;
-    double io_wait_seconds;
-    double compute_seconds;
-} fm_stats;
 
 /* Resolve ggml from llama-cpp-python's lib_dir (already loaded), check its version, register the device. */
 int fm_init(const char *lib_dir, char *err, size_t err_len);
 const char *fm_built_ggml_version(void);
 int fm_backend_api_version(void);
 
-/* The instruction set our kernels can use on this CPU: 1 = scalar, 2 = AVX2 + FMA, 3 = AVX-512 F/BW/VL. */
+/* The best instruction set our kernels can use on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512). */
 int fm_cpu_isa(void);
 /* Non-zero if the loaded ggml-cpu computes quantized dot products with its x86 AVX2 + FMA code, the
    arithmetic our kernels reproduce bit for bit (fm_kernels.h); elsewhere only ggml's own code is exact. */
 int fm_ggml_has_x86_arith(void);
 
-/* mode: 0 = own LRU cache of `budget` bytes, 1 = OS page cache, 2 = own LFU cache (fm_store.h).
-   direct: read with O_DIRECT. isa: our kernels with this instruction set (1 scalar, 2 AVX2, 3 AVX-512), or 0:
-   ggml's own MUL_MAT_ID code. tiled: ggml's tiled K-quant path 0 off, 1 on (8+ rows), 2 forced. */
+/* mode: an fm_cache_mode (budget: bytes of our cache). direct: read with O_DIRECT. isa: FM_ISA_SCALAR, _AVX2 or
+   _AVX512 (our kernels) or FM_ISA_GGML (ggml's own MUL_MAT_ID). tiled: an fm_tiled (ggml's tiled K-quant path). */
 fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int isa, int tiled,
                        char *err, size_t err_len);
 int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
                         int64_t ne0, int64_t ne1, char *err, size_t err_len);
 /* b is read together with a: when a's experts are requested, b's same experts are prefetched. */
 int fm_model_set_partner(fm_model *m, const char *a, const char *b);
-void fm_model_begin_load(fm_model *m);
+/* The load scope, on the thread that calls llama_model_load_from_file_ptr for m: between these two calls only m's
+   registered expert tensors are placed on the flashmoe device (loads on other threads are untouched). */
+int fm_model_begin_load(fm_model *m, char *err, size_t err_len);
 /* Ends the load; checks every registered expert tensor was placed on the flashmoe device. */
 int fm_model_end_load(fm_model *m, char *err, size_t err_len);
 void fm_model_free(fm_model *m);
@@ -59,3 +53,5 @@ int fm_model_access(fm_model *m, const char *tensor, const int *experts, int n, 
 void *fm_open_file_skipping(const char *path, const uint64_t *ranges, int n_ranges, uint64_t *bytes_read,
                             char *err, size_t err_len);
 int fm_close_file(void *file);
+
+#endif

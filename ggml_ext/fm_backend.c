@@ -1,8 +1,9 @@
 /* The flashmoe ggml backend: an ACCEL device that takes over the routed-expert MUL_MAT_ID nodes.
  *
  * Placement: llama.cpp tries ACCEL devices' buffer types first for CPU-resident weights and keeps the first
- * whose device `supports_op` the weight's op. We accept MUL_MAT_ID only for `*_exps.weight` tensors of the
- * model being loaded through flashmoe (so stock models in the same process are untouched). Our buffer type
+ * whose device `supports_op` the weight's op. We accept MUL_MAT_ID only for the tensors in the expert table of
+ * the model being loaded through flashmoe on this thread (the load scope, fm_backend_begin_load), so stock
+ * models, in the same process and on other threads, are untouched. Our buffer type
  * is not host memory: the loader hands us expert bytes through set_tensor and we drop them (usage WEIGHTS),
  * backing the buffer with an untouched MAP_NORESERVE mapping; intermediates in our buffers are real memory.
  * The backend accepts host buffers, so activations and router ids are read in place, without copies. */
@@ -31,19 +32,24 @@ typedef struct {
     int n_threads;
 } fm_backend_ctx;
 
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static fm_model *g_loading;
+/* registration happens once per process; the device, buffer type and registry below are filled then and only
+   read afterwards (ggml keeps pointers to them) */
+static pthread_mutex_t g_register_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_registered;
 
-void fm_backend_set_loading(fm_model *m) {
-    pthread_mutex_lock(&g_mu);
-    g_loading = m;
-    pthread_mutex_unlock(&g_mu);
+/* The load scope: the model whose weights llama.cpp is loading on this thread. A load runs entirely on the
+ * thread that called llama_model_load_from_file_ptr (placement probes, buffer allocation, tensor uploads), so a
+ * thread-local needs no lock, and loads on other threads (flashmoe or stock) never see it. */
+static _Thread_local fm_model *tl_loading;
+
+int fm_backend_begin_load(fm_model *m) {
+    if (tl_loading) return -1;
+    tl_loading = m;
+    return 0;
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && memcmp(s + a - b, suffix, b) == 0;
+void fm_backend_end_load(void) {
+    tl_loading = NULL;
 }
 
 /* ---- buffer ------------------------------------------------------------------------------------------ */
@@ -60,18 +66,17 @@ static void *buf_get_base(ggml_backend_buffer_t buffer) {
     return ((fm_buffer_ctx *) buffer->context)->base;
 }
 
+/* a tensor of a buffer allocated during a flashmoe load (its weights: supports_op placed only expert-table
+   tensors here) becomes that table entry (tensor->extra) */
 static enum ggml_status buf_init_tensor(ggml_backend_buffer_t buffer, struct ggml_tensor *tensor) {
     fm_buffer_ctx *c = buffer->context;
-    if (tensor->view_src == NULL && ends_with(tensor->name, "_exps.weight")) {
-        if (!c->model) return GGML_STATUS_FAILED;
+    if (tensor->view_src == NULL && c->model) {
         int idx = fm_store_find(&c->model->store, tensor->name);
-        if (idx < 0) {
-            c->model->n_unknown++;
-            return GGML_STATUS_FAILED;
+        if (idx >= 0) {
+            tensor->extra = &c->model->store.tensors[idx];
+            c->model->store.tensors[idx].bound = 1;
+            c->model->n_bound++;
         }
-        tensor->extra = &c->model->store.tensors[idx];
-        c->model->store.tensors[idx].bound = 1;
-        c->model->n_bound++;
     }
     return GGML_STATUS_SUCCESS;
 }
@@ -155,9 +160,7 @@ static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, 
         free(c);
         return NULL;
     }
-    pthread_mutex_lock(&g_mu);
-    c->model = g_loading;
-    pthread_mutex_unlock(&g_mu);
+    c->model = tl_loading; /* NULL outside a flashmoe load: intermediates */
     return fm_g.ggml_backend_buffer_init(buft, g_buffer_iface, c, size);
 }
 
@@ -346,24 +349,16 @@ static bool dev_supports_op(ggml_backend_dev_t dev, const struct ggml_tensor *op
         return true;
     case GGML_OP_MUL_MAT_ID: {
         const struct ggml_tensor *as = op->src[0];
-        if (!as || !ends_with(as->name, "_exps.weight") || !op->src[1] || op->src[1]->type != GGML_TYPE_F32) {
-            return false;
-        }
+        if (!as || !op->src[1] || op->src[1]->type != GGML_TYPE_F32) return false;
         /* llama.cpp probes placement with a dummy buffer of the candidate type; buffers remember the model
          * that was loading through flashmoe when they were made (NULL for anyone else's load) */
         if (!as->buffer || as->buffer->buft != &g_buft) return false;
         fm_buffer_ctx *bc = as->buffer->context;
-        fm_model *m = NULL;
-        if (bc) {
-            m = bc->model;
-        } else { /* ggml makes zero-size probe buffers itself, without a context */
-            pthread_mutex_lock(&g_mu);
-            m = g_loading;
-            pthread_mutex_unlock(&g_mu);
-        }
+        /* ggml makes zero-size probe buffers itself, without a context: the load in progress on this thread */
+        fm_model *m = bc ? bc->model : tl_loading;
         if (!m) return false;
         if (as->extra) return true; /* scheduling: one of our bound expert tensors */
-        int ok = fm_store_find(&m->store, as->name) >= 0;
+        int ok = fm_store_find(&m->store, as->name) >= 0; /* placement: in this model's expert table */
         if (ok) {
             const struct ggml_type_traits_cpu *tt = fm_g.ggml_get_type_traits_cpu(as->type);
             ok = tt && tt->vec_dot != NULL;
@@ -441,9 +436,9 @@ static const struct ggml_backend_reg_i g_reg_iface = {
 };
 
 int fm_backend_register(char *err, size_t err_len) {
-    pthread_mutex_lock(&g_mu);
+    pthread_mutex_lock(&g_register_mu);
     if (g_registered) {
-        pthread_mutex_unlock(&g_mu);
+        pthread_mutex_unlock(&g_register_mu);
         return 0;
     }
     g_buft.iface.get_name = buft_get_name;
@@ -460,7 +455,7 @@ int fm_backend_register(char *err, size_t err_len) {
     g_reg.context = NULL;
     fm_g.ggml_backend_register(&g_reg);
     g_registered = 1;
-    pthread_mutex_unlock(&g_mu);
+    pthread_mutex_unlock(&g_register_mu);
     (void) err;
     (void) err_len;
     return 0;

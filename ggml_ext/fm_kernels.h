@@ -33,6 +33,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fm_types.h" /* enum fm_isa */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -42,8 +44,6 @@ enum { FM_TYPE_Q4_0 = 2, FM_TYPE_Q4_1 = 3, FM_TYPE_Q8_0 = 8, FM_TYPE_Q2_K = 10, 
 /* the activation (vec_dot) types, for reference */
 enum { FM_TYPE_Q8_1 = 9, FM_TYPE_Q8_K = 15 };
 
-/* instruction sets for fm_kernel_get's isa argument */
-enum { FM_ISA_BEST = 0, FM_ISA_SCALAR = 1, FM_ISA_AVX2 = 2, FM_ISA_AVX512 = 3 };
 
 /* s[j*s_stride] = dot(weight row w (n values of the weight type), activation row j at act + j*act_stride bytes
    (vec_dot_type)), j < n_act */
@@ -55,8 +55,8 @@ typedef struct {
     fm_dot_fn dot_tiled; /* ggml's tiled K-quant arithmetic, or NULL where ggml has no tiled path for the type */
 } fm_kernel;
 
-/* best kernel for the weight type on this CPU (runtime dispatch via __builtin_cpu_supports), or NULL if
-   unsupported; isa: 0 = best available, 1 = scalar, 2 = avx2, 3 = avx512 (returns NULL if the CPU lacks it) */
+/* the kernel for the weight type on instruction set isa (FM_ISA_BEST: the best this CPU has; NULL if the CPU
+   lacks it, or for FM_ISA_GGML), or NULL if there is none for the type */
 const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 
 /* dst[j * dst_stride + r] = dot(weight row r at w + r * w_stride, activation row j at act + j * act_stride)

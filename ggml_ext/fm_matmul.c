@@ -191,7 +191,7 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
     c.tiled_mode = opts->tiled;
     /* our kernel, where the type has one for the chosen instruction set and ggml's vec_dot_type is the one
        the kernel expects */
-    c.kernel = opts->isa > 0 ? fm_kernel_get(t->type, opts->isa) : NULL;
+    c.kernel = opts->isa != FM_ISA_GGML ? fm_kernel_get(t->type, opts->isa) : NULL;
     if (c.kernel && (int) vdt != fm_kernel_vec_dot_type(t->type)) c.kernel = NULL;
     if (c.kernel) {
         c.from_float = fm_g.ggml_get_type_traits_cpu(vdt)->from_float;

@@ -5,14 +5,11 @@
 #include "fm_ggml.h"
 #include "fm_pool.h"
 #include "fm_store.h"
-
-/* ggml's tiled K-quant MUL_MAT_ID path, as ggml-cpu decides it from its environment (read once per process):
-   off (GGML_CPU_TILED_MM=0), on for experts with 8 or more rows (default), forced (GGML_CPU_TILED_MM_FORCE=1) */
-enum { FM_TILED_OFF = 0, FM_TILED_ON = 1, FM_TILED_FORCE = 2 };
+#include "fm_types.h"
 
 typedef struct {
-    int isa;   /* our kernels' instruction set (FM_ISA_SCALAR/_AVX2/_AVX512), or 0: ggml's own MUL_MAT_ID */
-    int tiled; /* FM_TILED_* */
+    int isa;   /* our kernels' instruction set (FM_ISA_SCALAR, _AVX2, _AVX512), or FM_ISA_GGML */
+    int tiled; /* enum fm_tiled: ggml's tiled K-quant path */
 } fm_mm_opts;
 
 /* Computes dst (a GGML_OP_MUL_MAT_ID node whose src0 is store tensor `tensor`), bitwise as ggml's CPU backend.

@@ -9,12 +9,14 @@ typedef struct fm_model {
     fm_store store;
     fm_mm_opts mm;        /* how expert products are computed */
     int n_bound;          /* expert tensors placed in flashmoe buffers by the loader */
-    int n_unknown;        /* expert-named tensors the store does not know */
     uint64_t dropped;     /* expert bytes the loader handed over and we did not keep */
 } fm_model;
 
-/* The model whose weights are being loaded right now (buffers allocated meanwhile belong to it). */
-void fm_backend_set_loading(fm_model *m);
+/* The load scope: llama.cpp loads m's weights on this thread until fm_backend_end_load (buffers allocated
+   meanwhile belong to it, and only its expert-table tensors are placed on our device). -1 if this thread is
+   already loading a model. */
+int fm_backend_begin_load(fm_model *m);
+void fm_backend_end_load(void);
 /* Registers the flashmoe device in ggml's backend registry (idempotent). 0 on success. */
 int fm_backend_register(char *err, size_t err_len);
 

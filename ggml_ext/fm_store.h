@@ -20,11 +20,8 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
-enum fm_cache_mode {
-    FM_CACHE_LRU = 0, /* our own cache up to the budget, least recently used evicted first */
-    FM_CACHE_OS = 1,  /* keep nothing: every use re-reads, the OS page cache does the caching */
-    FM_CACHE_LFU = 2, /* our own cache up to the budget, use counts with aging and admission (default) */
-};
+#include "fm_types.h"
+
 
 enum { FM_SLOT_FREE = 0, FM_SLOT_LOADING, FM_SLOT_READY, FM_SLOT_ERROR };
 
@@ -54,21 +51,6 @@ typedef struct fm_slot {
     int cpos;          /* index in fm_store.cached, or -1 */
 } fm_slot;
 
-typedef struct fm_stats {
-    uint64_t expert_bytes_read;
-    uint64_t reads;
-    uint64_t cache_hits;     /* experts a MUL_MAT_ID needed that were cached or already being read */
-    uint64_t cache_misses;   /* ... that had to be read */
-    uint64_t prefetches;     /* reads queued ahead of use (the partner tensor of the same experts) */
-    uint64_t not_admitted;   /* misses read into a transient buffer (LFU admission) */
-    uint64_t cache_bytes;
-    uint64_t cache_peak_bytes;
-    uint64_t mul_mat_id_calls;
-    uint64_t expert_bytes_used; /* bytes of the experts MUL_MAT_ID nodes used (hits and misses) */
-    double io_seconds;       /* summed over I/O threads */
-    double io_wait_seconds;  /* time the compute path waited for reads */
-    double compute_seconds;  /* time in expert products */
-} fm_stats;
 
 typedef struct fm_store {
     char path[4096];

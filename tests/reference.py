@@ -1,12 +1,15 @@
-"""Independent references the tests compare against: transformers' forward pass and stock llama-cpp-python."""
+"""Independent references the tests compare against: transformers' forward pass and stock llama-cpp-python.
+
+Stock runs with extra buffer types off (flashmoe_gguf.stock, shared with `flashmoe bench`: the one place that
+knows how to turn them off in llama-cpp-python; test_reference_really_turns_repack_off checks it does)."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+
+from flashmoe_gguf.stock import no_extra_buffer_types
 
 GGML_TYPE_F32 = 0
 
@@ -37,26 +40,6 @@ def hf_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
             logits = m(torch.tensor([seq])).logits[0, -1]
             seq.append(int(torch.argmax(logits)))
     return seq[len(ids):]
-
-
-@contextlib.contextmanager
-def no_extra_buffer_types() -> Iterator[None]:
-    """Stock llama.cpp with extra buffer types (CPU_REPACK, AMX) off, so expert weights run through ggml's plain
-    CPU MUL_MAT_ID. llama_cpp.Llama reads the model defaults through the submodule's name
-    (llama_cpp.llama_cpp.llama_model_default_params), so that is the name patched; checked by
-    test_reference_really_turns_repack_off."""
-    import llama_cpp.llama_cpp as lc
-    orig = lc.llama_model_default_params
-
-    def patched():  # type: ignore[no-untyped-def]
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-    lc.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        lc.llama_model_default_params = orig
 
 
 def llama(gguf: Path, n_ctx: int = 256, extra_bufts: bool = False):  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ from flashmoe_gguf.bench.model import FULL_LAYERS_KEY, model_info
 from flashmoe_gguf.bench.plan import BenchPlanOptions, flashmoe_budget, make_plan, nocap_budget
 from flashmoe_gguf.cli import build_parser
 from flashmoe_gguf.gguf_index import read_index
-from flashmoe_gguf.runtime import expert_tensors
+from flashmoe_gguf.experts import expert_tensors
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HEADROOM = 64 << 20

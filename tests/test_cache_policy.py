@@ -52,7 +52,7 @@ def trace(tokens: int, zipf: float, seed: int) -> list[tuple[str, list[int]]]:
 
 
 def replay(path: Path, cache: str, budget: int, accesses: list[tuple[str, list[int]]]) -> dict[str, float]:
-    from flashmoe_gguf.runtime import StreamedModel
+    from flashmoe_gguf.streamed import StreamedModel
     m = StreamedModel(path, budget, io_threads=4, cache=cache)
     try:
         for name, experts in accesses:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashmoe_gguf.isa import TILED_FORCE, TILED_OFF, TILED_ON, IsaError, resolve_isa, tiled_mode
+from flashmoe_gguf.isa import IsaError, isa_code, resolve_isa, tiled_mode, tiled_setting
 
-AVX512, AVX2, SCALAR = 3, 2, 1
+AVX512, AVX2, SCALAR = isa_code("avx512"), isa_code("avx2"), isa_code("scalar")
 
 
 def test_auto_takes_the_best_instruction_set() -> None:
@@ -23,13 +23,13 @@ def test_auto_takes_the_best_instruction_set() -> None:
 
 def test_auto_uses_ggml_where_its_arithmetic_is_not_ours() -> None:
     c = resolve_isa(None, True, AVX512, False, {})
-    assert (c.name, c.code) == ("ggml", 0) and c.note and "AVX2" in c.note
+    assert (c.name, c.code) == ("ggml", isa_code("ggml")) and c.note and "AVX2" in c.note
     with pytest.raises(IsaError, match="built without"):
         resolve_isa("avx2", True, AVX512, False, {})
 
 
 def test_explicit_choice_and_environment() -> None:
-    assert resolve_isa("AVX2", True, AVX512, True, {}).code == 2
+    assert resolve_isa("AVX2", True, AVX512, True, {}).code == AVX2
     assert resolve_isa(None, True, AVX512, True, {"FLASHMOE_ISA": "scalar"}).name == "scalar"
     assert resolve_isa("avx2", True, AVX512, True, {"FLASHMOE_ISA": "scalar"}).name == "avx2"   # the argument wins
     assert resolve_isa(None, True, AVX512, True, {"FLASHMOE_ISA": " "}).name == "avx512"
@@ -47,15 +47,16 @@ def test_kernels_false_is_ggml() -> None:
 
 
 @pytest.mark.parametrize("env,want", [
-    ({}, TILED_ON), ({"GGML_CPU_TILED_MM": "1"}, TILED_ON), ({"GGML_CPU_TILED_MM": "7"}, TILED_ON),
-    ({"GGML_CPU_TILED_MM": "0"}, TILED_OFF), ({"GGML_CPU_TILED_MM": ""}, TILED_OFF),
-    ({"GGML_CPU_TILED_MM": "off"}, TILED_OFF), ({"GGML_CPU_TILED_MM": " -0"}, TILED_OFF),
-    ({"GGML_CPU_TILED_MM_FORCE": "1"}, TILED_FORCE), ({"GGML_CPU_TILED_MM_FORCE": "01"}, TILED_FORCE),
-    ({"GGML_CPU_TILED_MM_FORCE": "2"}, TILED_ON), ({"GGML_CPU_TILED_MM_FORCE": "yes"}, TILED_ON),
-    ({"GGML_CPU_TILED_MM": "0", "GGML_CPU_TILED_MM_FORCE": "1"}, TILED_OFF)])
-def test_tiled_mode_reads_the_environment_as_ggml(env: dict[str, str], want: int) -> None:
+    ({}, "on"), ({"GGML_CPU_TILED_MM": "1"}, "on"), ({"GGML_CPU_TILED_MM": "7"}, "on"),
+    ({"GGML_CPU_TILED_MM": "0"}, "off"), ({"GGML_CPU_TILED_MM": ""}, "off"),
+    ({"GGML_CPU_TILED_MM": "off"}, "off"), ({"GGML_CPU_TILED_MM": " -0"}, "off"),
+    ({"GGML_CPU_TILED_MM_FORCE": "1"}, "force"), ({"GGML_CPU_TILED_MM_FORCE": "01"}, "force"),
+    ({"GGML_CPU_TILED_MM_FORCE": "2"}, "on"), ({"GGML_CPU_TILED_MM_FORCE": "yes"}, "on"),
+    ({"GGML_CPU_TILED_MM": "0", "GGML_CPU_TILED_MM_FORCE": "1"}, "off")])
+def test_tiled_mode_reads_the_environment_as_ggml(env: dict[str, str], want: str) -> None:
     """ggml-cpu/tiled/tiled.cpp: enabled = !env || atoi(env) != 0; forced = env && atoi(env) == 1"""
-    assert tiled_mode(env) == want
+    assert tiled_setting(env) == want
+    assert tiled_mode(env) == {"off": 0, "on": 1, "force": 2}[want]       # ggml_ext/fm_types.h, enum fm_tiled
 
 
 def test_runtime_reports_and_checks_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,7 +49,7 @@ def streamed(path: Path, budget: str | int, **kw: object):  # type: ignore[no-un
 
 
 def expert_bytes(path: Path) -> int:
-    from flashmoe_gguf.runtime import expert_tensors
+    from flashmoe_gguf.experts import expert_tensors
     return sum(e.stride * e.n_expert for e in expert_tensors(path))
 
 
@@ -80,10 +80,10 @@ def assert_same_logits(got: np.ndarray, want: np.ndarray, what: str) -> None:
 
 def cpu_isas() -> set[str]:
     """the instruction sets our kernels can use here, as the extension detects them (fm_cpu_isa)"""
-    from flashmoe_gguf.isa import ISA_NAMES
-    from flashmoe_gguf.runtime import _load_ext
-    best = int(_load_ext().lib.fm_cpu_isa())
-    return {ISA_NAMES[i] for i in range(1, best + 1)}
+    from flashmoe_gguf import extension
+    from flashmoe_gguf.isa import isa_code
+    best = int(extension.load().lib.fm_cpu_isa())
+    return {n for n in ("scalar", "avx2", "avx512") if isa_code(n) <= best}
 
 
 @functools.lru_cache(maxsize=None)
@@ -297,9 +297,9 @@ def test_direct_io_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     """direct_io="auto": O_DIRECT with our own cache when the file system takes it, never for cache="os"."""
     import os
 
-    from flashmoe_gguf import runtime
+    from flashmoe_gguf import streamed as sm
     path = gguf_for("qwen3_moe", "Q4_K")
-    assert runtime.direct_io_works(path)             # the test cache lives on a disk file system
+    assert sm.direct_io_works(path)             # the test cache lives on a disk file system
     llm = streamed(path, "1M")
     assert llm.flashmoe_stats()["direct_io"] is True
     llm.close()
@@ -310,9 +310,9 @@ def test_direct_io_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*a: object, **k: object) -> int:
         raise OSError(22, "Invalid argument")
     monkeypatch.setattr(os, "open", refuse)
-    assert not runtime.direct_io_works(path)
+    assert not sm.direct_io_works(path)
     with pytest.raises(ValueError, match="direct_io"):
-        runtime.StreamedModel(path, 1 << 20, direct_io="yes")
+        sm.StreamedModel(path, 1 << 20, direct_io="yes")
 
 
 @pytest.mark.parametrize("cache", ["lfu", "lru", "os"])
@@ -321,7 +321,7 @@ def test_prefetch_reads_nothing_twice(cache: str, budget_experts: int) -> None:
     """A node's partner experts (up, down) are read ahead with the gate's, and never read in vain: during decode
     the bytes read never exceed the bytes of the experts used. With a budget below one expert, reads go in waves
     and nothing is prefetched."""
-    from flashmoe_gguf.runtime import expert_tensors
+    from flashmoe_gguf.experts import expert_tensors
     path = gguf_for("qwen3_moe", "Q4_K")
     stride = max(e.stride for e in expert_tensors(path))
     llm = streamed(path, max(4096, budget_experts * stride), cache=cache)
@@ -339,3 +339,55 @@ def test_prefetch_reads_nothing_twice(cache: str, budget_experts: int) -> None:
         assert prefetched == 0
     elif cache == "os":
         assert prefetched > 0 and read == used
+
+
+def test_stock_load_on_another_thread_during_a_flashmoe_load() -> None:
+    """A stock llama_cpp.Llama made on another thread while a flashmoe model is loading gets its own file, placed
+    as stock places it (the load scope is per thread, in Python and in C), and flashmoe models load on several
+    threads at once."""
+    import threading
+
+    import llama_cpp
+
+    from flashmoe_gguf import streamed as sm
+    ours, other = gguf_for("qwen3_moe", "Q4_K"), gguf_for("mixtral", "Q8_0")
+    want, _, _ = stock_reference("mixtral", "Q8_0")
+    results: dict[str, object] = {}
+
+    def stock_load() -> None:
+        try:
+            with no_extra_buffer_types():
+                llm = llama_cpp.Llama(model_path=str(other), n_ctx=256, n_batch=256, logits_all=True, verbose=False,
+                                      seed=0, n_threads=2, type_k=0, type_v=0)
+            results["arch"] = llm.metadata.get("general.architecture")
+            results["logits"] = logits(llm, BATCH, batch=True)
+            llm.close()
+            second = streamed(other, "64M")      # a flashmoe load on this thread while the first one is running
+            results["second"] = logits(second, BATCH, batch=True)
+            second.close()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results["error"] = exc
+
+    real_load = sm.StreamedModel.load
+
+    def load_with_a_stock_load_meanwhile(self: sm.StreamedModel, params: object) -> object:
+        if self.path == str(ours.resolve()):     # the first load only (the other thread's flashmoe load too)
+            t = threading.Thread(target=stock_load)
+            t.start()
+            t.join(timeout=300)
+            assert not t.is_alive()
+        return real_load(self, params)
+
+    sm.StreamedModel.load = load_with_a_stock_load_meanwhile  # type: ignore[method-assign]
+    try:
+        llm = streamed(ours, "64M")
+    finally:
+        sm.StreamedModel.load = real_load  # type: ignore[method-assign]
+    assert "error" not in results, results.get("error")
+    assert results["arch"] == "llama"                    # mixtral's file, not the one flashmoe was loading
+    assert_same_logits(results["logits"], want, "stock model loaded meanwhile")  # type: ignore[arg-type]
+    assert_same_logits(results["second"], want, "flashmoe model loaded meanwhile")  # type: ignore[arg-type]
+    ref, _, _ = stock_reference("qwen3_moe", "Q4_K")
+    assert_same_logits(logits(llm, BATCH, batch=True), ref, "the flashmoe model")
+    assert llm.flashmoe_stats()["mul_mat_id_calls"] > 0
+    llm.close()

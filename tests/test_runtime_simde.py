@@ -58,8 +58,8 @@ import flashmoe_gguf
 sys.modules["flashmoe_gguf._fmext"] = ext
 sys.path.insert(0, sys.argv[2])
 from test_runtime import BATCH, PROMPT, assert_same_logits, expert_bytes, greedy, logits, stock_reference, streamed
-from flashmoe_gguf.runtime import _load_ext
-assert _load_ext() is ext and int(ext.lib.fm_cpu_isa()) == 3
+from flashmoe_gguf import extension
+assert extension.load() is ext and int(ext.lib.fm_cpu_isa()) == ext.lib.FM_ISA_AVX512
 done = 0
 for case in sys.argv[3:]:
     arch, experts, path = case.split(":", 2)

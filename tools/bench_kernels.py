@@ -4,8 +4,9 @@ The workload is one routed-expert matrix product of a Qwen3-30B-A3B-shaped layer
 2048 columns, 8 experts per token. For each instruction set and weight type it times, in C (no Python in the
 loop):
 
-  ours        fm_kernel_matmul: each expert's rows against the tokens routed to it (the kernel's dot,
-              one call per weight row with up to 8 tokens, tiled for the caches)
+  ours        fm_kernel_matmul: each expert's rows against the tokens routed to it (the kernel's dot, or
+              its dot_tiled for an expert with 8 or more tokens, as ggml; one call per weight row with up to
+              8 tokens, tiled for the caches)
   ggml        ggml-cpu's vec_dot (the kernel its MUL_MAT_ID calls), one call per (weight row, token)
 
 and, with --mul-mat-id, ggml's complete MUL_MAT_ID op (ggml_mul_mat_id graph on the CPU backend, one
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from test_kernels import (BLOCK, ISA_NAMES, TYPE_NAMES, VEC_DOT_TYPE, GgmlCpu,  # noqa: E402
+from test_kernels import (ISA_NAMES, TYPE_NAMES, VEC_DOT_TYPE, GgmlCpu,  # noqa: E402
                           build_kernels, row_bytes)
 
 BENCH_C = r"""
@@ -66,7 +67,7 @@ double bench_ours(const fm_kernel *k, int type, int n, int rows, const uint8_t *
                 for (int t = 0; t < nt; ++t) memcpy(gather + (size_t)t * act_stride, act + (size_t)tok[off[e] + t] * act_stride, act_stride);
                 a = gather;
             }
-            fm_kernel_matmul(k, type, n, we, rb, rows, a, act_stride, nt, tmp, rows);
+            fm_kernel_matmul(k, type, nt >= 8 && k->dot_tiled, n, we, rb, rows, a, act_stride, nt, tmp, rows);
             for (int t = 0; t < nt; ++t) out[(size_t)tok[off[e] + t] * rows] += tmp[(size_t)t * rows];
         }
     }

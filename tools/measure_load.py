@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from flashmoe_gguf.runtime import expert_tensors
+    from flashmoe_gguf.experts import expert_tensors
     experts = sum(e.stride * e.n_expert for e in expert_tensors(args.model))
     size = args.model.stat().st_size
     print(f"{args.model}: {size / 1e9:.3f} GB, routed experts {experts / 1e9:.3f} GB, "

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:" + env.get("UBSAN_OPTIONS", "")
     args = argv or ["tests/test_runtime.py", "tests/test_runtime_faults.py"]
     print(f"sanitize: {so}", flush=True)
-    return subprocess.call([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=REPO, env=env)
+    return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=REPO, env=env)
 
 
 if __name__ == "__main__":

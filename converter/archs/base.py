@@ -21,6 +21,8 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator
 import gguf
 import numpy as np
 
+from flashmoe_gguf.experts import expert_tensor_name, parse_expert_name
+
 from ..errors import CheckpointError, ConversionError
 from ..recipe import Role
 from ..weights import MlxQuant, Weights
@@ -144,7 +146,7 @@ class MoeArch:
         return name
 
     def role_of(self, gguf_name: str, shape: tuple[int, ...]) -> Role:
-        if "_exps." in gguf_name:
+        if parse_expert_name(gguf_name):
             return Role.EXPERT
         if ".ffn_gate_inp." in gguf_name or ".ffn_gate_inp_shexp." in gguf_name:
             return Role.ROUTER
@@ -262,7 +264,7 @@ class MoeArch:
 
     def expert_specs(self, layer: int, srcs: dict[str, ExpertSource]) -> list[TensorSpec]:
         E = self.n_experts
-        name = lambda kind: f"blk.{layer}.ffn_{kind}_exps.weight"  # noqa: E731
+        name = lambda kind: expert_tensor_name(layer, kind)  # noqa: E731
         out: list[TensorSpec] = []
         if "down" not in srcs:
             raise CheckpointError(f"layer {layer}: routed experts without a down projection")

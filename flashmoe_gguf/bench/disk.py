@@ -52,7 +52,7 @@ def warm_file(path: str | Path) -> float:
 
 def expert_slices(path: str | Path) -> list[tuple[int, int]]:
     """(offset, length) of every expert of every routed tensor: what one expert read is."""
-    from ..runtime import expert_tensors
+    from ..experts import expert_tensors
     return [(t.offset + e * t.stride, t.stride) for t in expert_tensors(path) for e in range(t.n_expert)]
 
 

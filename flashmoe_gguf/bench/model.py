@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..gguf_index import read_index
-from ..runtime import expert_tensors
+from ..experts import expert_tensors
 
 FULL_LAYERS_KEY = "flashmoe.synth.full_layers"
 

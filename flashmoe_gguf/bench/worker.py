@@ -16,15 +16,15 @@ first). See `extrapolate.py` for how the difference is used.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
+from ..stock import no_extra_buffer_types
 from .machine import proc_io, proc_status
 
 EVENT = "FLASHMOE_BENCH_EVENT "
@@ -42,9 +42,8 @@ def is_flashmoe(config: str) -> bool:
 
 def flashmoe_cache_modes() -> tuple[str, ...]:
     """The cache modes the installed runtime accepts."""
-    from .. import runtime
-    modes = getattr(runtime, "CACHE_MODES", None)
-    return tuple(modes) if modes else ("lru", "os")
+    from ..streamed import CACHE_POLICIES
+    return CACHE_POLICIES
 
 
 def default_cache_mode() -> str:
@@ -103,27 +102,6 @@ def make_llama(spec: WorkerSpec) -> Any:
     if spec.config == "stock":
         return llama_cpp.Llama(spec.model, **kw)
     raise ValueError(f"unknown configuration {spec.config!r}")
-
-
-@contextlib.contextmanager
-def no_extra_buffer_types() -> Iterator[None]:
-    """Stock llama.cpp with CPU_REPACK off: use_extra_bufts=False in the model params llama_cpp.Llama builds.
-
-    llama_cpp.Llama calls llama_cpp.llama_cpp.llama_model_default_params (the submodule's name), so that is the
-    name to patch (patching the package-level re-export leaves repack on).
-    """
-    import llama_cpp.llama_cpp as lc
-    orig = lc.llama_model_default_params
-
-    def patched() -> Any:
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-    lc.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        lc.llama_model_default_params = orig
 
 
 def prompt_ids(llm: Any, n: int) -> list[int]:

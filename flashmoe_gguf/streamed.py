@@ -1,0 +1,180 @@
+"""The extension's handle on one GGUF (StreamedModel): its routed-expert table, cache, I/O threads and the code
+that computes expert products; and the loader entry that reads the model without reading its experts.
+
+flashmoe_gguf.Llama (runtime.py) makes one per model; tools use it directly to replay routing traces (`access`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import extension
+from .budget import auto_budget
+from .experts import ExpertTableError, ExpertTensor, expert_tensors
+from .gguf_index import GGUFIndexError
+from .isa import IsaError, resolve_isa, tiled_mode
+from .runtime_errors import FlashMoeError
+from .units import parse_size
+
+LOAD_MODE_NONE = 0   # llama.cpp's load mode that reads tensors through the FILE* (no mmap)
+CACHE_POLICIES = ("lfu", "lru", "os")
+
+
+def cache_mode(name: str) -> int:
+    """The C enum fm_cache_mode value of a cache policy name (ggml_ext/fm_types.h)."""
+    if name not in CACHE_POLICIES:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_POLICIES)}, not {name!r}")
+    return int(getattr(extension.constants(), f"FM_CACHE_{name.upper()}"))
+
+
+def routed_experts(path: str | Path) -> list[ExpertTensor]:
+    """expert_tensors, with a bad file as FlashMoeError"""
+    try:
+        return expert_tensors(path)
+    except (GGUFIndexError, ExpertTableError) as exc:
+        raise FlashMoeError(str(exc)) from exc
+
+
+def direct_io_works(path: str | Path) -> bool:
+    """Whether this file can be read with O_DIRECT (not every file system allows it, e.g. older tmpfs)."""
+    import mmap
+    import os
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | flag)
+    except OSError:
+        return False
+    try:
+        buf = mmap.mmap(-1, 4096)        # page-aligned, as O_DIRECT needs
+        try:
+            return os.preadv(fd, [buf], 0) >= 0
+        finally:
+            buf.close()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class StreamedModel:
+    """The extension's handle on one GGUF: its expert table, cache and I/O threads."""
+
+    def __init__(self, path: str | Path, ram_budget: int | str, io_threads: int = 8, cache: str = "lfu",
+                 direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None) -> None:
+        ext = extension.load()
+        self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
+        self.path = str(Path(path).resolve())
+        self.experts = routed_experts(self.path)
+        if not self.experts:
+            raise FlashMoeError(f"{path}: no routed-expert tensors (blk.N.ffn_*_exps.weight): not an MoE GGUF")
+        mode = cache_mode(cache)
+        expert_total = sum(e.stride * e.n_expert for e in self.experts)
+        if ram_budget == "auto":
+            ram_budget = auto_budget(Path(self.path).stat().st_size - expert_total, expert_total)
+        ram_budget = parse_size(ram_budget)
+        self.ram_budget = ram_budget
+        if direct_io == "auto":
+            # our own cache: O_DIRECT keeps the page cache from holding a second copy (under a memory limit the
+            # kernel then reclaims it on every read: 1.3 vs 2.2 tok/s measured); the os mode needs the page cache
+            direct_io = cache != "os" and direct_io_works(self.path)
+        elif not isinstance(direct_io, bool):
+            raise ValueError(f"direct_io must be True, False or 'auto', not {direct_io!r}")
+        self.direct_io = direct_io
+        try:
+            choice = resolve_isa(isa, kernels, int(self.lib.fm_cpu_isa()), bool(self.lib.fm_ggml_has_x86_arith()))
+        except IsaError as exc:
+            raise FlashMoeError(str(exc)) from exc
+        if choice.note:
+            warnings.warn(f"flashmoe: {choice.note}", RuntimeWarning, stacklevel=3)
+        self.kernel_isa = choice.name
+        err = self.ffi.new("char[1024]")
+        handle = self.lib.fm_model_new(self.path.encode(), ram_budget, io_threads, mode, int(direct_io), choice.code,
+                                       tiled_mode(), err, 1024)
+        if handle == self.ffi.NULL:
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        self.handle = handle
+        for e in self.experts:
+            if self.lib.fm_model_add_tensor(handle, e.name.encode(), e.offset, e.stride, e.n_expert, e.gtype, e.ne0,
+                                            e.ne1, err, 1024) != 0:
+                self.close()
+                raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        by_layer: dict[int, dict[str, str]] = {}
+        for e in self.experts:
+            by_layer.setdefault(e.layer, {})[e.kind] = e.name
+        for kinds in by_layer.values():
+            chain = [kinds[k] for k in ("gate_up", "gate", "up", "down") if k in kinds]
+            for a, b in zip(chain, chain[1:]):
+                self.lib.fm_model_set_partner(handle, a.encode(), b.encode())
+        self.load_bytes_read = 0
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return [(e.offset, e.offset + e.stride * e.n_expert) for e in self.experts]
+
+    def load(self, params: Any) -> Any:
+        """llama_model_load_from_file's replacement: reads everything but the experts. Runs on the calling thread
+        inside the extension's load scope for this model (fm_model_begin_load .. end_load)."""
+        import llama_cpp
+        flat = [x for r in self.ranges() for x in r]
+        ranges = self.ffi.new("uint64_t[]", flat or [0])
+        counter = self.ffi.new("uint64_t *")
+        err = self.ffi.new("char[1024]")
+        fp = self.lib.fm_open_file_skipping(self.path.encode(), ranges, len(flat) // 2, counter, err, 1024)
+        if fp == self.ffi.NULL:
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        params.load_mode = LOAD_MODE_NONE
+        if self.lib.fm_model_begin_load(self.handle, err, 1024) != 0:
+            self.lib.fm_close_file(fp)
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        try:
+            model = llama_cpp.llama_cpp.llama_model_load_from_file_ptr(
+                ctypes.c_void_p(int(self.ffi.cast("uintptr_t", fp))), params)
+        finally:
+            rc = self.lib.fm_model_end_load(self.handle, err, 1024)
+            self.lib.fm_close_file(fp)
+            self.load_bytes_read = int(counter[0])
+        if model is not None and rc != 0:
+            llama_cpp.llama_cpp.llama_model_free(model)
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        return model
+
+    def error(self) -> str | None:
+        buf = self.ffi.new("char[1024]")
+        return self.ffi.string(buf).decode(errors="replace") if self.lib.fm_model_error(self.handle, buf, 1024) else None
+
+    def stats(self) -> dict[str, Any]:
+        s = self.ffi.new("fm_stats *")
+        self.lib.fm_model_get_stats(self.handle, s)
+        hits, misses = int(s.cache_hits), int(s.cache_misses)
+        return {
+            "expert_bytes_read": int(s.expert_bytes_read), "reads": int(s.reads), "cache_hits": hits,
+            "cache_misses": misses, "cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+            "prefetches": int(s.prefetches), "not_admitted": int(s.not_admitted),
+            "expert_bytes_used": int(s.expert_bytes_used),
+            "cache_bytes": int(s.cache_bytes), "cache_peak_bytes": int(s.cache_peak_bytes),
+            "mul_mat_id_calls": int(s.mul_mat_id_calls), "io_seconds": float(s.io_seconds),
+            "io_wait_seconds": float(s.io_wait_seconds),
+            "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),
+            "load_bytes_read": self.load_bytes_read, "ram_budget": self.ram_budget, "direct_io": self.direct_io,
+            "kernel_isa": self.kernel_isa,
+        }
+
+    def access(self, tensor: str, experts: Sequence[int]) -> None:
+        """Replay hook: acquire, read and release experts of one tensor as a MUL_MAT_ID would, without computing."""
+        err = self.ffi.new("char[1024]")
+        arr = self.ffi.new("int[]", list(experts))
+        if self.lib.fm_model_access(self.handle, tensor.encode(), arr, len(experts), err, 1024) != 0:
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+
+    def inject_read_error(self, nth_read: int) -> None:
+        """Test hook: the nth expert read from now on fails with EIO."""
+        self.lib.fm_model_inject_read_error(self.handle, nth_read)
+
+    def close(self) -> None:
+        if getattr(self, "handle", None) is not None:
+            self.lib.fm_model_free(self.handle)
+            self.handle = None
