@@ -62,7 +62,8 @@ fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mo
         snprintf(err, err_len, "out of memory");
         return NULL;
     }
-    if (fm_store_open(&m->store, path, budget, io_threads, mode, direct, err, err_len) != 0) {
+    m->store = fm_store_open(path, budget, io_threads, mode, direct, err, err_len);
+    if (!m->store) {
         free(m);
         return NULL;
     }
@@ -83,14 +84,11 @@ int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t
                  (long long) ne0, fm_g.ggml_type_name((enum ggml_type) type), (unsigned long long) stride);
         return -1;
     }
-    return fm_store_add_tensor(&m->store, name, offset, stride, n_expert, type, ne0, ne1, err, err_len) < 0 ? -1 : 0;
+    return fm_store_add_tensor(m->store, name, offset, stride, n_expert, type, ne0, ne1, err, err_len) < 0 ? -1 : 0;
 }
 
 int fm_model_set_partner(fm_model *m, const char *a, const char *b) {
-    int ia = fm_store_find(&m->store, a), ib = fm_store_find(&m->store, b);
-    if (ia < 0 || ib < 0 || m->store.tensors[ia].n_expert != m->store.tensors[ib].n_expert) return -1;
-    m->store.tensors[ia].partner = ib;
-    return 0;
+    return fm_store_set_partner(m->store, fm_store_find(m->store, a), fm_store_find(m->store, b));
 }
 
 int fm_model_begin_load(fm_model *m, char *err, size_t err_len) {
@@ -103,44 +101,37 @@ int fm_model_begin_load(fm_model *m, char *err, size_t err_len) {
 
 int fm_model_end_load(fm_model *m, char *err, size_t err_len) {
     fm_backend_end_load();
-    for (int i = 0; i < m->store.n_tensors; i++) {
-        if (!m->store.tensors[i].bound) {
-            snprintf(err, err_len, "expert tensor %s was not placed on the flashmoe device "
-                     "(llama.cpp chose another buffer type for it)", m->store.tensors[i].name);
-            return -1;
-        }
+    const char *unbound = fm_store_unbound(m->store);
+    if (unbound) {
+        snprintf(err, err_len, "expert tensor %s was not placed on the flashmoe device "
+                 "(llama.cpp chose another buffer type for it)", unbound);
+        return -1;
     }
     return 0;
 }
 
 void fm_model_free(fm_model *m) {
     if (!m) return;
-    fm_store_close(&m->store);
+    fm_store_close(m->store);
     free(m);
 }
 
 void fm_model_get_stats(fm_model *m, fm_stats *out) {
-    fm_store_get_stats(&m->store, out);
+    fm_store_get_stats(m->store, out);
 }
 
 int fm_model_error(fm_model *m, char *buf, size_t len) {
-    pthread_mutex_lock(&m->store.mu);
-    int failed = m->store.failed;
-    snprintf(buf, len, "%s", failed ? m->store.error : "");
-    pthread_mutex_unlock(&m->store.mu);
-    return failed;
+    return fm_store_error(m->store, buf, len);
 }
 
 void fm_model_inject_read_error(fm_model *m, int nth_read) {
-    pthread_mutex_lock(&m->store.mu);
-    m->store.fault_after_reads = nth_read > 0 ? (int) m->store.stats.reads + nth_read : 0;
-    pthread_mutex_unlock(&m->store.mu);
+    fm_store_inject_read_error(m->store, nth_read);
 }
 
 int fm_model_access(fm_model *m, const char *tensor, const int *experts, int n, char *err, size_t err_len) {
-    fm_store *s = &m->store;
+    fm_store *s = m->store;
     int t = fm_store_find(s, tensor);
-    if (t < 0 || n <= 0 || n > s->tensors[t].n_expert) {
+    if (t < 0 || n <= 0 || n > fm_store_tensor(s, t)->n_expert) {
         snprintf(err, err_len, "fm_model_access: unknown tensor %s or bad count %d", tensor, n);
         return -1;
     }

@@ -71,10 +71,10 @@ static void *buf_get_base(ggml_backend_buffer_t buffer) {
 static enum ggml_status buf_init_tensor(ggml_backend_buffer_t buffer, struct ggml_tensor *tensor) {
     fm_buffer_ctx *c = buffer->context;
     if (tensor->view_src == NULL && c->model) {
-        int idx = fm_store_find(&c->model->store, tensor->name);
+        int idx = fm_store_find(c->model->store, tensor->name);
         if (idx >= 0) {
-            tensor->extra = &c->model->store.tensors[idx];
-            c->model->store.tensors[idx].bound = 1;
+            tensor->extra = (void *) (uintptr_t) fm_store_tensor(c->model->store, idx);
+            fm_store_bind(c->model->store, idx);
             c->model->n_bound++;
         }
     }
@@ -105,20 +105,9 @@ static void buf_set_tensor(ggml_backend_buffer_t buffer, struct ggml_tensor *ten
 static void buf_get_tensor(ggml_backend_buffer_t buffer, const struct ggml_tensor *tensor, void *data, size_t offset,
                            size_t size) {
     fm_buffer_ctx *c = buffer->context;
-    const fm_tensor *t = tensor->extra;
-    if (t && c->model) {
-        /* weights read back (rare): fetch them from the file */
-        size_t done = 0;
-        while (done < size) {
-            ssize_t n = pread(c->model->store.fd, (char *) data + done, size - done,
-                              (off_t) (t->offset + offset + done));
-            if (n <= 0) {
-                memset((char *) data + done, 0, size - done);
-                fm_store_set_error(&c->model->store, "read error while reading expert weights back");
-                return;
-            }
-            done += (size_t) n;
-        }
+    const fm_tensor_info *t = tensor->extra;
+    if (t && c->model) { /* weights read back (rare): from the file */
+        fm_store_read_weights(c->model->store, t->index, offset, data, size);
         return;
     }
     memcpy(data, (const char *) tensor->data + offset, size);
@@ -204,11 +193,10 @@ static enum ggml_status be_graph_compute(ggml_backend_t backend, struct ggml_cgr
             continue;
         case GGML_OP_MUL_MAT_ID: {
             struct ggml_tensor *as = node->src[0];
-            const fm_tensor *t = as ? as->extra : NULL;
+            const fm_tensor_info *t = as ? as->extra : NULL;
             if (!t || !as->buffer || as->buffer->buft != &g_buft) return GGML_STATUS_FAILED;
             fm_model *m = ((fm_buffer_ctx *) as->buffer->context)->model;
-            int idx = (int) (t - m->store.tensors);
-            if (fm_mul_mat_id(&m->store, c->pool, c->n_threads, idx, &m->mm, node) != 0) {
+            if (fm_mul_mat_id(m->store, c->pool, c->n_threads, t->index, &m->mm, node) != 0) {
                 return GGML_STATUS_FAILED;
             }
             continue;
@@ -358,7 +346,7 @@ static bool dev_supports_op(ggml_backend_dev_t dev, const struct ggml_tensor *op
         fm_model *m = bc ? bc->model : tl_loading;
         if (!m) return false;
         if (as->extra) return true; /* scheduling: one of our bound expert tensors */
-        int ok = fm_store_find(&m->store, as->name) >= 0; /* placement: in this model's expert table */
+        int ok = fm_store_find(m->store, as->name) >= 0; /* placement: in this model's expert table */
         if (ok) {
             const struct ggml_type_traits_cpu *tt = fm_g.ggml_get_type_traits_cpu(as->type);
             ok = tt && tt->vec_dot != NULL;

@@ -160,10 +160,9 @@ static void wave_task(void *arg, int ith, int nth) {
     }
 }
 
-int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const fm_mm_opts *opts,
-                  struct ggml_tensor *dst) {
+/* the node's operands are what ggml's MUL_MAT_ID gives for tensor t; else the store's error is set */
+static int check_operands(fm_store *s, const fm_tensor_info *t, const struct ggml_tensor *dst) {
     const struct ggml_tensor *as = dst->src[0], *b = dst->src[1], *ids = dst->src[2];
-    const fm_tensor *t = &s->tensors[tensor];
     char msg[512];
     if (!b || !ids || b->type != GGML_TYPE_F32 || dst->type != GGML_TYPE_F32 || ids->type != GGML_TYPE_I32 ||
         (int) as->type != t->type || as->ne[0] != t->ne0 || as->ne[1] != t->ne1 || as->ne[2] != t->n_expert ||
@@ -174,135 +173,154 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
         fm_store_set_error(s, msg);
         return -1;
     }
-    if (fm_store_check_file(s) != 0) return -1;
-    double t_start = now_s();
-    const struct ggml_type_traits_cpu *tt = fm_g.ggml_get_type_traits_cpu((enum ggml_type) t->type);
-    enum ggml_type vdt = tt->vec_dot_type;
-    mm_ctx c;
-    memset(&c, 0, sizeof c);
-    c.b = b;
-    c.dst = dst;
-    c.ne00 = as->ne[0];
-    c.ne01 = as->ne[1];
-    c.ne11 = b->ne[1];
-    c.n_used = (int) ids->ne[0];
-    c.w_row = fm_g.ggml_row_size((enum ggml_type) t->type, c.ne00);
-    c.type = t->type;
-    c.tiled_mode = opts->tiled;
-    /* our kernel, where the type has one for the chosen instruction set and ggml's vec_dot_type is the one
-       the kernel expects */
-    c.kernel = opts->isa != FM_ISA_GGML ? fm_kernel_get(t->type, opts->isa) : NULL;
-    if (c.kernel && (int) vdt != fm_kernel_vec_dot_type(t->type)) c.kernel = NULL;
-    if (c.kernel) {
-        c.from_float = fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
-        c.act_row = fm_g.ggml_row_size(vdt, c.ne00);
-        if (!c.from_float) c.kernel = NULL;
-    }
-    if (c.w_row * (size_t) c.ne01 != t->stride) {
+    const size_t w_row = fm_g.ggml_row_size((enum ggml_type) t->type, t->ne0);
+    if (w_row * (size_t) t->ne1 != t->stride) {
         snprintf(msg, sizeof msg, "%s: %s experts are not supported (row size %zu x %lld vs stride %llu)", t->name,
-                 fm_g.ggml_type_name((enum ggml_type) t->type), c.w_row, (long long) c.ne01,
+                 fm_g.ggml_type_name((enum ggml_type) t->type), w_row, (long long) t->ne1,
                  (unsigned long long) t->stride);
         fm_store_set_error(s, msg);
         return -1;
     }
+    return 0;
+}
+
+/* the shapes, and who computes: our kernel when there is one for the type on opts->isa (and ggml's vec_dot_type
+   is the one it expects), else ggml's own MUL_MAT_ID */
+static void setup(mm_ctx *c, const fm_tensor_info *t, const fm_mm_opts *opts, struct ggml_tensor *dst) {
+    const struct ggml_tensor *b = dst->src[1], *ids = dst->src[2];
+    c->b = b;
+    c->dst = dst;
+    c->ne00 = t->ne0;
+    c->ne01 = t->ne1;
+    c->ne11 = b->ne[1];
+    c->n_used = (int) ids->ne[0];
+    c->w_row = fm_g.ggml_row_size((enum ggml_type) t->type, c->ne00);
+    c->type = t->type;
+    c->tiled_mode = opts->tiled;
+    const enum ggml_type vdt = fm_g.ggml_get_type_traits_cpu((enum ggml_type) t->type)->vec_dot_type;
+    c->kernel = opts->isa != FM_ISA_GGML ? fm_kernel_get(t->type, opts->isa) : NULL;
+    if (c->kernel && (int) vdt != fm_kernel_vec_dot_type(t->type)) c->kernel = NULL;
+    if (c->kernel) {
+        c->from_float = fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
+        c->act_row = fm_g.ggml_row_size(vdt, c->ne00);
+        if (!c->from_float) c->kernel = NULL;
+    }
+}
+
+/* the (k, t) pairs grouped by expert, keeping first-seen order of experts: uniq[0..n_uniq) the experts, pairs of
+   expert e in pairs[start[e] .. start[e + 1]). Returns n_uniq, or -1 (router chose an expert out of range). */
+static int group_by_expert(fm_store *s, const fm_tensor_info *t, const struct ggml_tensor *ids, int *count, int *start,
+                           int *pairs, int *uniq) {
+    const int n_used = (int) ids->ne[0], n_tok = (int) ids->ne[1], n_exp = t->n_expert;
+    int n_uniq = 0;
+    for (int pass = 0; pass < 2; pass++) { /* count, then place */
+        for (int tk = 0; tk < n_tok; tk++) {
+            for (int k = 0; k < n_used; k++) {
+                const int e = *(const int32_t *) ((const char *) ids->data + (size_t) k * ids->nb[0] +
+                                                  (size_t) tk * ids->nb[1]);
+                if (e < 0 || e >= n_exp) {
+                    char msg[256];
+                    snprintf(msg, sizeof msg, "%s: router chose expert %d of %d", t->name, e, n_exp);
+                    fm_store_set_error(s, msg);
+                    return -1;
+                }
+                if (pass == 0 && count[e]++ == 0) uniq[n_uniq++] = e;
+                if (pass == 1) pairs[start[e] + count[e]++] = k + tk * n_used;
+            }
+        }
+        if (pass == 0) {
+            for (int e = 0; e < n_exp; e++) start[e + 1] = start[e] + count[e];
+            memset(count, 0, (size_t) n_exp * sizeof *count);
+        }
+    }
+    return n_uniq;
+}
+
+/* per-thread scratch for the largest expert of the node; 0 or -1 */
+static int alloc_threads(mm_ctx *c, int nth, const int *uniq, int n_uniq) {
+    size_t max_pairs = 0;
+    for (int i = 0; i < n_uniq; i++) {
+        const size_t n = (size_t) (c->start[uniq[i] + 1] - c->start[uniq[i]]);
+        if (n > max_pairs) max_pairs = n;
+    }
+    const size_t row = c->kernel ? c->act_row : (size_t) c->ne00 * sizeof(float);
+    for (int i = 0; i < nth; i++) {
+        c->th[i].gathered = malloc(max_pairs * row + 64);
+        c->th[i].out = malloc((size_t) c->ne01 * max_pairs * sizeof(float));
+        if (!c->th[i].gathered || !c->th[i].out) return -1;
+    }
+    return 0;
+}
+
+/* experts uniq[0..n_uniq) in waves the budget holds: acquire (and read ahead the partner tensors' same experts),
+   multiply each as it arrives, release. 0, or -1 with the store's error set. */
+static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, int n_uniq, int *slots, char *done,
+                     int *order, double *io_wait) {
+    fm_store *s = c->s;
+    const int wave = fm_store_wave(s, tensor, n_uniq);
+    for (int w0 = 0; w0 < n_uniq; w0 += wave) {
+        const int nw = n_uniq - w0 < wave ? n_uniq - w0 : wave;
+        if (fm_store_acquire(s, tensor, uniq + w0, nw, slots + w0) != 0) return -1;
+        /* the same experts of the partner tensors (up, down) are needed next: read them now too. Not when the
+           node's experts do not fit the budget at once (waves): the prefetch would pin what the budget lacks */
+        if (nw == n_uniq) {
+            for (int p = fm_store_tensor(s, tensor)->partner, hops = 0; p >= 0 && hops < 4;
+                 p = fm_store_tensor(s, p)->partner, hops++)
+                fm_store_prefetch(s, p, uniq + w0, nw);
+        }
+        c->uniq = uniq + w0;
+        c->slots = slots + w0;
+        c->done = done + w0;
+        c->order = order;
+        c->nw = nw;
+        /* split an expert's rows between threads only when there are too few experts to go round */
+        c->cpe = nw >= 2 * nth ? 1 : (2 * nth + nw - 1) / nw;
+        c->n_items = nw * c->cpe;
+        c->next_item = c->n_arrived = 0;
+        c->io_wait = 0;
+        fm_pool_run(pool, nth, wave_task, c);
+        fm_store_release(s, slots + w0, nw);
+        *io_wait += c->io_wait;
+        if (c->failed) return -1;
+    }
+    return 0;
+}
+
+int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const fm_mm_opts *opts,
+                  struct ggml_tensor *dst) {
+    const fm_tensor_info *t = fm_store_tensor(s, tensor);
+    if (check_operands(s, t, dst) != 0 || fm_store_check_file(s) != 0) return -1;
+    const double t_start = now_s();
+    double io_wait = 0;
+    mm_ctx c;
+    memset(&c, 0, sizeof c);
+    c.s = s;
+    setup(&c, t, opts, dst);
     pthread_mutex_init(&c.mu, NULL);
-    int n_tok = (int) ids->ne[1];
-    int n_pairs_total = c.n_used * n_tok;
-    int n_exp = t->n_expert;
+    const int n_exp = t->n_expert, n_pairs = c.n_used * (int) dst->src[2]->ne[1];
     int nth = n_threads < fm_pool_threads(pool) ? n_threads : fm_pool_threads(pool);
     if (nth < 1) nth = 1;
-    /* group (k, t) pairs by expert, keeping first-seen order of experts */
     int *count = calloc((size_t) n_exp, sizeof *count);
     int *start = calloc((size_t) n_exp + 1, sizeof *start);
-    int *pairs = malloc((size_t) n_pairs_total * sizeof *pairs);
+    int *pairs = malloc((size_t) n_pairs * sizeof *pairs);
     int *uniq = malloc((size_t) n_exp * sizeof *uniq);
     int *slots = malloc((size_t) n_exp * sizeof *slots);
     char *done = calloc((size_t) n_exp, 1);
     int *order = malloc((size_t) n_exp * sizeof *order);
     c.th = calloc((size_t) nth, sizeof *c.th);
-    if (c.kernel) c.act = malloc((size_t) (c.ne11 * b->ne[2]) * c.act_row + 64);
-    int rc = -1;
-    if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.th || (c.kernel && !c.act)) {
-        fm_store_set_error(s, "out of memory in MUL_MAT_ID");
-        goto out;
-    }
-    int n_uniq = 0;
-    for (int tk = 0; tk < n_tok; tk++) {
-        for (int k = 0; k < c.n_used; k++) {
-            int e = *(const int32_t *) ((const char *) ids->data + (size_t) k * ids->nb[0] + (size_t) tk * ids->nb[1]);
-            if (e < 0 || e >= n_exp) {
-                snprintf(msg, sizeof msg, "%s: router chose expert %d of %d", t->name, e, n_exp);
-                fm_store_set_error(s, msg);
-                goto out;
-            }
-            if (count[e]++ == 0) uniq[n_uniq++] = e;
-        }
-    }
-    for (int e = 0; e < n_exp; e++) start[e + 1] = start[e] + count[e];
-    memset(count, 0, (size_t) n_exp * sizeof *count);
-    for (int tk = 0; tk < n_tok; tk++) {
-        for (int k = 0; k < c.n_used; k++) {
-            int e = *(const int32_t *) ((const char *) ids->data + (size_t) k * ids->nb[0] + (size_t) tk * ids->nb[1]);
-            pairs[start[e] + count[e]++] = k + tk * c.n_used;
-        }
-    }
-    /* request reads first, then quantize the activations while they are in flight */
-    int wave = n_uniq;
-    if (s->mode != FM_CACHE_OS && s->budget > 0) {
-        uint64_t fit = s->budget / (t->stride ? t->stride : 1);
-        if (fit < 1) fit = 1;
-        if ((uint64_t) wave > fit) wave = (int) fit;
-    }
-    if (c.kernel) fm_pool_run(pool, nth, quantize_task, &c);
-    size_t max_pairs = 0;
-    for (int i = 0; i < n_uniq; i++) {
-        size_t n = (size_t) (start[uniq[i] + 1] - start[uniq[i]]);
-        if (n > max_pairs) max_pairs = n;
-    }
-    const size_t gathered_row = c.kernel ? c.act_row : (size_t) c.ne00 * sizeof(float);
-    for (int i = 0; i < nth; i++) {
-        c.th[i].gathered = malloc(max_pairs * gathered_row + 64);
-        c.th[i].out = malloc((size_t) c.ne01 * max_pairs * sizeof(float));
-        if (!c.th[i].gathered || !c.th[i].out) {
-            fm_store_set_error(s, "out of memory in MUL_MAT_ID");
-            goto out;
-        }
-    }
-    c.s = s;
+    if (c.kernel) c.act = malloc((size_t) (c.ne11 * c.b->ne[2]) * c.act_row + 64);
     c.pairs = pairs;
     c.start = start;
-    for (int w0 = 0; w0 < n_uniq; w0 += wave) {
-        int nw = n_uniq - w0 < wave ? n_uniq - w0 : wave;
-        if (fm_store_acquire(s, tensor, uniq + w0, nw, slots + w0) != 0) goto out;
-        /* the same experts of the partner tensors (up, down) are needed next: read them now too. Not when the
-           node's experts do not fit the budget at once (waves): the prefetch would pin what the budget lacks */
-        if (nw == n_uniq) {
-            for (int p = t->partner, hops = 0; p >= 0 && hops < 4; p = s->tensors[p].partner, hops++)
-                fm_store_prefetch(s, p, uniq + w0, nw);
-        }
-        c.uniq = uniq + w0;
-        c.slots = slots + w0;
-        c.done = done + w0;
-        c.order = order;
-        c.nw = nw;
-        /* split an expert's rows between threads only when there are too few experts to go round */
-        c.cpe = nw >= 2 * nth ? 1 : (2 * nth + nw - 1) / nw;
-        c.n_items = nw * c.cpe;
-        c.next_item = c.n_arrived = 0;
-        c.io_wait = 0;
-        fm_pool_run(pool, nth, wave_task, &c);
-        fm_store_release(s, slots + w0, nw);
-        pthread_mutex_lock(&s->mu);
-        s->stats.io_wait_seconds += c.io_wait;
-        pthread_mutex_unlock(&s->mu);
-        if (c.failed) goto out;
+    int rc = -1, n_uniq;
+    if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.th || (c.kernel && !c.act)) {
+        fm_store_set_error(s, "out of memory in MUL_MAT_ID");
+    } else if ((n_uniq = group_by_expert(s, t, dst->src[2], count, start, pairs, uniq)) >= 0) {
+        /* the activations are quantized once, for all experts (ggml's code quantizes its own) */
+        if (c.kernel) fm_pool_run(pool, nth, quantize_task, &c);
+        if (alloc_threads(&c, nth, uniq, n_uniq) != 0) fm_store_set_error(s, "out of memory in MUL_MAT_ID");
+        else rc = run_waves(&c, pool, nth, tensor, uniq, n_uniq, slots, done, order, &io_wait);
     }
-    rc = 0;
-out:
-    pthread_mutex_lock(&s->mu);
-    s->stats.mul_mat_id_calls++;
-    s->stats.compute_seconds += now_s() - t_start;
-    pthread_mutex_unlock(&s->mu);
+    fm_store_add_compute(s, now_s() - t_start, io_wait);
     free(count);
     free(start);
     free(pairs);
@@ -310,14 +328,12 @@ out:
     free(slots);
     free(done);
     free(order);
-    if (c.th) {
-        for (int i = 0; i < nth; i++) {
-            free(c.th[i].gathered);
-            free(c.th[i].out);
-            fm_ggml_scratch_free(&c.th[i].ggml);
-        }
-        free(c.th);
+    for (int i = 0; c.th && i < nth; i++) {
+        free(c.th[i].gathered);
+        free(c.th[i].out);
+        fm_ggml_scratch_free(&c.th[i].ggml);
     }
+    free(c.th);
     pthread_mutex_destroy(&c.mu);
     free(c.act);
     return rc;

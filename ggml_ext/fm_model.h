@@ -6,7 +6,7 @@
 #include "fm_store.h"
 
 typedef struct fm_model {
-    fm_store store;
+    fm_store *store;
     fm_mm_opts mm;        /* how expert products are computed */
     int n_bound;          /* expert tensors placed in flashmoe buffers by the loader */
     uint64_t dropped;     /* expert bytes the loader handed over and we did not keep */

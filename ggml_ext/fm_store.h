@@ -1,95 +1,57 @@
-/* The expert store: where each routed-expert tensor lives in the GGUF, a cache of expert bytes bounded by a
- * RAM budget, and a pool of I/O threads that read experts with positional reads.
+/* The expert store: where each routed-expert tensor lives in the GGUF, and a cache of expert bytes bounded by a
+ * RAM budget, filled by reads on an I/O thread pool.
  *
  * An expert is one contiguous byte range (offset + e * stride, stride bytes). Callers acquire the experts a
  * MUL_MAT_ID node selected (all at once, so the reads run in parallel), consume them as they become ready, and
- * release them. Slots being read or in use are pinned; the rest are evicted by the cache policy:
- *
- * LFU (default): every expert (cached or not) has a use count, halved every 8 uses per expert on average so
- *   that it follows drifting routing. The victim is the unpinned entry with the lowest count (least recently
- *   used among equals), and an expert whose count is below the victim's is not admitted: it is read into a
- *   transient buffer and dropped after use. Decode visits the layers in a loop; when the budget holds less
- *   than a token's experts, LRU evicts every expert just before its next use (0 % hits), while counts keep
- *   the often-routed experts resident (routing is skewed: a tenth of the experts take most uses).
- * LRU: least recently used first, always admitted (kept for comparison).
- * OS: nothing kept after use; the page cache is the cache. */
+ * release them. Slots being read or in use are pinned; the rest are evicted in the order the cache policy
+ * (fm_policy.h) gives, and the policy decides whether a missed expert is cached at all. The pieces: fm_io
+ * (file, reads, change detection), fm_slots (slot memory), fm_policy_* (what to keep); this file ties them
+ * together under one lock. The handle is opaque: callers use the functions below. */
 #ifndef FM_STORE_H
 #define FM_STORE_H
 
-#include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
-#include <sys/stat.h>
 
 #include "fm_types.h"
 
+typedef struct fm_store fm_store;
 
-enum { FM_SLOT_FREE = 0, FM_SLOT_LOADING, FM_SLOT_READY, FM_SLOT_ERROR };
-
-typedef struct fm_tensor {
+/* one routed-expert tensor as registered; fixed after registration, and at a fixed address while the store
+   lives (ggml tensors point at it) */
+typedef struct fm_tensor_info {
     char name[96];
     uint64_t offset;   /* absolute file offset of expert 0 */
     uint64_t stride;   /* bytes per expert */
     int n_expert;
     int type;          /* enum ggml_type */
     int64_t ne0, ne1;  /* values per row, rows per expert */
+    int index;         /* in the store's table */
     int partner;       /* tensor read together with this one (down for gate_up), or -1 */
-    int bound;         /* placed in a flashmoe buffer by the loader */
-    int *held;         /* slots pinned by the last prefetch of this tensor, until its next acquire */
-    int n_held;
-} fm_tensor;
+} fm_tensor_info;
 
-typedef struct fm_slot {
-    int tensor, expert;
-    int state;
-    int pins;
-    uint64_t last_use;
-    void *buf;         /* allocation (aligned for O_DIRECT) */
-    void *data;        /* start of the expert's bytes within buf */
-    size_t cap;
-    int next_free;
-    int transient;     /* not admitted to the cache: freed when its last pin goes */
-    int cpos;          /* index in fm_store.cached, or -1 */
-} fm_slot;
-
-
-typedef struct fm_store {
-    char path[4096];
-    int fd, fd_direct;
-    struct stat st0;
-    int mode, direct;
-    fm_tensor *tensors;
-    int n_tensors, cap_tensors;
-    int *slot_of;            /* [tensor * max_expert + expert] -> slot index or -1 */
-    uint8_t *freq;           /* [same key] use count (LFU) */
-    int *cached;             /* slots kept after use (the eviction candidates), dense */
-    int n_cached;
-    uint64_t accesses, age_period;
-    int max_expert;
-    fm_slot *slots;
-    int n_slots, cap_slots, free_head, n_free_bufs;
-    uint64_t budget, used, clock;
-    pthread_mutex_t mu;
-    pthread_cond_t cv_done;  /* a read finished */
-    pthread_cond_t cv_job;   /* a read was queued */
-    int *queue;              /* ring of slot indices to read */
-    int q_head, q_len, q_cap;
-    pthread_t *io;
-    int n_io, stop;
-    int failed;
-    char error[512];
-    fm_stats stats;
-    int fault_after_reads;   /* test hook: fail the Nth read with EIO (0 = off) */
-} fm_store;
-
-int fm_store_open(fm_store *s, const char *path, uint64_t budget, int io_threads, int mode, int direct,
-                  char *err, size_t err_len);
+/* mode: an fm_cache_mode; direct: O_DIRECT reads. NULL with a message on failure. */
+fm_store *fm_store_open(const char *path, uint64_t budget, int io_threads, int mode, int direct, char *err,
+                        size_t err_len);
 void fm_store_close(fm_store *s);
-/* Register a tensor before the first use; returns its index or -1. */
+
+/* Registers a tensor before the first use (bounds are checked against the file); its index, or -1. */
 int fm_store_add_tensor(fm_store *s, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
                         int64_t ne0, int64_t ne1, char *err, size_t err_len);
 int fm_store_find(const fm_store *s, const char *name);
+int fm_store_n_tensors(const fm_store *s);
+const fm_tensor_info *fm_store_tensor(const fm_store *s, int idx);
+/* b's experts are read ahead when a's same experts are acquired; -1 if they do not match */
+int fm_store_set_partner(fm_store *s, int a, int b);
+/* the loader placed the tensor on the flashmoe device; the first tensor that was not, or NULL */
+void fm_store_bind(fm_store *s, int idx);
+const char *fm_store_unbound(const fm_store *s);
+
 /* Checks that the file is still the one that was opened; sets the error and returns -1 if not. */
 int fm_store_check_file(fm_store *s);
+/* How many of n experts of a tensor to hold at once (the budget's worth, at least 1: a node whose experts do
+   not fit is computed in waves). */
+int fm_store_wave(const fm_store *s, int tensor, int n);
 /* Pin the given experts of a tensor, queueing reads for those not cached. out_slots receives slot indices. */
 int fm_store_acquire(fm_store *s, int tensor, const int *experts, int n, int *out_slots);
 /* Queue reads for experts of a tensor that its next acquire will need (the partner of the tensor being
@@ -99,8 +61,19 @@ void fm_store_prefetch(fm_store *s, int tensor, const int *experts, int n);
 /* Wait until one of slots[i] with done[i] == 0 is ready; returns i, or -1 on a read error. */
 int fm_store_wait_any(fm_store *s, const int *slots, const char *done, int n);
 void fm_store_release(fm_store *s, const int *slots, int n);
+/* the bytes of a ready, pinned slot */
 const void *fm_store_data(const fm_store *s, int slot);
+/* bytes of a tensor read now from the file (weights read back, rare); 0 or -1 with the error set */
+int fm_store_read_weights(fm_store *s, int tensor, uint64_t offset, void *dst, size_t len);
+
+/* one MUL_MAT_ID's time, and the part of it spent waiting for reads */
+void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds);
 void fm_store_get_stats(fm_store *s, fm_stats *out);
+/* The first error sticks: the store stays failed (no products from missing experts). */
 void fm_store_set_error(fm_store *s, const char *msg);
+/* non-zero if failed; the message into buf */
+int fm_store_error(fm_store *s, char *buf, size_t len);
+/* Test hook: the Nth expert read from now on fails with EIO (0 turns it off). */
+void fm_store_inject_read_error(fm_store *s, int nth_read);
 
 #endif

@@ -1,0 +1,240 @@
+/* The store's I/O (see fm_io.h). */
+#define _GNU_SOURCE
+#include "fm_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FM_DIRECT_ALIGN 4096u
+
+typedef struct {
+    int job;
+    uint64_t offset;
+    size_t len, cap;
+    char *buf;
+} io_req;
+
+struct fm_io {
+    char path[4096];
+    int fd, fd_direct;
+    struct stat st0;
+    fm_io_done_fn done;
+    void *owner;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;  /* a read was queued, or stop */
+    io_req *queue;      /* ring */
+    int head, len, cap;
+    pthread_t *threads;
+    int n_threads, stop;
+    uint64_t started;   /* reads taken from the queue */
+    uint64_t fault_at;  /* test hook: this read fails (0: none) */
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
+/* one request, on an I/O thread without the lock */
+static void do_read(fm_io *io, const io_req *q, fm_io_result *r) {
+    const int direct = io->fd_direct >= 0;
+    const uint64_t start = direct ? q->offset & ~(uint64_t) (FM_DIRECT_ALIGN - 1) : q->offset;
+    const size_t span = (size_t) (q->offset + q->len - start);
+    const size_t total = direct ? (span + FM_DIRECT_ALIGN - 1) / FM_DIRECT_ALIGN * FM_DIRECT_ALIGN : q->len;
+    const int fd = direct ? io->fd_direct : io->fd;
+    if (total > q->cap) {
+        snprintf(r->detail, sizeof r->detail, "internal error: read buffer too small");
+        return;
+    }
+    size_t done = 0;
+    while (done < total) {
+        ssize_t n = pread(fd, q->buf + done, total - done, (off_t) (start + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            snprintf(r->detail, sizeof r->detail, "%s", strerror(errno));
+            return;
+        }
+        if (n == 0) {
+            if (direct && start + done >= q->offset + q->len) break; /* O_DIRECT tail past EOF */
+            r->short_read = 1;
+            r->at = start + done;
+            return;
+        }
+        done += (size_t) n;
+    }
+    r->ok = 1;
+    r->data = q->buf + (q->offset - start);
+}
+
+static void *io_main(void *arg) {
+    fm_io *io = arg;
+    pthread_mutex_lock(&io->mu);
+    for (;;) {
+        while (!io->stop && io->len == 0) pthread_cond_wait(&io->cv, &io->mu);
+        if (io->stop) break;
+        io_req q = io->queue[io->head];
+        io->head = (io->head + 1) % io->cap;
+        io->len--;
+        io->started++;
+        const int fault = io->fault_at && io->started >= io->fault_at;
+        pthread_mutex_unlock(&io->mu);
+        fm_io_result r;
+        memset(&r, 0, sizeof r);
+        const double t0 = now_s();
+        if (fault) snprintf(r.detail, sizeof r.detail, "%s (injected)", strerror(EIO));
+        else do_read(io, &q, &r);
+        r.seconds = now_s() - t0;
+        io->done(io->owner, q.job, &r);
+        pthread_mutex_lock(&io->mu);
+    }
+    pthread_mutex_unlock(&io->mu);
+    return NULL;
+}
+
+fm_io *fm_io_open(const char *path, int n_threads, int direct, fm_io_done_fn done, void *owner, char *err,
+                  size_t err_len) {
+    if (n_threads < 1 || n_threads > 256) {
+        snprintf(err, err_len, "bad number of I/O threads %d", n_threads);
+        return NULL;
+    }
+    fm_io *io = calloc(1, sizeof *io);
+    if (!io) {
+        snprintf(err, err_len, "out of memory");
+        return NULL;
+    }
+    io->fd = io->fd_direct = -1;
+    io->done = done;
+    io->owner = owner;
+    if (snprintf(io->path, sizeof io->path, "%s", path) >= (int) sizeof io->path) {
+        snprintf(err, err_len, "path too long");
+        free(io);
+        return NULL;
+    }
+    io->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (io->fd < 0 || fstat(io->fd, &io->st0) != 0) {
+        snprintf(err, err_len, "cannot open %s: %s", path, strerror(errno));
+        fm_io_close(io);
+        return NULL;
+    }
+    /* experts are read at random: stop readahead from pulling their neighbours into the page cache */
+    posix_fadvise(io->fd, 0, 0, POSIX_FADV_RANDOM);
+    if (direct && (io->fd_direct = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT)) < 0) {
+        snprintf(err, err_len, "cannot open %s with O_DIRECT: %s", path, strerror(errno));
+        fm_io_close(io);
+        return NULL;
+    }
+    io->cap = 4096;
+    io->queue = calloc((size_t) io->cap, sizeof *io->queue);
+    io->threads = calloc((size_t) n_threads, sizeof *io->threads);
+    if (!io->queue || !io->threads || pthread_mutex_init(&io->mu, NULL) || pthread_cond_init(&io->cv, NULL)) {
+        snprintf(err, err_len, "out of memory");
+        fm_io_close(io);
+        return NULL;
+    }
+    for (int i = 0; i < n_threads; i++) {
+        if (pthread_create(&io->threads[i], NULL, io_main, io) != 0) {
+            snprintf(err, err_len, "cannot start I/O threads");
+            fm_io_close(io);
+            return NULL;
+        }
+        io->n_threads = i + 1;
+    }
+    return io;
+}
+
+void fm_io_close(fm_io *io) {
+    if (!io) return;
+    if (io->threads) {
+        pthread_mutex_lock(&io->mu);
+        io->stop = 1;
+        pthread_cond_broadcast(&io->cv);
+        pthread_mutex_unlock(&io->mu);
+        for (int i = 0; i < io->n_threads; i++) pthread_join(io->threads[i], NULL);
+        pthread_mutex_destroy(&io->mu);
+        pthread_cond_destroy(&io->cv);
+    }
+    if (io->fd >= 0) close(io->fd);
+    if (io->fd_direct >= 0) close(io->fd_direct);
+    free(io->queue);
+    free(io->threads);
+    free(io);
+}
+
+const char *fm_io_path(const fm_io *io) {
+    return io->path;
+}
+
+uint64_t fm_io_file_size(const fm_io *io) {
+    return (uint64_t) io->st0.st_size;
+}
+
+size_t fm_io_buffer_size(const fm_io *io, size_t len) {
+    /* O_DIRECT reads whole aligned blocks: up to one more on each side */
+    return io->fd_direct < 0 ? len : len + 2 * FM_DIRECT_ALIGN;
+}
+
+size_t fm_io_buffer_align(const fm_io *io) {
+    (void) io;
+    return FM_DIRECT_ALIGN; /* page-aligned either way: expert buffers are large */
+}
+
+int fm_io_submit(fm_io *io, int job, uint64_t offset, size_t len, void *buf, size_t cap) {
+    pthread_mutex_lock(&io->mu);
+    if (io->len == io->cap) {
+        int cap2 = 2 * io->cap;
+        io_req *nq = malloc((size_t) cap2 * sizeof *nq);
+        if (!nq) {
+            pthread_mutex_unlock(&io->mu);
+            return -1;
+        }
+        for (int i = 0; i < io->len; i++) nq[i] = io->queue[(io->head + i) % io->cap];
+        free(io->queue);
+        io->queue = nq;
+        io->head = 0;
+        io->cap = cap2;
+    }
+    io->queue[(io->head + io->len) % io->cap] = (io_req){job, offset, len, cap, buf};
+    io->len++;
+    pthread_cond_signal(&io->cv);
+    pthread_mutex_unlock(&io->mu);
+    return 0;
+}
+
+int fm_io_read_now(fm_io *io, uint64_t offset, void *dst, size_t len) {
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(io->fd, (char *) dst + done, len - done, (off_t) (offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        done += (size_t) n;
+    }
+    return 0;
+}
+
+int fm_io_check_file(fm_io *io, char *why, size_t why_len) {
+    struct stat a, b;
+    const char *w = NULL;
+    if (fstat(io->fd, &a) != 0) w = "cannot stat the open model file";
+    else if (a.st_size != io->st0.st_size) w = "the model file changed size on disk (truncated or rewritten)";
+    else if (stat(io->path, &b) != 0) w = "the model file was removed";
+    else if (b.st_ino != io->st0.st_ino || b.st_dev != io->st0.st_dev) w = "the model file was replaced on disk";
+    else if (b.st_mtim.tv_sec != io->st0.st_mtim.tv_sec || b.st_mtim.tv_nsec != io->st0.st_mtim.tv_nsec)
+        w = "the model file was modified on disk";
+    if (!w) return 0;
+    snprintf(why, why_len, "%s", w);
+    return -1;
+}
+
+void fm_io_inject_fault(fm_io *io, int nth_read) {
+    pthread_mutex_lock(&io->mu);
+    io->fault_at = nth_read > 0 ? io->started + (uint64_t) nth_read : 0;
+    pthread_mutex_unlock(&io->mu);
+}

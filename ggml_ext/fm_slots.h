@@ -1,0 +1,42 @@
+/* The store's slot memory: a table of slots, each holding (or about to hold) one expert's bytes in a buffer of
+ * its own, and a free list whose buffers are reused when they fit. The table has one slot per (tensor, expert)
+ * key at most and never moves once made, so I/O threads may hold pointers into a slot's buffer. Not
+ * thread-safe: the store calls it under its lock. */
+#ifndef FM_SLOTS_H
+#define FM_SLOTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { FM_SLOT_FREE = 0, FM_SLOT_LOADING, FM_SLOT_READY, FM_SLOT_ERROR };
+
+typedef struct fm_slot {
+    int tensor, expert;
+    int state;
+    int pins;          /* acquires and prefetches holding it; never evicted while > 0 */
+    uint64_t last_use;
+    void *buf;         /* allocation (aligned for O_DIRECT) */
+    size_t cap;
+    const void *data;  /* READY: the expert's bytes within buf */
+    int transient;     /* not cached: freed when its last pin goes */
+    int cpos;          /* index in the store's list of cached slots, or -1 */
+    int next_free;
+} fm_slot;
+
+typedef struct {
+    fm_slot *v;
+    int n, cap;        /* slots made, and room for */
+    int free_head, n_free_bufs;
+    size_t align;
+} fm_slots;
+
+/* room for cap slots, buffers aligned to align; 0 or -1 (out of memory) */
+int fm_slots_init(fm_slots *t, int cap, size_t align);
+void fm_slots_destroy(fm_slots *t);
+/* a slot with a buffer of at least need bytes (a free buffer is reused only if it fits without waste), reset
+   to LOADING with one pin; -1 when out of memory */
+int fm_slots_take(fm_slots *t, size_t need);
+/* back to the free list (keeping a few buffers for the next reads; beyond that, memory goes back) */
+void fm_slots_give_back(fm_slots *t, int idx);
+
+#endif
