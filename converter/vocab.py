@@ -34,6 +34,8 @@ KNOWN_PRE: dict[tuple[str, ...], str] = {
     (_LLAMA3,): "llama-bpe",
     _DEEPSEEK3: "deepseek-v3",
 }
+# the single-regex pre-tokenizers by name (what tiny test and synthetic tokenizers are built with)
+SPLIT_REGEX: dict[str, str] = {name: regexes[0] for regexes, name in KNOWN_PRE.items() if len(regexes) == 1}
 PRE_NAMES = sorted(set(KNOWN_PRE.values()) | {"gpt-2", "olmo"})
 
 

@@ -18,221 +18,62 @@ The weights are random: the output text is meaningless, the shapes, types, sizes
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-# -- presets -------------------------------------------------------------------------------------------------
+from .converter.archs.facts import TensorInit
 
-_QWEN3_30B: dict[str, Any] = {
-    # Qwen/Qwen3-30B-A3B config.json (also tools/synth_checkpoint.py's preset)
-    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048,
-    "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32,
-    "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
-    "norm_topk_prob": True, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
-    "tie_word_embeddings": False, "hidden_act": "silu", "decoder_sparse_step": 1, "mlp_only_layers": [],
-    "vocab_size": 151936, "torch_dtype": "bfloat16",
-}
-
-_QWEN35_397B_TEXT: dict[str, Any] = {
-    # Qwen/Qwen3.5-397B-A17B text_config. Field names are transformers' Qwen3_5MoeTextConfig (whose defaults
-    # are the 35B-A3B: hidden 2048, 40 layers, 256 experts, 8 used, 16 heads, 32 linear value heads, expert
-    # and shared-expert intermediate 512). The 397B values: hidden 4096, 60 layers, 512 experts / 10 used,
-    # expert intermediate 1024, 32 heads / 2 kv heads / head_dim 256, linear attention 16 key / 64 value heads
-    # of 128, vocab 248320 are stated on the model cards (e.g. mlx-community/Qwen3.5-397B-A17B-4bit).
-    # Not verified against the release config.json itself (no hub here): shared_expert_intermediate_size 1024
-    # (two public copies of the config say 1024, one test fixture says 4096; with 1024 the text model counts
-    # 396.3 B parameters and 17.3 B active, matching "397B-A17B" with the vision tower and MTP head left
-    # out, with 4096 it would be 19.6 B active), max_position_embeddings, rope_theta 1e7 and mrope_section
-    # [11, 11, 10] (transformers' default).
-    "model_type": "qwen3_5_moe_text", "hidden_size": 4096, "num_hidden_layers": 60,
-    "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 256, "hidden_act": "silu",
-    "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
-    "linear_num_key_heads": 16, "linear_num_value_heads": 64, "moe_intermediate_size": 1024,
-    "shared_expert_intermediate_size": 1024, "num_experts": 512, "num_experts_per_tok": 10,
-    "full_attention_interval": 4, "attn_output_gate": True, "vocab_size": 248320, "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 262144, "tie_word_embeddings": False, "mlp_only_layers": [],
-    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
-                        "mrope_section": [11, 11, 10], "mrope_interleaved": True},
-}
-
-_MIXTRAL_8X7B: dict[str, Any] = {
-    # mistralai/Mixtral-8x7B-v0.1 config.json
-    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
-    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "num_local_experts": 8, "num_experts_per_tok": 2, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
-    "max_position_embeddings": 32768, "sliding_window": None, "tie_word_embeddings": False,
-    "hidden_act": "silu", "vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
-}
-
+# -- presets: the releases the architecture modules declare (converter/archs/, family facts) -----------------
 
 @dataclass(frozen=True)
 class Preset:
-    name: str
-    family: str                     # "qwen3_moe", "qwen3_5_moe" or "mixtral": the tensor names to serve
-    description: str
-    text_config: dict[str, Any]
-    vocab: str                      # vocab GGUF in llama-cpp-python's sdist
-    tokenizer_kind: str             # "bpe" (byte-level) or "spm" (sentencepiece-style BPE)
-    # test-size variant (`tiny=True`): the same structure with small dimensions (multiples of 256 where a
-    # K-quant needs whole blocks), so the unit tests can write, load and run every family in seconds
-    tiny: dict[str, Any] = field(default_factory=dict)
+    """A release of a supported family (converter/archs/facts.py: Release) and its architecture module."""
+    arch: Any                       # the MoeArch subclass
+    release: Any                    # its Release
+
+    @property
+    def name(self) -> str:
+        return str(self.release.name)
+
+    @property
+    def description(self) -> str:
+        return str(self.release.description)
+
+    @property
+    def family(self) -> str:
+        return str(self.arch.model_types[0])
+
+    @property
+    def vocab(self) -> str:
+        return str(self.release.vocab)
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return str(self.release.tokenizer_kind)
 
     def config(self, layers: int | None = None, tiny: bool = False) -> dict[str, Any]:
         """config.json as the release has it (Qwen3.5: the VLM wrapper with `text_config`), cut to `layers`."""
-        text = copy.deepcopy(self.text_config)
-        if tiny:
-            text.update(copy.deepcopy(self.tiny))
-        full = int(text["num_hidden_layers"])
-        n = full if layers is None else int(layers)
-        if not 1 <= n <= full:
-            raise ValueError(f"--layers must be between 1 and {full} for {self.name}, got {layers}")
-        text["num_hidden_layers"] = n
-        if self.family == "qwen3_5_moe":
-            interval = int(text["full_attention_interval"])
-            # the first n layers of the full stack, so a slice keeps the hybrid pattern
-            text["layer_types"] = ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
-                                   for i in range(n)]
-            if "full_attention" not in text["layer_types"]:
-                # llama.cpp's hybrid memory aborts in decode (GGML_ASSERT(buffer) in the KV cache's input)
-                # when no layer has a KV cache, stock llama.cpp included
-                raise ValueError(f"--layers must be at least {interval} for {self.name}: llama.cpp cannot run a "
-                                 f"{self.family} model without a full-attention layer (the first is layer "
-                                 f"{interval - 1})")
-            return {"architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
-                    "text_config": text, "tie_word_embeddings": False}
-        return text
+        return dict(self.arch.release_config(self.release, layers, tiny))
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("qwen3-30b-a3b", "qwen3_moe", "Qwen3-30B-A3B: 48 layers, 128 experts (8 used), hidden 2048",
-           _QWEN3_30B, "qwen2", "bpe",
-           tiny=dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=4,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=16,
-                     num_experts_per_tok=4, vocab_size=4096)),
-    Preset("qwen35-397b-a17b", "qwen3_5_moe",
-           "Qwen3.5-397B-A17B: 60 hybrid layers (3 Gated DeltaNet + 1 attention), 512 experts (10 used) + shared",
-           _QWEN35_397B_TEXT, "qwen35", "bpe",
-           tiny=dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
-                     head_dim=64, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
-                     linear_num_value_heads=8, moe_intermediate_size=256, shared_expert_intermediate_size=256,
-                     num_experts=16, num_experts_per_tok=4, vocab_size=4096,
-                     rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
-                                      "partial_rotary_factor": 0.25, "mrope_section": [3, 3, 2],
-                                      "mrope_interleaved": True})),
-    Preset("mixtral-8x7b", "mixtral", "Mixtral-8x7B: 32 layers, 8 experts (2 used), hidden 4096, SPM tokenizer",
-           _MIXTRAL_8X7B, "llama-spm", "spm",
-           tiny=dict(hidden_size=256, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=1)),
-)}
+def _presets() -> dict[str, Preset]:
+    from .converter.archs import ARCHITECTURES
+    return {r.name: Preset(a, r) for a in ARCHITECTURES for r in a.releases}
+
+
+PRESETS: dict[str, Preset] = _presets()
 
 
 # -- the virtual checkpoint ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Init:
-    """How a tensor's random values are drawn: uniform with standard deviation `std` around `mean`, or, for
-    `log_uniform`, log(uniform(lo, hi)) (Gated DeltaNet's A_log, as transformers initialises it)."""
-    std: float = 0.0
-    mean: float = 0.0
-    log_uniform: tuple[float, float] | None = None
-
-
-def _hf_names(family: str, cfg: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], Init]]:
-    """(Hugging Face tensor name, shape, init) of every tensor a release checkpoint of this family has.
-
-    Projections get std 1/sqrt(fan_in) (output projections half that), so activations keep unit scale through
-    the random stack; embeddings std 1; RMSNorm weights their neutral value (1, or 0 where the norm computes
-    x * (1 + w)). Routers get 1/sqrt(hidden): router logits of unit-RMS hidden states are N(0, 1) per expert.
-    """
-    hp = cfg.get("text_config") or cfg
-    H, V, L = int(hp["hidden_size"]), int(hp["vocab_size"]), int(hp["num_hidden_layers"])
-    nh, nkv = int(hp["num_attention_heads"]), int(hp["num_key_value_heads"])
-    hd = int(hp.get("head_dim") or H // nh)
-    E = int(hp.get("num_experts") or hp["num_local_experts"])
-    proj = lambda fan_in: Init(std=fan_in ** -0.5)           # noqa: E731
-    out = lambda fan_in: Init(std=0.5 * fan_in ** -0.5)      # noqa: E731
-    one, zero = Init(mean=1.0), Init(mean=0.0)
-
-    if family == "qwen3_5_moe":
-        root = "model.language_model."
-        I, Ish = int(hp["moe_intermediate_size"]), int(hp["shared_expert_intermediate_size"])
-        nk, nv = int(hp["linear_num_key_heads"]), int(hp["linear_num_value_heads"])
-        dk, dv, K = int(hp["linear_key_head_dim"]), int(hp["linear_value_head_dim"]), int(hp["linear_conv_kernel_dim"])
-        yield root + "embed_tokens.weight", (V, H), Init(std=1.0)
-        for i in range(L):
-            p = f"{root}layers.{i}."
-            yield p + "input_layernorm.weight", (H,), zero
-            yield p + "post_attention_layernorm.weight", (H,), zero
-            if hp["layer_types"][i] == "linear_attention":
-                a = p + "linear_attn."
-                conv = 2 * nk * dk + nv * dv
-                yield a + "in_proj_qkv.weight", (conv, H), proj(H)
-                yield a + "in_proj_z.weight", (nv * dv, H), proj(H)
-                yield a + "in_proj_b.weight", (nv, H), proj(H)
-                yield a + "in_proj_a.weight", (nv, H), proj(H)
-                yield a + "conv1d.weight", (conv, 1, K), proj(K)
-                yield a + "dt_bias", (nv,), one
-                yield a + "A_log", (nv,), Init(log_uniform=(1.0, 16.0))
-                yield a + "norm.weight", (dv,), one          # gated RMSNorm: plain x * w
-                yield a + "out_proj.weight", (H, nv * dv), out(nv * dv)
-            else:
-                a = p + "self_attn."
-                yield a + "q_proj.weight", (2 * nh * hd, H), proj(H)   # query and output gate per head
-                yield a + "k_proj.weight", (nkv * hd, H), proj(H)
-                yield a + "v_proj.weight", (nkv * hd, H), proj(H)
-                yield a + "o_proj.weight", (H, nh * hd), out(nh * hd)
-                yield a + "q_norm.weight", (hd,), zero
-                yield a + "k_norm.weight", (hd,), zero
-            m = p + "mlp."
-            yield m + "gate.weight", (E, H), proj(H)
-            yield m + "experts.gate_up_proj", (E, 2 * I, H), proj(H)
-            yield m + "experts.down_proj", (E, H, I), out(I)
-            yield m + "shared_expert.gate_proj.weight", (Ish, H), proj(H)
-            yield m + "shared_expert.up_proj.weight", (Ish, H), proj(H)
-            yield m + "shared_expert.down_proj.weight", (H, Ish), out(Ish)
-            yield m + "shared_expert_gate.weight", (1, H), proj(H)
-        yield root + "norm.weight", (H,), zero
-        yield "lm_head.weight", (V, H), proj(H)
-        return
-
-    if family == "qwen3_moe":
-        moe, gate, ex = "mlp", "gate", ("gate_proj", "up_proj", "down_proj")
-        I = int(hp["moe_intermediate_size"])
-    elif family == "mixtral":
-        moe, gate, ex = "block_sparse_moe", "gate", ("w1", "w3", "w2")
-        I = int(hp["intermediate_size"])
-    else:
-        raise ValueError(f"unknown family {family!r}")
-    yield "model.embed_tokens.weight", (V, H), Init(std=1.0)
-    for i in range(L):
-        p = f"model.layers.{i}."
-        yield p + "input_layernorm.weight", (H,), one
-        yield p + "post_attention_layernorm.weight", (H,), one
-        yield p + "self_attn.q_proj.weight", (nh * hd, H), proj(H)
-        yield p + "self_attn.k_proj.weight", (nkv * hd, H), proj(H)
-        yield p + "self_attn.v_proj.weight", (nkv * hd, H), proj(H)
-        yield p + "self_attn.o_proj.weight", (H, nh * hd), out(nh * hd)
-        if family == "qwen3_moe":
-            yield p + "self_attn.q_norm.weight", (hd,), one
-            yield p + "self_attn.k_norm.weight", (hd,), one
-        yield f"{p}{moe}.{gate}.weight", (E, H), proj(H)
-        for e in range(E):
-            yield f"{p}{moe}.experts.{e}.{ex[0]}.weight", (I, H), proj(H)
-            yield f"{p}{moe}.experts.{e}.{ex[1]}.weight", (I, H), proj(H)
-            yield f"{p}{moe}.experts.{e}.{ex[2]}.weight", (H, I), out(I)
-    yield "model.norm.weight", (H,), one
-    yield "lm_head.weight", (V, H), proj(H)
-
 
 class SyntheticWeights:
     """A virtual checkpoint with the interface of `converter.weights.Weights` (what the architecture modules
@@ -241,14 +82,14 @@ class SyntheticWeights:
 
     ROW_BLOCK_ELEMENTS = 1 << 20      # rows are drawn in blocks of about this many values
 
-    def __init__(self, family: str, config: dict[str, Any], seed: int = 0) -> None:
-        self.family = family
+    def __init__(self, arch: Any, config: dict[str, Any], seed: int = 0) -> None:
+        self.arch = arch
         self.seed = int(seed)
         self.mlx_bits: int | None = None
         self.mlx_group = 64
         self.fp8_block: tuple[int, int] | None = None
-        self.tensors: dict[str, tuple[tuple[int, ...], Init]] = {}
-        for name, shape, init in _hf_names(family, config):
+        self.tensors: dict[str, tuple[tuple[int, ...], TensorInit]] = {}
+        for name, shape, init in arch.release_tensors(config):
             self.tensors[name] = (shape, init)
 
     # -- discovery (Weights' interface) -------------------------------------------------------------------
@@ -272,7 +113,7 @@ class SyntheticWeights:
         """float32 bytes of the whole virtual checkpoint (what `get` could produce)."""
         return sum(4 * math.prod(s) for s, _ in self.tensors.values())
 
-    def _entry(self, name: str) -> tuple[tuple[int, ...], Init]:
+    def _entry(self, name: str) -> tuple[tuple[int, ...], TensorInit]:
         from .converter.errors import CheckpointError
         try:
             return self.tensors[name]
@@ -286,7 +127,7 @@ class SyntheticWeights:
         return np.random.default_rng([self.seed, *words, *(k + 1 for k in key)])
 
     @staticmethod
-    def _draw(rng: np.random.Generator, shape: tuple[int, ...], init: Init) -> np.ndarray:
+    def _draw(rng: np.random.Generator, shape: tuple[int, ...], init: TensorInit) -> np.ndarray:
         if init.log_uniform is not None:
             lo, hi = init.log_uniform
             return np.log(rng.uniform(lo, hi, size=shape)).astype(np.float32)
@@ -303,7 +144,7 @@ class SyntheticWeights:
     def _block_rows(self, cols: int) -> int:
         return max(1, self.ROW_BLOCK_ELEMENTS // max(cols, 1))
 
-    def _rows(self, name: str, key: tuple[int, ...], shape: tuple[int, ...], init: Init, r0: int,
+    def _rows(self, name: str, key: tuple[int, ...], shape: tuple[int, ...], init: TensorInit, r0: int,
               r1: int) -> np.ndarray:
         """Rows [r0, r1) of a matrix (or of one expert of a stacked tensor), drawn block by block."""
         rows, rest = shape[0], shape[1:]
@@ -354,7 +195,7 @@ class SyntheticWeights:
 def tokenizer_dir(preset: Preset, n_vocab: int, cache_dir: Path | None = None) -> Path:
     """A directory with tokenizer.json / tokenizer_config.json for the preset's vocab, cut to fit n_vocab
     embedding rows; built once per (vocab, size) in the cache (rebuilding Qwen's 151k BPE takes ~10 s)."""
-    from .converter.vocab import _QWEN35
+    from .converter.vocab import SPLIT_REGEX
     from .tiny import bpe_tokenizer, default_cache_dir, spm_tokenizer, vocab_gguf, write_tokenizer
 
     cache = cache_dir or default_cache_dir()
@@ -366,7 +207,7 @@ def tokenizer_dir(preset: Preset, n_vocab: int, cache_dir: Path | None = None) -
     if preset.tokenizer_kind == "spm":
         tj, tcfg, n = spm_tokenizer(vocab, n_keep)
     else:
-        kw = {"regex": _QWEN35} if preset.vocab == "qwen35" else {}
+        kw = {"regex": SPLIT_REGEX["qwen35"]} if preset.vocab == "qwen35" else {}
         tj, tcfg, n = bpe_tokenizer(vocab, n_keep, **kw)
     if n > n_vocab:
         raise ValueError(f"{preset.name}: tokenizer has {n} tokens for {n_vocab} embedding rows")
@@ -480,13 +321,13 @@ class SynthReport:
         return "\n".join(lines)
 
 
-def _param_counts(family: str, config: dict[str, Any]) -> tuple[int, int]:
+def _param_counts(arch: Any, config: dict[str, Any]) -> tuple[int, int]:
     """(all parameters, active per token) of the tensors the GGUF gets (vision tower and MTP head excluded)."""
     hp = config.get("text_config") or config
     E = int(hp.get("num_experts") or hp["num_local_experts"])
     k = int(hp["num_experts_per_tok"])
     total = expert = 0
-    for name, shape, _ in _hf_names(family, config):
+    for name, shape, _ in arch.release_tensors(config):
         n = math.prod(shape)
         total += n
         if ".experts." in name:
@@ -512,7 +353,7 @@ def synth(preset: str, output: str | Path, *, layers: int | None = None, experts
     config = p.config(layers, tiny=tiny)
     full_config = p.config(None, tiny=tiny)
     hp = config.get("text_config") or config
-    weights = SyntheticWeights(p.family, config, seed)
+    weights = SyntheticWeights(p.arch, config, seed)
     tok = tokenizer_dir(p, int(hp["vocab_size"]), cache_dir)
     pool = pool or None
     info = {"preset": p.name, "layers": int(hp["num_hidden_layers"]), "seed": int(seed), "expert_pool": pool or 0,
@@ -530,12 +371,11 @@ def synth(preset: str, output: str | Path, *, layers: int | None = None, experts
                             name=f"flashmoe synthetic {p.name}" + (" (tiny)" if tiny else ""),
                             bytes_in=0, expert_pool=pool, extra_metadata=extra)
     E = int(hp.get("num_experts") or hp["num_local_experts"])
-    router = next(n for n in weights.names() if n.endswith(("layers.0.mlp.gate.weight",
-                                                                 "layers.0.block_sparse_moe.gate.weight")))
+    router = p.arch.release_router(config, 0)
     spread = routing_spread(weights.get(router), int(hp["num_experts_per_tok"]), routing_tokens, seed)
     assert spread.n_expert == E
-    params, _ = _param_counts(p.family, config)
-    full_params, full_active = _param_counts(p.family, p.config())   # the real preset, never the tiny one
+    params, _ = _param_counts(p.arch, config)
+    full_params, full_active = _param_counts(p.arch, p.config())   # the real preset, never the tiny one
     return SynthReport(p.name, int(hp["num_hidden_layers"]), full_layers, hp.get("layer_types"), int(seed), pool,
                        report, spread, params, full_params, full_active, time.monotonic() - t0, tiny)
 

@@ -20,10 +20,11 @@ from typing import Any
 import gguf
 import numpy as np
 
+from flashmoe_gguf.converter.vocab import SPLIT_REGEX
+
 from .sdist import LLAMA_CPP_PYTHON_VERSION, download_sdist
 
-QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = SPLIT_REGEX["qwen2"]
 
 
 def default_cache_dir() -> Path:

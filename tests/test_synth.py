@@ -27,7 +27,7 @@ POOL = 4
 def _specs(preset: str, layers: int | None = None, tiny: bool = False) -> dict[str, tuple[int, ...]]:
     p = PRESETS[preset]
     cfg = p.config(layers, tiny=tiny)
-    arch = arch_for(cfg)(cfg, SyntheticWeights(p.family, cfg))  # type: ignore[arg-type]
+    arch = arch_for(cfg)(cfg, SyntheticWeights(p.arch, cfg))  # type: ignore[arg-type]
     return {s.name: s.shape for s in arch.specs()}
 
 
@@ -89,7 +89,7 @@ def test_parameter_counts_match_the_published_models(preset: str, total: float, 
     # Qwen3-30B-A3B: 30.5B / 3.3B active; Mixtral 8x7B: 46.7B / 12.9B; Qwen3.5-397B-A17B: 397B / 17B, of which
     # the text model without the vision tower and the MTP head is what a GGUF gets
     p = PRESETS[preset]
-    t, a = _param_counts(p.family, p.config())
+    t, a = _param_counts(p.arch, p.config())
     assert t / 1e9 == pytest.approx(total, abs=0.06) and a / 1e9 == pytest.approx(active, abs=0.06)
 
 
@@ -109,17 +109,17 @@ def test_layers_slice_keeps_the_hybrid_pattern() -> None:
 def test_synthetic_weights_are_deterministic_slices() -> None:
     p = PRESETS["qwen35-397b-a17b"]
     cfg = p.config(4, tiny=True)
-    w = SyntheticWeights(p.family, cfg, seed=3)
+    w = SyntheticWeights(p.arch, cfg, seed=3)
     w.ROW_BLOCK_ELEMENTS = 1000          # several row blocks per matrix
     name = "model.language_model.embed_tokens.weight"
     full = w.get(name)
     assert full.shape == w.shape(name) and full.dtype == np.float32
     for r0, r1 in ((0, 1), (3, 17), (5, 4096), (4095, 4096)):
         assert np.array_equal(w.get_rows(name, r0, r1), full[r0:r1])
-    other = SyntheticWeights(p.family, cfg, seed=3)
+    other = SyntheticWeights(p.arch, cfg, seed=3)
     other.ROW_BLOCK_ELEMENTS = 1000      # (the block size is part of what the values are)
     assert np.array_equal(other.get(name), full)
-    assert not np.array_equal(SyntheticWeights(p.family, cfg, seed=4).get(name), full)
+    assert not np.array_equal(SyntheticWeights(p.arch, cfg, seed=4).get(name), full)
     assert abs(float(full.std()) - 1.0) < 0.01
     gu = "model.language_model.layers.0.mlp.experts.gate_up_proj"
     e0, e1 = w.get(gu, 0), w.get(gu, 1)

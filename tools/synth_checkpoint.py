@@ -1,7 +1,9 @@
 """Write a synthetic Hugging Face checkpoint at a real model's per-layer shapes (bf16 safetensors, sharded).
 
 For converter benchmarks: a Qwen3-30B-A3B-shaped subset with a few layers is several GB, enough to measure
-throughput and peak memory, without a hub. Random weights; the tokenizer is rebuilt from llama.cpp's vocab.
+throughput and peak memory, without a hub. The releases, their tensor names and shapes are the family facts of
+the architecture modules (converter/archs/, `releases` and `release_tensors`). Random weights (matrices
+N(0, 0.02), norms at their neutral value); the tokenizer is rebuilt from llama.cpp's vocab.
 
     python tools/synth_checkpoint.py qwen3-30b-a3b --layers 4 -o /tmp/q3-synth
 """
@@ -12,20 +14,18 @@ import argparse
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from flashmoe_gguf.tiny import bpe_tokenizer, default_cache_dir, vocab_gguf, write_tokenizer
 
-PRESETS = {
-    "qwen3-30b-a3b": {
-        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048,
-        "intermediate_size": 6144, "moe_intermediate_size": 768, "num_attention_heads": 32,
-        "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8,
-        "norm_topk_prob": True, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
-        "tie_word_embeddings": False, "hidden_act": "silu", "vocab_size": 151936,
-    },
-}
+def _releases() -> dict[str, tuple[Any, Any]]:
+    from flashmoe_gguf.converter.archs import ARCHITECTURES
+    return {r.name: (a, r) for a in ARCHITECTURES for r in a.releases if r.tokenizer_kind == "bpe"}
+
+
+PRESETS = _releases()
 
 
 def _bf16(rng: np.random.Generator, shape: tuple[int, ...], scale: float) -> np.ndarray:
@@ -77,37 +77,26 @@ class ShardWriter:
 
 
 def synthesize(preset: str, layers: int, out: Path, shard_gb: float = 2.0, seed: int = 0) -> Path:
-    cfg = dict(PRESETS[preset], num_hidden_layers=layers)
+    arch, release = PRESETS[preset]
+    cfg = arch.release_config(release, layers)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    H, I, E = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts"]
-    nh, nkv, hd, V = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["vocab_size"]
     w = ShardWriter(out, int(shard_gb * 1e9))
-    w.add("model.embed_tokens.weight", "BF16", _bf16(rng, (V, H), 0.02))
-    for layer in range(layers):
-        p = f"model.layers.{layer}."
-        for n, shp in (("self_attn.q_proj", (nh * hd, H)), ("self_attn.k_proj", (nkv * hd, H)),
-                       ("self_attn.v_proj", (nkv * hd, H)), ("self_attn.o_proj", (H, nh * hd)),
-                       ("mlp.gate", (E, H))):
-            w.add(p + n + ".weight", "BF16", _bf16(rng, shp, 0.02))
-        for n, d in (("input_layernorm", H), ("post_attention_layernorm", H), ("self_attn.q_norm", hd),
-                     ("self_attn.k_norm", hd)):
-            w.add(p + n + ".weight", "BF16", _one_bf16(d))
-        for e in range(E):
-            w.add(p + f"mlp.experts.{e}.gate_proj.weight", "BF16", _bf16(rng, (I, H), 0.02))
-            w.add(p + f"mlp.experts.{e}.up_proj.weight", "BF16", _bf16(rng, (I, H), 0.02))
-            w.add(p + f"mlp.experts.{e}.down_proj.weight", "BF16", _bf16(rng, (H, I), 0.02))
-    w.add("model.norm.weight", "BF16", _one_bf16(H))
-    w.add("lm_head.weight", "BF16", _bf16(rng, (V, H), 0.02))
+    for name, shape, init in arch.release_tensors(cfg):
+        if len(shape) >= 2:
+            w.add(name, "BF16", _bf16(rng, shape, 0.02))
+        else:
+            w.add(name, "BF16", _const_bf16(shape, init.mean))
     w.finish()
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    tj, tcfg, _ = bpe_tokenizer(vocab_gguf(default_cache_dir(), "qwen2"), V)
+    V = int((cfg.get("text_config") or cfg)["vocab_size"])
+    tj, tcfg, _ = bpe_tokenizer(vocab_gguf(default_cache_dir(), release.vocab), V)
     write_tokenizer(out, tj, tcfg)
     return out
 
 
-def _one_bf16(n: int) -> np.ndarray:
-    return np.full(n, 0x3F80, dtype=np.uint16)  # 1.0
+def _const_bf16(shape: tuple[int, ...], value: float) -> np.ndarray:
+    return (np.full(shape, value, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ a time, so memory stays bounded whatever the model size.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from flashmoe_gguf.experts import expert_tensor_name, parse_expert_name
 from ..errors import CheckpointError, ConversionError
 from ..recipe import Role
 from ..weights import MlxQuant, Weights
+from .facts import Release, TensorInit, TestModel
 
 Array = np.ndarray
 
@@ -78,6 +80,9 @@ class MoeArch:
     }
     # checkpoint tensors that are not part of the text model (vision towers, MTP heads, ...)
     ignore_patterns: ClassVar[tuple[str, ...]] = (r"(^|\.)rotary_emb\.inv_freq$",)
+    # family facts (facts.py): published models `flashmoe synth` reproduces, tiny models the tests build
+    releases: ClassVar[tuple[Release, ...]] = ()
+    test_models: ClassVar[dict[str, TestModel]] = {}
 
     def __init__(self, config: dict[str, Any], weights: Weights) -> None:
         self.config = config
@@ -85,6 +90,39 @@ class MoeArch:
         self.weights = weights
         self.n_layers = int(self.require("num_hidden_layers"))
         self.tmap = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
+
+    # -- releases (for `flashmoe synth`) ----------------------------------------------------------------
+    @classmethod
+    def release_config(cls, release: Release, layers: int | None = None, tiny: bool = False) -> dict[str, Any]:
+        """config.json of the release (its small variant with tiny=True), cut to its first `layers` layers."""
+        text = copy.deepcopy(release.text_config)
+        if tiny:
+            text.update(copy.deepcopy(release.tiny))
+        full = int(text["num_hidden_layers"])
+        n = full if layers is None else int(layers)
+        if not 1 <= n <= full:
+            raise ValueError(f"--layers must be between 1 and {full} for {release.name}, got {layers}")
+        text["num_hidden_layers"] = n
+        return cls.wrap_release_config(release, text)
+
+    @classmethod
+    def wrap_release_config(cls, release: Release, text: dict[str, Any]) -> dict[str, Any]:
+        """config.json around a release's text config (a VLM release nests it)."""
+        return text
+
+    @classmethod
+    def release_tensors(cls, config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], TensorInit]]:
+        """(Hugging Face name, shape, how to draw it) of every tensor a release checkpoint with this config has.
+
+        Convention: projections get std 1/sqrt(fan_in) (output projections half that), so activations keep unit
+        scale through a random stack; embeddings std 1; RMSNorm weights their neutral value. Routers get
+        1/sqrt(hidden): router logits of unit-RMS hidden states are N(0, 1) per expert."""
+        raise NotImplementedError(f"{cls.__name__} has no synthetic release layout")
+
+    @classmethod
+    def release_router(cls, config: dict[str, Any], layer: int) -> str:
+        """the Hugging Face name of a layer's router in a release checkpoint"""
+        raise NotImplementedError(f"{cls.__name__} has no synthetic release layout")
 
     # -- hyperparameters --------------------------------------------------------------------------------
     @property
@@ -350,3 +388,37 @@ def _concat_mlx(a: Callable[[int], MlxQuant] | None,
         return MlxQuant(np.concatenate([x.q, y.q]), np.concatenate([x.scales, y.scales]),
                         np.concatenate([x.biases, y.biases]), x.bits, x.group)
     return f
+
+
+def plain_release_tensors(config: dict[str, Any], moe: str, projections: tuple[str, str, str],
+                          qk_norm: bool) -> Iterator[tuple[str, tuple[int, ...], TensorInit]]:
+    """release_tensors of the common layout (Qwen3-MoE, Mixtral): `model.layers.L.self_attn.{q,k,v,o}_proj`,
+    the router `model.layers.L.<moe>.gate`, one tensor per expert projection (gate, up, down names given)."""
+    hp = config.get("text_config") or config
+    H, V, L = int(hp["hidden_size"]), int(hp["vocab_size"]), int(hp["num_hidden_layers"])
+    nh, nkv = int(hp["num_attention_heads"]), int(hp["num_key_value_heads"])
+    hd = int(hp.get("head_dim") or H // nh)
+    E = int(hp.get("num_experts") or hp["num_local_experts"])
+    I = int(hp.get("moe_intermediate_size") or hp["intermediate_size"])
+    proj = lambda fan_in: TensorInit(std=fan_in ** -0.5)           # noqa: E731
+    out = lambda fan_in: TensorInit(std=0.5 * fan_in ** -0.5)      # noqa: E731
+    one = TensorInit(mean=1.0)
+    yield "model.embed_tokens.weight", (V, H), TensorInit(std=1.0)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        yield p + "input_layernorm.weight", (H,), one
+        yield p + "post_attention_layernorm.weight", (H,), one
+        yield p + "self_attn.q_proj.weight", (nh * hd, H), proj(H)
+        yield p + "self_attn.k_proj.weight", (nkv * hd, H), proj(H)
+        yield p + "self_attn.v_proj.weight", (nkv * hd, H), proj(H)
+        yield p + "self_attn.o_proj.weight", (H, nh * hd), out(nh * hd)
+        if qk_norm:
+            yield p + "self_attn.q_norm.weight", (hd,), one
+            yield p + "self_attn.k_norm.weight", (hd,), one
+        yield f"{p}{moe}.gate.weight", (E, H), proj(H)
+        for e in range(E):
+            yield f"{p}{moe}.experts.{e}.{projections[0]}.weight", (I, H), proj(H)
+            yield f"{p}{moe}.experts.{e}.{projections[1]}.weight", (I, H), proj(H)
+            yield f"{p}{moe}.experts.{e}.{projections[2]}.weight", (H, I), out(I)
+    yield "model.norm.weight", (H,), one
+    yield "lm_head.weight", (V, H), proj(H)

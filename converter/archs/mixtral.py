@@ -7,12 +7,22 @@ Mistral code rotates the two halves of each head, so q_proj and k_proj rows are 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import gguf
 import numpy as np
 
-from .base import MoeArch, TensorSpec
+from .base import MoeArch, TensorSpec, plain_release_tensors
+from .facts import Release, TensorInit, TestModel
+
+MIXTRAL_8X7B: dict[str, Any] = {
+    # mistralai/Mixtral-8x7B-v0.1 config.json
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "num_local_experts": 8, "num_experts_per_tok": 2, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
+    "max_position_embeddings": 32768, "sliding_window": None, "tie_word_embeddings": False,
+    "hidden_act": "silu", "vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "bfloat16",
+}
 
 
 def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -24,6 +34,25 @@ def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 class Mixtral(MoeArch):
     model_types = ("mixtral",)
     gguf_arch = gguf.MODEL_ARCH.LLAMA
+    releases = (
+        Release("mixtral-8x7b", "Mixtral-8x7B: 32 layers, 8 experts (2 used), hidden 4096, SPM tokenizer",
+                MIXTRAL_8X7B, "llama-spm", "spm",
+                tiny=dict(hidden_size=256, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=1)),
+    )
+    test_models = {"mixtral": TestModel("mixtral", dict(
+        hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=512,
+        rope_theta=1000000.0, tie_word_embeddings=False, sliding_window=None),
+        tokenizer="llama-spm", tokenizer_kind="spm")}
+
+    @classmethod
+    def release_tensors(cls, config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], TensorInit]]:
+        return plain_release_tensors(config, "block_sparse_moe", ("w1", "w3", "w2"), qk_norm=False)
+
+    @classmethod
+    def release_router(cls, config: dict[str, Any], layer: int) -> str:
+        return f"model.layers.{layer}.block_sparse_moe.gate.weight"
 
     def add_hparams(self, w: gguf.GGUFWriter) -> None:
         super().add_hparams(w)

@@ -9,12 +9,18 @@ from __future__ import annotations
 import gguf
 
 from .base import MoeArch
+from .facts import TestModel
 
 
 class Olmoe(MoeArch):
     model_types = ("olmoe",)
     gguf_arch = gguf.MODEL_ARCH.OLMOE
     vocab_pre_default = "olmo"
+    test_models = {"olmoe": TestModel("olmoe", dict(
+        hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+        max_position_embeddings=512, tie_word_embeddings=False),
+        tokenizer="gpt-2", bpe_regex="")}
 
     def add_hparams(self, w: gguf.GGUFWriter) -> None:
         super().add_hparams(w)

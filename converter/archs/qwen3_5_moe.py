@@ -21,6 +21,8 @@ What is not a plain rename (llama.cpp's own converter is the reference):
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import gguf
@@ -28,10 +30,69 @@ import numpy as np
 
 from ..errors import CheckpointError, ConversionError
 from ..recipe import Role
+from ..vocab import SPLIT_REGEX
 from ..weights import Weights
 from .base import Array, MoeArch, TensorSpec
+from .facts import Release, TensorInit, TestModel
 
 _DEFAULT_MROPE_SECTIONS = (11, 11, 10)   # transformers' default when rope_parameters has no mrope_section
+
+QWEN35_397B_TEXT: dict[str, Any] = {
+    # Qwen/Qwen3.5-397B-A17B text_config. Field names are transformers' Qwen3_5MoeTextConfig (whose defaults
+    # are the 35B-A3B: hidden 2048, 40 layers, 256 experts, 8 used, 16 heads, 32 linear value heads, expert
+    # and shared-expert intermediate 512). The 397B values: hidden 4096, 60 layers, 512 experts / 10 used,
+    # expert intermediate 1024, 32 heads / 2 kv heads / head_dim 256, linear attention 16 key / 64 value heads
+    # of 128, vocab 248320 are stated on the model cards (e.g. mlx-community/Qwen3.5-397B-A17B-4bit).
+    # Not verified against the release config.json itself (no hub here): shared_expert_intermediate_size 1024
+    # (two public copies of the config say 1024, one test fixture says 4096; with 1024 the text model counts
+    # 396.3 B parameters and 17.3 B active, matching "397B-A17B" with the vision tower and MTP head left
+    # out, with 4096 it would be 19.6 B active), max_position_embeddings, rope_theta 1e7 and mrope_section
+    # [11, 11, 10] (transformers' default).
+    "model_type": "qwen3_5_moe_text", "hidden_size": 4096, "num_hidden_layers": 60,
+    "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 256, "hidden_act": "silu",
+    "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+    "linear_num_key_heads": 16, "linear_num_value_heads": 64, "moe_intermediate_size": 1024,
+    "shared_expert_intermediate_size": 1024, "num_experts": 512, "num_experts_per_tok": 10,
+    "full_attention_interval": 4, "attn_output_gate": True, "vocab_size": 248320, "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 262144, "tie_word_embeddings": False, "mlp_only_layers": [],
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25,
+                        "mrope_section": [11, 11, 10], "mrope_interleaved": True},
+}
+
+
+def _qwen35_release_layout(model_dir: Path) -> None:
+    """Rewrite what transformers' Qwen3_5MoeForCausalLM saved into the layout Qwen publishes: a VLM config
+    nesting `text_config`, tensors under `model.language_model.`, experts stacked as `experts.gate_up_proj` /
+    `experts.down_proj`, plus vision-tower and MTP tensors the converter must skip. transformers still loads it
+    as Qwen3_5MoeForCausalLM, so a reference forward pass is unchanged."""
+    from safetensors.numpy import load_file, save_file
+
+    text = json.loads((model_dir / "config.json").read_text())
+    text.pop("architectures", None)
+    n, H, E = text["num_hidden_layers"], text["hidden_size"], text["num_experts"]
+    cfg = {"architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
+           "text_config": text, "tie_word_embeddings": False,
+           "vision_config": {"model_type": "qwen3_5_moe_vision", "depth": 1, "hidden_size": 64,
+                             "intermediate_size": 128, "num_heads": 2, "out_hidden_size": H,
+                             "num_position_embeddings": 64}}
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    path = model_dir / "model.safetensors"
+    t = load_file(path)
+    out = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v for k, v in t.items()
+           if ".experts." not in k}
+    for i in range(n):
+        e = f"model.layers.{i}.mlp.experts"
+        out[f"model.language_model.layers.{i}.mlp.experts.gate_up_proj"] = np.stack(
+            [np.concatenate([t[f"{e}.{j}.gate_proj.weight"], t[f"{e}.{j}.up_proj.weight"]]) for j in range(E)])
+        out[f"model.language_model.layers.{i}.mlp.experts.down_proj"] = np.stack(
+            [t[f"{e}.{j}.down_proj.weight"] for j in range(E)])
+    rng = np.random.default_rng(1)
+    extra = {"mtp.fc.weight": (H, 2 * H), "mtp.pre_fc_norm_embedding.weight": (H,), "mtp.norm.weight": (H,),
+             "mtp.layers.0.input_layernorm.weight": (H,), "mtp.layers.0.mlp.gate.weight": (E, H),
+             "mtp.layers.0.mlp.experts.0.gate_proj.weight": (64, H),
+             "model.visual.blocks.0.attn.qkv.weight": (192, 64), "model.visual.merger.linear_fc2.weight": (H, 256)}
+    out.update({k: rng.standard_normal(shp).astype(np.float32) for k, shp in extra.items()})
+    save_file(out, str(path), metadata={"format": "pt"})
 
 
 def tile_v_heads(x: Array, axis: int, n_k: int, v_per_k: int, head_dim: int) -> Array:
@@ -52,6 +113,96 @@ class Qwen35Moe(MoeArch):
         r"^(model\.)?mtp\.",                         # multi-token-prediction head
         r"^(model\.)?visual\.", r"^model\.vision",    # vision tower
     )
+    releases = (
+        Release("qwen35-397b-a17b",
+                "Qwen3.5-397B-A17B: 60 hybrid layers (3 Gated DeltaNet + 1 attention), 512 experts (10 used) + shared",
+                QWEN35_397B_TEXT, "qwen35", "bpe",
+                tiny=dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=64, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
+                          linear_num_value_heads=8, moe_intermediate_size=256, shared_expert_intermediate_size=256,
+                          num_experts=16, num_experts_per_tok=4, vocab_size=4096,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
+                                           "partial_rotary_factor": 0.25, "mrope_section": [3, 3, 2],
+                                           "mrope_interleaved": True})),
+    )
+    # 3 Gated DeltaNet layers + 1 gated full-attention layer; 2 key heads for 4 value heads (V-head reordering);
+    # built as the text model, then rewritten into the published VLM layout (_qwen35_release_layout). Smaller
+    # routed experts: at 0.08 this random hybrid model is chaotic under 4-bit experts (transformers itself, run
+    # on Q4_K-rounded experts, agreed with its own F32 argmax on under half the positions).
+    test_models = {"qwen3_5_moe": TestModel("qwen3_5_moe_text", dict(
+        hidden_size=256, moe_intermediate_size=256, shared_expert_intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64, linear_value_head_dim=64,
+        linear_conv_kernel_dim=4, max_position_embeddings=512, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="default", rope_theta=10000000.0, partial_rotary_factor=0.25,
+                             mrope_section=[3, 3, 2], mrope_interleaved=True)),
+        tokenizer="qwen35", bpe_regex=SPLIT_REGEX["qwen35"], post_build=_qwen35_release_layout, expert_std=0.04)}
+
+    @classmethod
+    def wrap_release_config(cls, release: Release, text: dict[str, Any]) -> dict[str, Any]:
+        """the VLM wrapper, and the first n layers' types of the full stack, so a slice keeps the hybrid pattern"""
+        n, interval = int(text["num_hidden_layers"]), int(text["full_attention_interval"])
+        text["layer_types"] = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(n)]
+        if "full_attention" not in text["layer_types"]:
+            # llama.cpp's hybrid memory aborts in decode (GGML_ASSERT(buffer) in the KV cache's input) when no
+            # layer has a KV cache, stock llama.cpp included
+            raise ValueError(f"--layers must be at least {interval} for {release.name}: llama.cpp cannot run a "
+                             f"qwen3_5_moe model without a full-attention layer (the first is layer {interval - 1})")
+        return {"architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
+                "text_config": text, "tie_word_embeddings": False}
+
+    @classmethod
+    def release_router(cls, config: dict[str, Any], layer: int) -> str:
+        return f"model.language_model.layers.{layer}.mlp.gate.weight"
+
+    @classmethod
+    def release_tensors(cls, config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], TensorInit]]:
+        hp = config.get("text_config") or config
+        H, V, L = int(hp["hidden_size"]), int(hp["vocab_size"]), int(hp["num_hidden_layers"])
+        nh, nkv, hd, E = (int(hp["num_attention_heads"]), int(hp["num_key_value_heads"]), int(hp["head_dim"]),
+                          int(hp["num_experts"]))
+        I, Ish = int(hp["moe_intermediate_size"]), int(hp["shared_expert_intermediate_size"])
+        nk, nv = int(hp["linear_num_key_heads"]), int(hp["linear_num_value_heads"])
+        dk, dv, K = int(hp["linear_key_head_dim"]), int(hp["linear_value_head_dim"]), int(hp["linear_conv_kernel_dim"])
+        proj = lambda fan_in: TensorInit(std=fan_in ** -0.5)           # noqa: E731
+        out = lambda fan_in: TensorInit(std=0.5 * fan_in ** -0.5)      # noqa: E731
+        one, zero = TensorInit(mean=1.0), TensorInit(mean=0.0)         # norms: x * (1 + w) stores w = 0
+        root = "model.language_model."
+        yield root + "embed_tokens.weight", (V, H), TensorInit(std=1.0)
+        for i in range(L):
+            p = f"{root}layers.{i}."
+            yield p + "input_layernorm.weight", (H,), zero
+            yield p + "post_attention_layernorm.weight", (H,), zero
+            if hp["layer_types"][i] == "linear_attention":
+                a = p + "linear_attn."
+                conv = 2 * nk * dk + nv * dv
+                yield a + "in_proj_qkv.weight", (conv, H), proj(H)
+                yield a + "in_proj_z.weight", (nv * dv, H), proj(H)
+                yield a + "in_proj_b.weight", (nv, H), proj(H)
+                yield a + "in_proj_a.weight", (nv, H), proj(H)
+                yield a + "conv1d.weight", (conv, 1, K), proj(K)
+                yield a + "dt_bias", (nv,), one
+                yield a + "A_log", (nv,), TensorInit(log_uniform=(1.0, 16.0))
+                yield a + "norm.weight", (dv,), one          # gated RMSNorm: plain x * w
+                yield a + "out_proj.weight", (H, nv * dv), out(nv * dv)
+            else:
+                a = p + "self_attn."
+                yield a + "q_proj.weight", (2 * nh * hd, H), proj(H)   # query and output gate per head
+                yield a + "k_proj.weight", (nkv * hd, H), proj(H)
+                yield a + "v_proj.weight", (nkv * hd, H), proj(H)
+                yield a + "o_proj.weight", (H, nh * hd), out(nh * hd)
+                yield a + "q_norm.weight", (hd,), zero
+                yield a + "k_norm.weight", (hd,), zero
+            m = p + "mlp."
+            yield m + "gate.weight", (E, H), proj(H)
+            yield m + "experts.gate_up_proj", (E, 2 * I, H), proj(H)
+            yield m + "experts.down_proj", (E, H, I), out(I)
+            yield m + "shared_expert.gate_proj.weight", (Ish, H), proj(H)
+            yield m + "shared_expert.up_proj.weight", (Ish, H), proj(H)
+            yield m + "shared_expert.down_proj.weight", (H, Ish), out(Ish)
+            yield m + "shared_expert_gate.weight", (1, H), proj(H)
+        yield root + "norm.weight", (H,), zero
+        yield "lm_head.weight", (V, H), proj(H)
 
     def __init__(self, config: dict[str, Any], weights: Weights) -> None:
         super().__init__(config, weights)
