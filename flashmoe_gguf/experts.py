@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gguf_index import GGUFIndex, read_index
+from .gguf_index import GGUFIndex, GGUFModel, read_model
 
 EXPERT_KINDS = ("gate_up", "gate", "up", "down")
 EXPERT_NAME = re.compile(r"^blk\.(\d+)\.ffn_(gate_up|gate|up|down)_exps\.weight$")
@@ -40,20 +40,21 @@ class ExpertTensor:
     name: str
     layer: int
     kind: str
-    offset: int      # absolute file offset of expert 0
+    offset: int      # absolute offset of expert 0 in its file
     stride: int      # bytes per expert
     n_expert: int
     gtype: int       # ggml type
     ne0: int         # values per row
     ne1: int         # rows per expert
+    shard: int = 0   # the file of the model that holds it (split models)
 
     def expert_range(self, e: int) -> tuple[int, int]:
         return self.offset + e * self.stride, self.offset + (e + 1) * self.stride
 
 
-def expert_tensors(index: GGUFIndex | str | Path) -> list[ExpertTensor]:
-    """The routed-expert tensors of any GGUF (ours or not), in file order, from its tensor table."""
-    idx = index if isinstance(index, GGUFIndex) else read_index(index)
+def expert_tensors(model: GGUFModel | GGUFIndex | str | Path) -> list[ExpertTensor]:
+    """The routed-expert tensors of any GGUF (ours or not; a split one from its first shard), in file order."""
+    idx = model if isinstance(model, (GGUFModel, GGUFIndex)) else read_model(model)
     out = []
     for t in idx.tensors:
         parsed = parse_expert_name(t.name)
@@ -62,5 +63,5 @@ def expert_tensors(index: GGUFIndex | str | Path) -> list[ExpertTensor]:
         if len(t.shape) != 3 or t.shape[2] <= 0 or t.nbytes % t.shape[2]:
             raise ExpertTableError(f"{idx.path}: {t.name} has shape {list(t.shape)}, not [cols, rows, experts]")
         out.append(ExpertTensor(t.name, parsed[0], parsed[1], t.offset, t.nbytes // t.shape[2], t.shape[2], t.gtype,
-                                t.shape[0], t.shape[1]))
+                                t.shape[0], t.shape[1], t.shard))
     return out

@@ -1,17 +1,25 @@
-"""A fast, bounds-checked reader of a GGUF's tensor table (names, types, shapes, absolute data offsets).
+"""A fast, bounds-checked reader of GGUF tensor tables (names, types, shapes, data offsets), for single files and
+for models split into shards by llama.cpp's convention.
 
 gguf-py's GGUFReader builds a numpy object per metadata element, which takes seconds for a 150k-token
 vocabulary; the runtime needs only the tensor table and a few scalar keys, so this skips array values by
-their byte lengths. Every length and offset read from the file is checked against the file size.
+their byte lengths. Every length, count and offset read from the file is checked against the file size and
+against fixed limits before it is used, and the header is read with ordinary reads (not a mapping), so a file
+that is truncated or rewritten while it is parsed gives GGUFIndexError, never a crash.
+
+Split models (`<prefix>-00001-of-00003.gguf` ...; llama.cpp's llama_split_prefix / llama_split_path, keys
+`split.no`, `split.count`, `split.tensors.count`): `read_model` reads every shard from the first one's name,
+checks that they belong together, and gives one tensor table whose entries say which shard holds them.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -20,10 +28,15 @@ GGUF_MAGIC = b"GGUF"
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
+MAX_COUNT = 1 << 20          # tensors or keys in one file
+MAX_STRING = 1 << 24         # bytes of one string
+MAX_HEADER = 1 << 31         # bytes of a header (a 256k vocabulary takes a few MB)
+SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 
 class GGUFIndexError(ValueError):
-    """Not a GGUF, or a corrupt or truncated one."""
+    """Not a GGUF, or a corrupt or truncated one, or a split model whose shards do not belong together."""
 
 
 @dataclass(frozen=True)
@@ -31,29 +44,46 @@ class TensorInfo:
     name: str
     gtype: int
     shape: tuple[int, ...]   # ggml order: ne0 first
-    offset: int              # absolute file offset of the data
+    offset: int              # absolute file offset of the data (in its shard)
     nbytes: int
+    shard: int = 0           # which file of the model holds it
 
 
 @dataclass(frozen=True)
 class GGUFIndex:
     path: Path
     size: int
+    version: int
     alignment: int
     data_offset: int
-    scalars: dict[str, Any]   # scalar and string metadata values (arrays are skipped)
+    scalars: dict[str, Any]  # scalar and string metadata values, and the arrays of `flashmoe.*` keys (others skipped)
     tensors: tuple[TensorInfo, ...]
+    kv_spans: tuple[tuple[str, int, int], ...]  # each key's bytes in the header: (key, start, end)
+    header_end: int          # end of the tensor infos (the data section starts at the next alignment)
 
 
 class _Reader:
-    """Cursor over a read-only mapping of the file: header parsing without a syscall per field."""
+    """Cursor over the file's header, read in chunks on demand."""
 
-    def __init__(self, buf: mmap.mmap, size: int, path: Path) -> None:
-        self.buf, self.size, self.path, self.pos = buf, size, path, 0
+    CHUNK = 1 << 20
+
+    def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
+        self.f, self.size, self.path = f, size, path
+        self.buf = b""
+        self.pos = 0
 
     def _take(self, n: int) -> int:
-        if n < 0 or self.pos + n > self.size:
+        if n < 0 or self.pos + n > self.size or self.pos + n > MAX_HEADER:
             raise GGUFIndexError(f"{self.path}: truncated or corrupt GGUF header")
+        while self.pos + n > len(self.buf):
+            want = max(self.CHUNK, self.pos + n - len(self.buf))
+            try:
+                more = self.f.read(want)
+            except OSError as exc:
+                raise GGUFIndexError(f"{self.path}: read error: {exc.strerror}") from exc
+            if not more:
+                raise GGUFIndexError(f"{self.path}: the file ended inside its header (truncated while reading?)")
+            self.buf += more
         p = self.pos
         self.pos += n
         return p
@@ -73,7 +103,7 @@ class _Reader:
 
     def string(self) -> str:
         n = self.u64()
-        if n > 1 << 24:
+        if n > MAX_STRING:
             raise GGUFIndexError(f"{self.path}: implausible string length {n}")
         return self.read(n).decode("utf-8", errors="replace")
 
@@ -81,45 +111,106 @@ class _Reader:
         self._take(n)
 
 
-def read_index(path: str | Path) -> GGUFIndex:
+ARRAY_PREFIXES = ("flashmoe.",)   # keys whose arrays are read (the flashmoe.* index is small), not skipped
+
+
+def _read_array(r: _Reader, path: Path, key: str, keep: bool) -> list[Any] | None:
+    etype, count = r.u32(), r.u64()
+    out: list[Any] | None = [] if keep else None
+    if etype in _FIXED:
+        if count > MAX_HEADER // _FIXED[etype]:
+            raise GGUFIndexError(f"{path}: implausible array length {count} in {key}")
+        if out is None:
+            r.skip(_FIXED[etype] * count)
+        else:
+            out = [r.unpack(_SCALAR_FMT[etype], _FIXED[etype]) for _ in range(count)]
+    elif etype == STRING:
+        if count > MAX_HEADER // 8:
+            raise GGUFIndexError(f"{path}: implausible array length {count} in {key}")
+        for _ in range(count):
+            n = r.u64()
+            if n > MAX_STRING:
+                raise GGUFIndexError(f"{path}: implausible string length {n} in {key}")
+            if out is None:
+                r.skip(n)
+            else:
+                out.append(r.read(n).decode("utf-8", errors="replace"))
+    else:
+        raise GGUFIndexError(f"{path}: unsupported array element type {etype} in {key}")
+    return out
+
+
+def _read_kv(r: _Reader, path: Path, scalars: dict[str, Any]) -> str:
+    key = r.string()
+    vtype = r.u32()
+    if key in scalars:
+        raise GGUFIndexError(f"{path}: key {key} appears twice")
+    if vtype in _SCALAR_FMT:
+        scalars[key] = r.unpack(_SCALAR_FMT[vtype], _FIXED[vtype])
+    elif vtype == STRING:
+        scalars[key] = r.string()
+    elif vtype == ARRAY:
+        arr = _read_array(r, path, key, key.startswith(ARRAY_PREFIXES))
+        if arr is not None:
+            scalars[key] = arr
+    else:
+        raise GGUFIndexError(f"{path}: unknown value type {vtype} for {key}")
+    return key
+
+
+def _int_key(scalars: dict[str, Any], key: str, default: int, path: Path) -> int:
+    v = scalars.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise GGUFIndexError(f"{path}: {key} is {v!r}, not an integer")
+    return v
+
+
+def _tensor(path: Path, name: str, gtype: int, shape: tuple[int, ...], offset: int, size: int,
+            shard: int) -> TensorInfo:
+    try:
+        blck, tsize = GGML_QUANT_SIZES[GGMLQuantizationType(gtype)]
+    except (ValueError, KeyError):
+        raise GGUFIndexError(f"{path}: tensor {name} has unknown type {gtype}") from None
+    n = 1
+    for d in shape:
+        if d <= 0:
+            raise GGUFIndexError(f"{path}: tensor {name} has shape {list(shape)}")
+        n *= d
+    if shape[0] % blck:
+        raise GGUFIndexError(f"{path}: tensor {name}: rows of {shape[0]} do not fit type {gtype}")
+    nbytes = n // blck * tsize
+    if offset + nbytes > size:
+        raise GGUFIndexError(f"{path}: tensor {name} ends at byte {offset + nbytes}, file has {size} "
+                             f"(truncated?)")
+    return TensorInfo(name, gtype, shape, offset, nbytes, shard)
+
+
+def read_index(path: str | Path, shard: int = 0) -> GGUFIndex:
+    """The tensor table and scalar metadata of one GGUF file (one shard of a split model: its own tensors)."""
     path = Path(path)
     try:
         f = open(path, "rb")
     except OSError as exc:
         raise GGUFIndexError(f"{path}: {exc.strerror}") from exc
     with f:
-        size = path.stat().st_size
+        size = os.fstat(f.fileno()).st_size
         if size < 24:
             raise GGUFIndexError(f"{path}: not a GGUF file (too short)")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        r = _Reader(buf, size, path)
+        r = _Reader(f, size, path)
         if r.read(4) != GGUF_MAGIC:
             raise GGUFIndexError(f"{path}: not a GGUF file")
         version = r.u32()
         if version not in (2, 3):
             raise GGUFIndexError(f"{path}: GGUF version {version} is not supported")
         n_tensors, n_kv = r.u64(), r.u64()
-        if n_tensors > 1 << 20 or n_kv > 1 << 20:
+        if n_tensors > MAX_COUNT or n_kv > MAX_COUNT:
             raise GGUFIndexError(f"{path}: implausible counts ({n_tensors} tensors, {n_kv} keys)")
         scalars: dict[str, Any] = {}
+        spans = []
         for _ in range(n_kv):
-            key = r.string()
-            vtype = r.u32()
-            if vtype in _SCALAR_FMT:
-                scalars[key] = r.unpack(_SCALAR_FMT[vtype], _FIXED[vtype])
-            elif vtype == STRING:
-                scalars[key] = r.string()
-            elif vtype == ARRAY:
-                etype, count = r.u32(), r.u64()
-                if etype in _FIXED:
-                    r.skip(_FIXED[etype] * count)
-                elif etype == STRING:
-                    for _ in range(count):
-                        r.skip(r.u64())
-                else:
-                    raise GGUFIndexError(f"{path}: unsupported array element type {etype} in {key}")
-            else:
-                raise GGUFIndexError(f"{path}: unknown value type {vtype} for {key}")
+            start = r.pos
+            key = _read_kv(r, path, scalars)
+            spans.append((key, start, r.pos))
         raw = []
         for _ in range(n_tensors):
             name = r.string()
@@ -129,26 +220,87 @@ def read_index(path: str | Path) -> GGUFIndex:
             shape = tuple(r.u64() for _ in range(n_dims))
             gtype, rel = r.u32(), r.u64()
             raw.append((name, gtype, shape, rel))
-        alignment = int(scalars.get("general.alignment", 32))
-        if alignment <= 0 or alignment & (alignment - 1):
-            raise GGUFIndexError(f"{path}: bad general.alignment {alignment}")
-        data_offset = (r.pos + alignment - 1) // alignment * alignment
-        buf.close()
+        header_end = r.pos
+    alignment = _int_key(scalars, "general.alignment", 32, path)
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise GGUFIndexError(f"{path}: bad general.alignment {alignment}")
+    data_offset = (header_end + alignment - 1) // alignment * alignment
+    names = set()
     tensors = []
     for name, gtype, shape, rel in raw:
-        try:
-            blck, tsize = GGML_QUANT_SIZES[GGMLQuantizationType(gtype)]
-        except (ValueError, KeyError):
-            raise GGUFIndexError(f"{path}: tensor {name} has unknown type {gtype}") from None
-        n = 1
-        for d in shape:
-            n *= d
-        if shape[0] % blck:
-            raise GGUFIndexError(f"{path}: tensor {name}: rows of {shape[0]} do not fit type {gtype}")
-        nbytes = n // blck * tsize
-        offset = data_offset + rel
-        if offset + nbytes > size:
-            raise GGUFIndexError(f"{path}: tensor {name} ends at byte {offset + nbytes}, file has {size} "
-                                 f"(truncated?)")
-        tensors.append(TensorInfo(name, gtype, shape, offset, nbytes))
-    return GGUFIndex(path, size, alignment, data_offset, scalars, tuple(tensors))
+        if name in names:
+            raise GGUFIndexError(f"{path}: tensor {name} appears twice")
+        names.add(name)
+        if rel % alignment:
+            raise GGUFIndexError(f"{path}: tensor {name} at data offset {rel}, not a multiple of {alignment}")
+        tensors.append(_tensor(path, name, gtype, shape, data_offset + rel, size, shard))
+    return GGUFIndex(path, size, version, alignment, data_offset, scalars, tuple(tensors), tuple(spans), header_end)
+
+
+# -- split models ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GGUFModel:
+    """A model: one GGUF file, or the shards of a split one (files[0] holds the metadata)."""
+    files: tuple[GGUFIndex, ...]
+    tensors: tuple[TensorInfo, ...]     # all of them, each with its shard
+
+    @property
+    def path(self) -> Path:
+        return self.files[0].path
+
+    @property
+    def scalars(self) -> dict[str, Any]:
+        return self.files[0].scalars
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(f.path for f in self.files)
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.files) > 1
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def split_paths(path: str | Path, count: int) -> list[Path]:
+    """The shard names of a model split into `count` files, from the first shard's name (llama.cpp's
+    llama_split_prefix + llama_split_path: `<prefix>-%05d-of-%05d.gguf`)."""
+    p = Path(path)
+    m = _SPLIT_NAME.match(p.name)
+    if not m or int(m.group("no")) != 1 or int(m.group("count")) != count:
+        raise GGUFIndexError(f"{p}: the file says it is the first of {count} shards, but its name is not "
+                             f"<name>-00001-of-{count:05d}.gguf (llama.cpp finds the other shards by that name)")
+    return [p.with_name(f"{m.group('prefix')}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def read_model(path: str | Path) -> GGUFModel:
+    """The whole model whose (first) file is `path`: a single GGUF, or every shard of a split one."""
+    first = read_index(path)
+    count = _int_key(first.scalars, "split.count", 0, first.path)
+    if count <= 1:
+        return GGUFModel((first,), first.tensors)
+    if _int_key(first.scalars, "split.no", 0, first.path) != 0:
+        raise GGUFIndexError(f"{first.path}: shard {first.scalars.get('split.no')} of a split model: load the "
+                             "model from its first shard (…-00001-of-…)")
+    if count > 1024:
+        raise GGUFIndexError(f"{first.path}: implausible split.count {count}")
+    files = [first]
+    for i, p in enumerate(split_paths(first.path, count)[1:], start=1):
+        if not p.exists():
+            raise GGUFIndexError(f"{first.path}: the model is split into {count} files, {p.name} is missing")
+        f = read_index(p, shard=i)
+        if _int_key(f.scalars, "split.no", -1, p) != i or _int_key(f.scalars, "split.count", -1, p) != count:
+            raise GGUFIndexError(f"{p}: says it is shard {f.scalars.get('split.no')} of {f.scalars.get('split.count')}, "
+                                 f"expected shard {i} of {count}: not the same model's shards")
+        files.append(f)
+    tensors = tuple(t for f in files for t in f.tensors)
+    want = _int_key(first.scalars, "split.tensors.count", len(tensors), first.path)
+    if want != len(tensors):
+        raise GGUFIndexError(f"{first.path}: the shards hold {len(tensors)} tensors, split.tensors.count says {want}")
+    if len({t.name for t in tensors}) != len(tensors):
+        raise GGUFIndexError(f"{first.path}: a tensor appears in two shards")
+    return GGUFModel(tuple(files), tensors)

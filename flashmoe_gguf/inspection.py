@@ -1,7 +1,15 @@
-"""`flashmoe inspect`: what a GGUF holds and whether it is laid out for expert streaming.
+"""`flashmoe inspect`: what a GGUF holds, whether it streams, and how well it is laid out for streaming.
 
-Works on any GGUF. For files with a `flashmoe.*` block it also checks that the block agrees with the tensor
-table, and reports every expert slice that does not start on an alignment boundary.
+Works on any GGUF, single or split (from its first shard), through our own bounded reader (gguf_index.py:
+every count, length and offset checked before use, so a corrupt header is a clear error, never a hang). It
+says:
+- the shards, types and sizes, what is streamed (routed experts) and what stays in RAM;
+- whether the model streams at all (it does as soon as it has routed-expert tensors of the right shape) and
+  which code computes each expert type (our kernels, or ggml's own MUL_MAT_ID);
+- whether the layout is the best for streaming (each expert on an alignment boundary, gate and up fused where
+  llama.cpp's loader accepts it, one file) and what would improve it;
+- the state of the `flashmoe.*` index: none, consistent, or stale (a file rewritten by a tool that copied our
+  keys without updating them). The runtime never needs the index: a stale one is reported, not an error.
 """
 
 from __future__ import annotations
@@ -11,11 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gguf
+from gguf import GGMLQuantizationType
 
-from .experts import parse_expert_name
+from .experts import ExpertTableError, ExpertTensor, expert_tensors
+from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .layout import StreamingLayout
 
+# llama.cpp architectures whose loader accepts a fused ffn_gate_up_exps (src/llama-model.cpp:
+# create_tensor_gate_up_exps); the converter's archs/ say the same per family (fuse_gate_up)
+FUSED_GATE_UP_ARCHS = ("qwen35moe", "qwen3next", "deepseek2")
 
 
 class InspectError(Exception):
@@ -28,26 +40,42 @@ class TensorRow:
     gtype: str
     shape: list[int]       # ggml order (ne0 first), as llama.cpp prints it
     nbytes: int
-    offset: int            # absolute file offset of the data
+    offset: int            # offset of the data in its file
+    shard: int
 
 
 @dataclass
 class Inspection:
-    path: Path
+    paths: list[Path]
     arch: str
     alignment: int
-    data_offset: int
     tensors: list[TensorRow]
+    experts: list[ExpertTensor]
     layout: StreamingLayout | None
     expert_bytes: int
     resident_bytes: int
     expert_count: int
-    problems: list[str] = field(default_factory=list)     # makes the file not streaming-ready
-    unaligned: list[str] = field(default_factory=list)    # expert slices off an alignment boundary
+    expert_kernels: dict[str, str]                         # expert type -> who computes it
+    index_problems: list[str] = field(default_factory=list)  # the flashmoe.* index disagrees with the file
+    layout_notes: list[str] = field(default_factory=list)    # what keeps the layout from the best for streaming
+    unaligned: list[str] = field(default_factory=list)       # expert slices off an alignment boundary
 
     @property
-    def streaming_ready(self) -> bool:
-        return self.layout is not None and not self.problems
+    def path(self) -> Path:
+        return self.paths[0]
+
+    @property
+    def streams(self) -> bool:
+        return bool(self.experts)
+
+    @property
+    def optimal(self) -> bool:
+        return self.streams and not self.layout_notes
+
+    @property
+    def index_state(self) -> str:
+        return "none" if self.layout is None and not self.index_problems else \
+            "stale" if self.index_problems else "consistent"
 
     def type_counts(self) -> dict[str, tuple[int, int]]:
         c: Counter[str] = Counter()
@@ -59,86 +87,125 @@ class Inspection:
 
     def render(self, verbose: bool = False) -> str:
         gb = lambda n: f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"  # noqa: E731
-        lines = [f"file:          {self.path}",
-                 f"architecture:  {self.arch}",
-                 f"alignment:     {self.alignment} bytes",
-                 f"tensors:       {len(self.tensors)}",
-                 f"expert bytes:  {gb(self.expert_bytes)} (routed experts, streamed from disk)",
-                 f"resident:      {gb(self.resident_bytes)} (everything else, kept in RAM)",
-                 "types:"]
+        lines = [f"file:          {self.path}"]
+        if len(self.paths) > 1:
+            lines.append(f"split into {len(self.paths)} files: " + ", ".join(p.name for p in self.paths))
+        lines += [f"architecture:  {self.arch}",
+                  f"alignment:     {self.alignment} bytes",
+                  f"tensors:       {len(self.tensors)}",
+                  f"expert bytes:  {gb(self.expert_bytes)} (routed experts, streamed from disk)",
+                  f"resident:      {gb(self.resident_bytes)} (everything else, kept in RAM)",
+                  "types:"]
         for k, (n, nb) in self.type_counts().items():
-            lines.append(f"  {k:6s} {n:5d} tensors  {gb(nb)}")
-        if self.layout is None:
-            lines.append("flashmoe layout: none (not written by flashmoe convert)")
-        else:
-            lines.append(f"flashmoe layout: version {self.layout.version}, {len(self.layout.tensors)} routed "
-                         f"tensors, {self.layout.n_expert} experts each")
-            kinds = Counter(t.kind for t in self.layout.tensors)
-            lines.append("  kinds: " + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())))
-            strides = sorted({(t.kind, t.stride) for t in self.layout.tensors})
-            lines.append("  bytes per expert: " + ", ".join(f"{k} {s}" for k, s in strides))
+            lines.append(f"  {k:7s} {n:5d} tensors  {gb(nb)}")
+        if self.streams:
+            lines.append(f"routed experts: {len(self.experts)} tensors, {self.expert_count} experts each")
+            for t, who in sorted(self.expert_kernels.items()):
+                lines.append(f"  {t:7s} computed by {who}")
         if self.unaligned:
-            lines.append(f"unaligned expert slices: {len(self.unaligned)} tensors (expert size not a multiple "
-                         f"of the alignment; each expert is still contiguous)")
+            lines.append(f"unaligned expert slices: {len(self.unaligned)} tensors (expert size or start not a "
+                         f"multiple of the alignment; each expert is still contiguous)")
             lines += [f"  {u}" for u in (self.unaligned if verbose else self.unaligned[:5])]
-        else:
+        elif self.streams:
             lines.append("every expert slice starts on an alignment boundary")
-        lines += [f"problem: {p}" for p in self.problems]
-        lines.append(f"streaming-ready: {'yes' if self.streaming_ready else 'no'}")
+        if self.layout is not None:
+            lines.append(f"flashmoe index: version {self.layout.version}, {len(self.layout.tensors)} routed "
+                         f"tensors, {self.layout.n_expert} experts each")
+        lines.append(f"flashmoe index: {self.index_state}" + (
+            " (the file was rewritten without updating the flashmoe.* keys; the runtime does not use them)"
+            if self.index_state == "stale" else ""))
+        lines += [f"  stale: {p}" for p in self.index_problems]
+        lines.append("streams: " + ("yes" if self.streams else "no (no routed-expert tensors: not an MoE GGUF)"))
+        if self.streams:
+            lines.append("layout: " + ("optimal for streaming" if self.optimal else "streams, but could be better:"))
+            lines += [f"  {n}" for n in self.layout_notes]
         if verbose:
             lines.append("tensors:")
             for t in self.tensors:
-                lines.append(f"  {t.offset:14d} {t.gtype:6s} {t.nbytes:12d}  {t.name} {t.shape}")
+                lines.append(f"  {t.shard:3d} {t.offset:14d} {t.gtype:7s} {t.nbytes:12d}  {t.name} {t.shape}")
         return "\n".join(lines)
 
 
-def _field_value(f: Any) -> Any:
-    return f.contents()
+def _type_name(gtype: int) -> str:
+    try:
+        return GGMLQuantizationType(gtype).name
+    except ValueError:
+        return str(gtype)
+
+
+def _expert_kernels(experts: list[ExpertTensor]) -> dict[str, str]:
+    """expert type -> our kernels or ggml's code (the extension knows which types it has kernels for)"""
+    try:
+        from . import extension
+        lib = extension.constants()
+        has = lambda t: bool(lib.fm_has_kernel(t))  # noqa: E731
+    except Exception:  # noqa: BLE001 - inspect works without the extension built
+        return {_type_name(e.gtype): "(the ggml extension is not built here)" for e in experts}
+    return {_type_name(e.gtype): "our kernels (scalar, AVX2, AVX-512)" if has(e.gtype) else
+            "ggml's own MUL_MAT_ID (no kernel of ours for this type)" for e in experts}
+
+
+def _index_problems(model: GGUFModel, layout: StreamingLayout, experts: list[ExpertTensor]) -> list[str]:
+    out = []
+    if model.is_split:
+        return ["the index describes one file; this model is split (its offsets are not the shards')"]
+    data_offset = model.files[0].data_offset
+    by_name = {e.name: e for e in experts}
+    if len(layout.tensors) != len(experts):
+        out.append(f"lists {len(layout.tensors)} routed tensors, the file has {len(experts)}")
+    for e in layout.tensors:
+        t = by_name.get(e.name)
+        if t is None:
+            out.append(f"names {e.name}, which the file does not have")
+            continue
+        if data_offset + e.offset != t.offset:
+            out.append(f"{e.name}: offset {e.offset}, the tensor is at data offset {t.offset - data_offset}")
+        if e.stride * layout.n_expert != t.stride * t.n_expert:
+            out.append(f"{e.name}: stride {e.stride} x {layout.n_expert} experts, the tensor has "
+                       f"{t.stride * t.n_expert} bytes")
+    if layout.expert_bytes != sum(t.stride * t.n_expert for t in experts):
+        out.append(f"expert_bytes {layout.expert_bytes}, the file has {sum(t.stride * t.n_expert for t in experts)}")
+    return out
+
+
+def _layout_notes(model: GGUFModel, arch: str, experts: list[ExpertTensor], unaligned: list[str]) -> list[str]:
+    notes = []
+    if unaligned:
+        notes.append(f"{len(unaligned)} expert tensors have experts off an alignment boundary (a read of one expert "
+                     "then spans an extra block; O_DIRECT reads a little more)")
+    if arch in FUSED_GATE_UP_ARCHS and any(e.kind == "gate" for e in experts):
+        notes.append("gate and up are separate tensors: fused (ffn_gate_up_exps, which this architecture's loader "
+                     "accepts) an expert is two reads instead of three")
+    if model.is_split:
+        notes.append(f"split into {len(model.files)} files: every file is one more descriptor to read from (fine; "
+                     "one file is simpler to move)")
+    return notes
 
 
 def inspect_gguf(path: str | Path) -> Inspection:
-    path = Path(path)
     try:
-        r = gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise InspectError(f"{path}: not a readable GGUF: {exc}") from exc
-    kv = {name: _field_value(f) for name, f in r.fields.items() if not name.startswith("GGUF.")}
+        model = read_model(path)
+        experts = expert_tensors(model)
+    except (GGUFIndexError, ExpertTableError) as exc:
+        raise InspectError(f"not a readable GGUF model: {exc}") from exc
+    kv: dict[str, Any] = model.scalars
     arch = str(kv.get("general.architecture", "?"))
-    rows = [TensorRow(t.name, t.tensor_type.name, [int(x) for x in t.shape], int(t.n_bytes), int(t.data_offset))
-            for t in r.tensors]
-    data_offset = min((t.offset for t in rows), default=0)
+    first = model.files[0]
+    rows = [TensorRow(t.name, _type_name(t.gtype), list(t.shape), t.nbytes, t.offset, t.shard) for t in model.tensors]
+    unaligned = []
+    for e in experts:
+        align = model.files[e.shard].alignment
+        if e.offset % align or e.stride % align:
+            unaligned.append(f"{e.name}: {e.stride} bytes per expert, start {e.offset}")
+    layout, index_problems = None, []
     try:
         layout = StreamingLayout.from_kv(kv)
-    except (ValueError, KeyError) as exc:
-        layout = None
-        problems = [f"flashmoe metadata unreadable: {exc}"]
-    else:
-        problems = []
-    alignment = int(kv.get("general.alignment", 32))
-    by_name = {t.name: t for t in rows}
-    expert_rows = [t for t in rows if parse_expert_name(t.name)]
-    expert_bytes = sum(t.nbytes for t in expert_rows)
-    n_expert = int(kv.get(f"{arch}.expert_count", 0) or 0)
-    unaligned: list[str] = []
-    for t in expert_rows:
-        n_e = t.shape[-1] if len(t.shape) == 3 else 1
-        stride = t.nbytes // max(n_e, 1)
-        if t.offset % alignment or stride % alignment:
-            unaligned.append(f"{t.name}: {stride} bytes per expert, start {t.offset}")
+    except (ValueError, KeyError, TypeError) as exc:
+        index_problems = [f"unreadable: {exc}"]
     if layout is not None:
-        if len(layout.tensors) != len(expert_rows):
-            problems.append(f"layout lists {len(layout.tensors)} routed tensors, file has {len(expert_rows)}")
-        for e in layout.tensors:
-            t = by_name.get(e.name)
-            if t is None:
-                problems.append(f"layout names missing tensor {e.name}")
-                continue
-            if data_offset + e.offset != t.offset:
-                problems.append(f"{e.name}: layout offset {e.offset} != tensor data offset {t.offset - data_offset}")
-            if e.stride * layout.n_expert != t.nbytes:
-                problems.append(f"{e.name}: layout stride {e.stride} x {layout.n_expert} != {t.nbytes} bytes")
-        if layout.expert_bytes != expert_bytes:
-            problems.append(f"layout expert_bytes {layout.expert_bytes} != {expert_bytes}")
-    total = sum(t.nbytes for t in rows)
-    return Inspection(path, arch, alignment, data_offset, rows, layout, expert_bytes, total - expert_bytes,
-                      n_expert, problems, unaligned)
+        index_problems = _index_problems(model, layout, experts)
+    expert_bytes = sum(e.stride * e.n_expert for e in experts)
+    n_expert = experts[0].n_expert if experts else 0
+    return Inspection(list(model.paths), arch, first.alignment, rows, experts, layout, expert_bytes,
+                      sum(t.nbytes for t in rows) - expert_bytes, n_expert, _expert_kernels(experts),
+                      index_problems, _layout_notes(model, arch, experts, unaligned), unaligned)

@@ -14,8 +14,9 @@ from typing import Any, Sequence
 from . import extension
 from .budget import auto_budget
 from .experts import ExpertTableError, ExpertTensor, expert_tensors
-from .gguf_index import GGUFIndexError
+from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .isa import IsaError, resolve_isa, tiled_mode
+from .load_plan import load_plan
 from .runtime_errors import FlashMoeError
 from .units import parse_size
 
@@ -30,10 +31,11 @@ def cache_mode(name: str) -> int:
     return int(getattr(extension.constants(), f"FM_CACHE_{name.upper()}"))
 
 
-def routed_experts(path: str | Path) -> list[ExpertTensor]:
-    """expert_tensors, with a bad file as FlashMoeError"""
+def read_moe_model(path: str | Path) -> tuple[GGUFModel, list[ExpertTensor]]:
+    """The model (every shard of a split one) and its routed experts; a bad or incomplete file as FlashMoeError"""
     try:
-        return expert_tensors(path)
+        model = read_model(path)
+        return model, expert_tensors(model)
     except (GGUFIndexError, ExpertTableError) as exc:
         raise FlashMoeError(str(exc)) from exc
 
@@ -69,13 +71,13 @@ class StreamedModel:
         ext = extension.load()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
         self.path = str(Path(path).resolve())
-        self.experts = routed_experts(self.path)
+        self.model, self.experts = read_moe_model(self.path)
         if not self.experts:
             raise FlashMoeError(f"{path}: no routed-expert tensors (blk.N.ffn_*_exps.weight): not an MoE GGUF")
         mode = cache_mode(cache)
         expert_total = sum(e.stride * e.n_expert for e in self.experts)
         if ram_budget == "auto":
-            ram_budget = auto_budget(Path(self.path).stat().st_size - expert_total, expert_total)
+            ram_budget = auto_budget(self.model.size - expert_total, expert_total)
         ram_budget = parse_size(ram_budget)
         self.ram_budget = ram_budget
         if direct_io == "auto":
@@ -93,14 +95,15 @@ class StreamedModel:
             warnings.warn(f"flashmoe: {choice.note}", RuntimeWarning, stacklevel=3)
         self.kernel_isa = choice.name
         err = self.ffi.new("char[1024]")
-        handle = self.lib.fm_model_new(self.path.encode(), ram_budget, io_threads, mode, int(direct_io), choice.code,
-                                       tiled_mode(), err, 1024)
+        paths = [self.ffi.new("char[]", str(p).encode()) for p in self.model.paths]
+        handle = self.lib.fm_model_new(self.ffi.new("char *[]", paths), len(paths), ram_budget, io_threads, mode,
+                                       int(direct_io), choice.code, tiled_mode(), err, 1024)
         if handle == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         self.handle = handle
         for e in self.experts:
-            if self.lib.fm_model_add_tensor(handle, e.name.encode(), e.offset, e.stride, e.n_expert, e.gtype, e.ne0,
-                                            e.ne1, err, 1024) != 0:
+            if self.lib.fm_model_add_tensor(handle, e.name.encode(), e.shard, e.offset, e.stride, e.n_expert, e.gtype,
+                                            e.ne0, e.ne1, err, 1024) != 0:
                 self.close()
                 raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         by_layer: dict[int, dict[str, str]] = {}
@@ -112,18 +115,21 @@ class StreamedModel:
                 self.lib.fm_model_set_partner(handle, a.encode(), b.encode())
         self.load_bytes_read = 0
 
-    def ranges(self) -> list[tuple[int, int]]:
-        return [(e.offset, e.offset + e.stride * e.n_expert) for e in self.experts]
-
     def load(self, params: Any) -> Any:
-        """llama_model_load_from_file's replacement: reads everything but the experts. Runs on the calling thread
-        inside the extension's load scope for this model (fm_model_begin_load .. end_load)."""
+        """llama_model_load_from_file's replacement: reads everything but the experts (a split model as one GGUF
+        stream, see load_plan.py). Runs on the calling thread inside the extension's load scope for this model
+        (fm_model_begin_load .. end_load)."""
         import llama_cpp
-        flat = [x for r in self.ranges() for x in r]
-        ranges = self.ffi.new("uint64_t[]", flat or [0])
+        try:
+            plan = load_plan(self.model, {e.name for e in self.experts})
+        except GGUFIndexError as exc:
+            raise FlashMoeError(str(exc)) from exc
         counter = self.ffi.new("uint64_t *")
         err = self.ffi.new("char[1024]")
-        fp = self.lib.fm_open_file_skipping(self.path.encode(), ranges, len(flat) // 2, counter, err, 1024)
+        paths = [self.ffi.new("char[]", str(p).encode()) for p in self.model.paths]
+        segs = self.ffi.new("uint64_t[]", [x for seg in plan.segments for x in seg])
+        fp = self.lib.fm_open_segments(self.ffi.new("char *[]", paths), len(paths), plan.blob, len(plan.blob), segs,
+                                       len(plan.segments), counter, err, 1024)
         if fp == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         params.load_mode = LOAD_MODE_NONE

@@ -33,6 +33,10 @@ int fm_cpu_isa(void) {
     return fm_kernel_best_isa();
 }
 
+int fm_has_kernel(int ggml_type) {
+    return fm_kernel_get(ggml_type, FM_ISA_BEST) != NULL;
+}
+
 int fm_ggml_has_x86_arith(void) {
 #if defined(__x86_64__) || defined(__i386__)
     return fm_g.ggml_cpu_has_avx2() && fm_g.ggml_cpu_has_fma();
@@ -41,8 +45,8 @@ int fm_ggml_has_x86_arith(void) {
 #endif
 }
 
-fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int isa, int tiled,
-                       char *err, size_t err_len) {
+fm_model *fm_model_new(const char **paths, int n_files, uint64_t budget, int io_threads, int mode, int direct, int isa,
+                       int tiled, char *err, size_t err_len) {
     if (isa != FM_ISA_GGML && (isa < FM_ISA_SCALAR || isa > fm_kernel_best_isa())) {
         snprintf(err, err_len, "kernel instruction set %d is not available on this CPU (best: %d)", isa,
                  fm_kernel_best_isa());
@@ -62,7 +66,7 @@ fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mo
         snprintf(err, err_len, "out of memory");
         return NULL;
     }
-    m->store = fm_store_open(path, budget, io_threads, mode, direct, err, err_len);
+    m->store = fm_store_open(paths, n_files, budget, io_threads, mode, direct, err, err_len);
     if (!m->store) {
         free(m);
         return NULL;
@@ -72,8 +76,8 @@ fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mo
     return m;
 }
 
-int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
-                        int64_t ne0, int64_t ne1, char *err, size_t err_len) {
+int fm_model_add_tensor(fm_model *m, const char *name, int file, uint64_t offset, uint64_t stride, int n_expert,
+                        int type, int64_t ne0, int64_t ne1, char *err, size_t err_len) {
     if (type < 0 || type >= GGML_TYPE_COUNT) {
         snprintf(err, err_len, "%s: unknown ggml type %d", name, type);
         return -1;
@@ -84,7 +88,7 @@ int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t
                  (long long) ne0, fm_g.ggml_type_name((enum ggml_type) type), (unsigned long long) stride);
         return -1;
     }
-    return fm_store_add_tensor(m->store, name, offset, stride, n_expert, type, ne0, ne1, err, err_len) < 0 ? -1 : 0;
+    return fm_store_add_tensor(m->store, name, file, offset, stride, n_expert, type, ne0, ne1, err, err_len) < 0 ? -1 : 0;
 }
 
 int fm_model_set_partner(fm_model *m, const char *a, const char *b) {
@@ -167,52 +171,75 @@ uint64_t fm_model_dropped_bytes(fm_model *m) {
     return m->dropped;
 }
 
-/* ---- the expert-skipping FILE* ------------------------------------------------------------------------ */
+/* ---- the FILE* the loader reads: a stream of segments (flashmoe_gguf/load_plan.py) ------------------------- */
 
 typedef struct {
-    int fd;
-    uint64_t pos, size;
-    uint64_t *ranges; /* sorted [begin, end) pairs */
+    uint64_t start, len, src_off;
+    int kind, src;
+} segment;
+
+typedef struct {
+    int *fds;
+    int n_fds;
+    const char *blob; /* owned copy */
+    size_t blob_len;
+    segment *segs;    /* sorted, contiguous from 0 */
     int n;
+    uint64_t pos, size;
     uint64_t *bytes_read; /* caller's counter */
-} skip_file;
+} seg_file;
+
+static int seg_pread(int fd, char *dst, uint64_t len, uint64_t off) {
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, dst + done, (size_t) (len - done), (off_t) (off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            if (n == 0) errno = EIO; /* the file is shorter than when it was indexed */
+            return -1;
+        }
+        done += (uint64_t) n;
+    }
+    return 0;
+}
+
+/* the bytes [p, p + len) of segment s into dst; SKIP leaves dst as it is (expert bytes: never read) */
+static int seg_copy(seg_file *f, const segment *s, char *dst, uint64_t p, uint64_t len) {
+    const uint64_t in = p - s->start;
+    switch (s->kind) {
+    case FM_SEG_BLOB: memcpy(dst, f->blob + s->src_off + in, (size_t) len); return 0;
+    case FM_SEG_ZERO: memset(dst, 0, (size_t) len); return 0;
+    case FM_SEG_SKIP: return 0;
+    default:
+        if (seg_pread(f->fds[s->src], dst, len, s->src_off + in) != 0) return -1;
+        if (f->bytes_read) *f->bytes_read += len;
+        return 0;
+    }
+}
 
 static ssize_t sf_read(void *cookie, char *buf, size_t size) {
-    skip_file *f = cookie;
+    seg_file *f = cookie;
     if (f->pos >= f->size) return 0;
-    uint64_t end = f->pos + size < f->size ? f->pos + size : f->size;
-    uint64_t p = f->pos;
-    int r = 0;
-    while (r < f->n && f->ranges[2 * r + 1] <= p) r++;
-    while (p < end) {
-        uint64_t stop = end;
-        int skipping = r < f->n && f->ranges[2 * r] <= p;
-        if (skipping) {
-            if (f->ranges[2 * r + 1] < stop) stop = f->ranges[2 * r + 1];
-            /* expert bytes: not read (the buffer is left as it is); the loader discards them in set_tensor */
-            p = stop;
-            r++;
-            continue;
-        }
-        if (r < f->n && f->ranges[2 * r] < stop) stop = f->ranges[2 * r];
-        while (p < stop) {
-            ssize_t n = pread(f->fd, buf + (p - f->pos), (size_t) (stop - p), (off_t) p);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) {
-                if (n == 0) errno = EIO;
-                return -1;
-            }
-            p += (uint64_t) n;
-            if (f->bytes_read) *f->bytes_read += (uint64_t) n;
-        }
+    const uint64_t end = f->pos + size < f->size ? f->pos + size : f->size;
+    int lo = 0, hi = f->n - 1; /* the segment holding pos */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (f->segs[mid].start <= f->pos) lo = mid;
+        else hi = mid - 1;
     }
-    size_t got = (size_t) (end - f->pos);
+    for (uint64_t p = f->pos; p < end; lo++) {
+        const segment *s = &f->segs[lo];
+        const uint64_t stop = s->start + s->len < end ? s->start + s->len : end;
+        if (seg_copy(f, s, buf + (p - f->pos), p, stop - p) != 0) return -1;
+        p = stop;
+    }
+    const size_t got = (size_t) (end - f->pos);
     f->pos = end;
     return (ssize_t) got;
 }
 
 static int sf_seek(void *cookie, off64_t *offset, int whence) {
-    skip_file *f = cookie;
+    seg_file *f = cookie;
     int64_t base = whence == SEEK_SET ? 0 : whence == SEEK_CUR ? (int64_t) f->pos : (int64_t) f->size;
     int64_t np = base + *offset;
     if (np < 0) {
@@ -225,55 +252,76 @@ static int sf_seek(void *cookie, off64_t *offset, int whence) {
 }
 
 static int sf_close(void *cookie) {
-    skip_file *f = cookie;
-    int rc = close(f->fd);
-    free(f->ranges);
+    seg_file *f = cookie;
+    int rc = 0;
+    for (int i = 0; i < f->n_fds; i++) {
+        if (f->fds[i] >= 0 && close(f->fds[i]) != 0) rc = -1;
+    }
+    free(f->fds);
+    free((void *) f->blob);
+    free(f->segs);
     free(f);
     return rc;
 }
 
-static int cmp_range(const void *a, const void *b) {
-    uint64_t x = ((const uint64_t *) a)[0], y = ((const uint64_t *) b)[0];
-    return x < y ? -1 : x > y;
+/* the segments are contiguous from 0, each within its source */
+static int check_segments(seg_file *f, const struct stat *st, char *err, size_t err_len) {
+    uint64_t pos = 0;
+    for (int i = 0; i < f->n; i++) {
+        const segment *s = &f->segs[i];
+        const int file = s->kind == FM_SEG_FILE || s->kind == FM_SEG_SKIP;
+        const int bad = s->start != pos || s->kind < FM_SEG_BLOB || s->kind > FM_SEG_SKIP ||
+                        (file && (s->src < 0 || s->src >= f->n_fds ||
+                                  s->src_off + s->len > (uint64_t) st[s->src].st_size || s->src_off + s->len < s->len)) ||
+                        (s->kind == FM_SEG_BLOB && (s->src_off > f->blob_len || s->len > f->blob_len - s->src_off));
+        if (bad) {
+            snprintf(err, err_len, "bad load segment %d (the model files changed since they were indexed?)", i);
+            return -1;
+        }
+        pos += s->len;
+    }
+    f->size = pos;
+    return 0;
 }
 
-void *fm_open_file_skipping(const char *path, const uint64_t *ranges, int n_ranges, uint64_t *bytes_read,
-                            char *err, size_t err_len) {
-    skip_file *f = calloc(1, sizeof *f);
-    if (!f || n_ranges < 0) {
+void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t blob_len, const uint64_t *segs,
+                       int n_segs, uint64_t *bytes_read, char *err, size_t err_len) {
+    seg_file *f = calloc(1, sizeof *f);
+    struct stat *st = calloc((size_t) (n_paths > 0 ? n_paths : 1), sizeof *st);
+    if (!f || !st || n_paths < 1 || n_segs < 1) {
+        snprintf(err, err_len, n_paths < 1 || n_segs < 1 ? "nothing to load" : "out of memory");
         free(f);
+        free(st);
+        return NULL;
+    }
+    f->fds = malloc((size_t) n_paths * sizeof *f->fds);
+    f->segs = malloc((size_t) n_segs * sizeof *f->segs);
+    f->blob = malloc(blob_len ? blob_len : 1);
+    if (!f->fds || !f->segs || !f->blob) {
         snprintf(err, err_len, "out of memory");
-        return NULL;
+        goto fail;
     }
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-    if (f->fd < 0 || fstat(f->fd, &st) != 0) {
-        snprintf(err, err_len, "cannot open %s: %s", path, strerror(errno));
-        if (f->fd >= 0) close(f->fd);
-        free(f);
-        return NULL;
-    }
-    f->size = (uint64_t) st.st_size;
-    f->bytes_read = bytes_read;
-    /* no readahead: it would pull the expert ranges next to what we read into the page cache */
-    posix_fadvise(f->fd, 0, 0, POSIX_FADV_RANDOM);
-    f->n = n_ranges;
-    f->ranges = malloc((size_t) (n_ranges ? n_ranges : 1) * 2 * sizeof(uint64_t));
-    if (!f->ranges) {
-        close(f->fd);
-        free(f);
-        snprintf(err, err_len, "out of memory");
-        return NULL;
-    }
-    if (n_ranges) memcpy(f->ranges, ranges, (size_t) n_ranges * 2 * sizeof(uint64_t));
-    qsort(f->ranges, (size_t) n_ranges, 2 * sizeof(uint64_t), cmp_range);
-    for (int i = 0; i < n_ranges; i++) {
-        if (f->ranges[2 * i] > f->ranges[2 * i + 1] || (i && f->ranges[2 * i] < f->ranges[2 * i - 1])) {
-            snprintf(err, err_len, "overlapping or inverted expert ranges");
-            sf_close(f);
-            return NULL;
+    f->n_fds = n_paths;
+    for (int i = 0; i < n_paths; i++) f->fds[i] = -1;
+    for (int i = 0; i < n_paths; i++) {
+        f->fds[i] = open(paths[i], O_RDONLY | O_CLOEXEC);
+        if (f->fds[i] < 0 || fstat(f->fds[i], &st[i]) != 0) {
+            snprintf(err, err_len, "cannot open %s: %s", paths[i], strerror(errno));
+            goto fail;
         }
+        /* no readahead: it would pull the expert ranges next to what we read into the page cache */
+        posix_fadvise(f->fds[i], 0, 0, POSIX_FADV_RANDOM);
     }
+    memcpy((void *) f->blob, blob, blob_len);
+    f->blob_len = blob_len;
+    f->n = n_segs;
+    for (int i = 0; i < n_segs; i++) {
+        const uint64_t *q = segs + 5 * (size_t) i;
+        f->segs[i] = (segment){q[0], q[1], q[4], (int) q[2], (int) q[3]};
+    }
+    f->bytes_read = bytes_read;
+    if (check_segments(f, st, err, err_len) != 0) goto fail;
+    free(st);
     cookie_io_functions_t io = {.read = sf_read, .write = NULL, .seek = sf_seek, .close = sf_close};
     FILE *fp = fopencookie(f, "rb", io);
     if (!fp) {
@@ -284,6 +332,10 @@ void *fm_open_file_skipping(const char *path, const uint64_t *ranges, int n_rang
     /* GGUF parsing makes many tiny reads: a buffer keeps them from becoming syscalls */
     setvbuf(fp, NULL, _IOFBF, 1 << 20);
     return fp;
+fail:
+    free(st);
+    sf_close(f);
+    return NULL;
 }
 
 int fm_close_file(void *file) {

@@ -19,16 +19,19 @@ int fm_backend_api_version(void);
 
 /* The best instruction set our kernels can use on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512). */
 int fm_cpu_isa(void);
+/* Non-zero if we have kernels for expert weights of this ggml type (else ggml's own MUL_MAT_ID computes them). */
+int fm_has_kernel(int ggml_type);
 /* Non-zero if the loaded ggml-cpu computes quantized dot products with its x86 AVX2 + FMA code, the
    arithmetic our kernels reproduce bit for bit (fm_kernels.h); elsewhere only ggml's own code is exact. */
 int fm_ggml_has_x86_arith(void);
 
 /* mode: an fm_cache_mode (budget: bytes of our cache). direct: read with O_DIRECT. isa: FM_ISA_SCALAR, _AVX2 or
    _AVX512 (our kernels) or FM_ISA_GGML (ggml's own MUL_MAT_ID). tiled: an fm_tiled (ggml's tiled K-quant path). */
-fm_model *fm_model_new(const char *path, uint64_t budget, int io_threads, int mode, int direct, int isa, int tiled,
-                       char *err, size_t err_len);
-int fm_model_add_tensor(fm_model *m, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
-                        int64_t ne0, int64_t ne1, char *err, size_t err_len);
+fm_model *fm_model_new(const char **paths, int n_files, uint64_t budget, int io_threads, int mode, int direct, int isa,
+                       int tiled, char *err, size_t err_len);
+/* file: index into the model's paths (split models) */
+int fm_model_add_tensor(fm_model *m, const char *name, int file, uint64_t offset, uint64_t stride, int n_expert,
+                        int type, int64_t ne0, int64_t ne1, char *err, size_t err_len);
 /* b is read together with a: when a's experts are requested, b's same experts are prefetched. */
 int fm_model_set_partner(fm_model *m, const char *a, const char *b);
 /* The load scope, on the thread that calls llama_model_load_from_file_ptr for m: between these two calls only m's
@@ -47,11 +50,12 @@ uint64_t fm_model_dropped_bytes(fm_model *m);
  * release), without computing. For checking cache policies against an access trace. */
 int fm_model_access(fm_model *m, const char *tensor, const int *experts, int n, char *err, size_t err_len);
 
-/* A FILE* on the model that serves every byte except the given [begin, end) ranges, which are never read
- * (the loader's copy of those bytes is discarded anyway). bytes_read counts what it did read. Close it with
- * fm_close_file after loading. */
-void *fm_open_file_skipping(const char *path, const uint64_t *ranges, int n_ranges, uint64_t *bytes_read,
-                            char *err, size_t err_len);
+/* A FILE* reading a stream of segments (flashmoe_gguf/load_plan.py): segs holds n_segs rows of 5 numbers
+   (stream start, length, kind (enum fm_segment_kind), file index into paths, offset in the file or the blob),
+   contiguous from 0. FM_SEG_SKIP ranges are never read (the loader's copy of those bytes, routed experts, is
+   discarded anyway). bytes_read counts what it read from the files. Close it with fm_close_file. */
+void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t blob_len, const uint64_t *segs,
+                       int n_segs, uint64_t *bytes_read, char *err, size_t err_len);
 int fm_close_file(void *file);
 
 #endif

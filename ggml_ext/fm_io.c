@@ -15,16 +15,21 @@
 #define FM_DIRECT_ALIGN 4096u
 
 typedef struct {
-    int job;
+    int job, file;
     uint64_t offset;
     size_t len, cap;
     char *buf;
 } io_req;
 
-struct fm_io {
+typedef struct {
     char path[4096];
     int fd, fd_direct;
     struct stat st0;
+} io_file;
+
+struct fm_io {
+    io_file *files;
+    int n_files, direct;
     fm_io_done_fn done;
     void *owner;
     pthread_mutex_t mu;
@@ -45,11 +50,12 @@ static double now_s(void) {
 
 /* one request, on an I/O thread without the lock */
 static void do_read(fm_io *io, const io_req *q, fm_io_result *r) {
-    const int direct = io->fd_direct >= 0;
+    const io_file *file = &io->files[q->file];
+    const int direct = file->fd_direct >= 0;
     const uint64_t start = direct ? q->offset & ~(uint64_t) (FM_DIRECT_ALIGN - 1) : q->offset;
     const size_t span = (size_t) (q->offset + q->len - start);
     const size_t total = direct ? (span + FM_DIRECT_ALIGN - 1) / FM_DIRECT_ALIGN * FM_DIRECT_ALIGN : q->len;
-    const int fd = direct ? io->fd_direct : io->fd;
+    const int fd = direct ? file->fd_direct : file->fd;
     if (total > q->cap) {
         snprintf(r->detail, sizeof r->detail, "internal error: read buffer too small");
         return;
@@ -99,37 +105,47 @@ static void *io_main(void *arg) {
     return NULL;
 }
 
-fm_io *fm_io_open(const char *path, int n_threads, int direct, fm_io_done_fn done, void *owner, char *err,
-                  size_t err_len) {
-    if (n_threads < 1 || n_threads > 256) {
-        snprintf(err, err_len, "bad number of I/O threads %d", n_threads);
+static int open_file(io_file *f, const char *path, int direct, char *err, size_t err_len) {
+    f->fd = f->fd_direct = -1;
+    if (snprintf(f->path, sizeof f->path, "%s", path) >= (int) sizeof f->path) {
+        snprintf(err, err_len, "path too long");
+        return -1;
+    }
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (f->fd < 0 || fstat(f->fd, &f->st0) != 0) {
+        snprintf(err, err_len, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    /* experts are read at random: stop readahead from pulling their neighbours into the page cache */
+    posix_fadvise(f->fd, 0, 0, POSIX_FADV_RANDOM);
+    if (direct && (f->fd_direct = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT)) < 0) {
+        snprintf(err, err_len, "cannot open %s with O_DIRECT: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+fm_io *fm_io_open(const char *const *paths, int n_files, int n_threads, int direct, fm_io_done_fn done, void *owner,
+                  char *err, size_t err_len) {
+    if (n_threads < 1 || n_threads > 256 || n_files < 1 || n_files > 1024) {
+        snprintf(err, err_len, "bad I/O options (%d files, %d threads)", n_files, n_threads);
         return NULL;
     }
     fm_io *io = calloc(1, sizeof *io);
-    if (!io) {
+    if (!io || !(io->files = calloc((size_t) n_files, sizeof *io->files))) {
         snprintf(err, err_len, "out of memory");
-        return NULL;
-    }
-    io->fd = io->fd_direct = -1;
-    io->done = done;
-    io->owner = owner;
-    if (snprintf(io->path, sizeof io->path, "%s", path) >= (int) sizeof io->path) {
-        snprintf(err, err_len, "path too long");
         free(io);
         return NULL;
     }
-    io->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (io->fd < 0 || fstat(io->fd, &io->st0) != 0) {
-        snprintf(err, err_len, "cannot open %s: %s", path, strerror(errno));
-        fm_io_close(io);
-        return NULL;
-    }
-    /* experts are read at random: stop readahead from pulling their neighbours into the page cache */
-    posix_fadvise(io->fd, 0, 0, POSIX_FADV_RANDOM);
-    if (direct && (io->fd_direct = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT)) < 0) {
-        snprintf(err, err_len, "cannot open %s with O_DIRECT: %s", path, strerror(errno));
-        fm_io_close(io);
-        return NULL;
+    io->done = done;
+    io->owner = owner;
+    io->direct = direct;
+    for (int i = 0; i < n_files; i++) {
+        io->n_files = i + 1;
+        if (open_file(&io->files[i], paths[i], direct, err, err_len) != 0) {
+            fm_io_close(io);
+            return NULL;
+        }
     }
     io->cap = 4096;
     io->queue = calloc((size_t) io->cap, sizeof *io->queue);
@@ -152,7 +168,7 @@ fm_io *fm_io_open(const char *path, int n_threads, int direct, fm_io_done_fn don
 
 void fm_io_close(fm_io *io) {
     if (!io) return;
-    if (io->threads) {
+    if (io->n_threads) {
         pthread_mutex_lock(&io->mu);
         io->stop = 1;
         pthread_cond_broadcast(&io->cv);
@@ -161,24 +177,31 @@ void fm_io_close(fm_io *io) {
         pthread_mutex_destroy(&io->mu);
         pthread_cond_destroy(&io->cv);
     }
-    if (io->fd >= 0) close(io->fd);
-    if (io->fd_direct >= 0) close(io->fd_direct);
+    for (int i = 0; i < io->n_files; i++) {
+        if (io->files[i].fd >= 0) close(io->files[i].fd);
+        if (io->files[i].fd_direct >= 0) close(io->files[i].fd_direct);
+    }
+    free(io->files);
     free(io->queue);
     free(io->threads);
     free(io);
 }
 
-const char *fm_io_path(const fm_io *io) {
-    return io->path;
+int fm_io_n_files(const fm_io *io) {
+    return io->n_files;
 }
 
-uint64_t fm_io_file_size(const fm_io *io) {
-    return (uint64_t) io->st0.st_size;
+const char *fm_io_path(const fm_io *io, int file) {
+    return io->files[file].path;
+}
+
+uint64_t fm_io_file_size(const fm_io *io, int file) {
+    return (uint64_t) io->files[file].st0.st_size;
 }
 
 size_t fm_io_buffer_size(const fm_io *io, size_t len) {
     /* O_DIRECT reads whole aligned blocks: up to one more on each side */
-    return io->fd_direct < 0 ? len : len + 2 * FM_DIRECT_ALIGN;
+    return io->direct ? len + 2 * FM_DIRECT_ALIGN : len;
 }
 
 size_t fm_io_buffer_align(const fm_io *io) {
@@ -186,7 +209,7 @@ size_t fm_io_buffer_align(const fm_io *io) {
     return FM_DIRECT_ALIGN; /* page-aligned either way: expert buffers are large */
 }
 
-int fm_io_submit(fm_io *io, int job, uint64_t offset, size_t len, void *buf, size_t cap) {
+int fm_io_submit(fm_io *io, int job, int file, uint64_t offset, size_t len, void *buf, size_t cap) {
     pthread_mutex_lock(&io->mu);
     if (io->len == io->cap) {
         int cap2 = 2 * io->cap;
@@ -201,17 +224,17 @@ int fm_io_submit(fm_io *io, int job, uint64_t offset, size_t len, void *buf, siz
         io->head = 0;
         io->cap = cap2;
     }
-    io->queue[(io->head + io->len) % io->cap] = (io_req){job, offset, len, cap, buf};
+    io->queue[(io->head + io->len) % io->cap] = (io_req){job, file, offset, len, cap, buf};
     io->len++;
     pthread_cond_signal(&io->cv);
     pthread_mutex_unlock(&io->mu);
     return 0;
 }
 
-int fm_io_read_now(fm_io *io, uint64_t offset, void *dst, size_t len) {
+int fm_io_read_now(fm_io *io, int file, uint64_t offset, void *dst, size_t len) {
     size_t done = 0;
     while (done < len) {
-        ssize_t n = pread(io->fd, (char *) dst + done, len - done, (off_t) (offset + done));
+        ssize_t n = pread(io->files[file].fd, (char *) dst + done, len - done, (off_t) (offset + done));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return -1;
         done += (size_t) n;
@@ -219,18 +242,26 @@ int fm_io_read_now(fm_io *io, uint64_t offset, void *dst, size_t len) {
     return 0;
 }
 
-int fm_io_check_file(fm_io *io, char *why, size_t why_len) {
+static const char *file_changed(const io_file *f) {
     struct stat a, b;
-    const char *w = NULL;
-    if (fstat(io->fd, &a) != 0) w = "cannot stat the open model file";
-    else if (a.st_size != io->st0.st_size) w = "the model file changed size on disk (truncated or rewritten)";
-    else if (stat(io->path, &b) != 0) w = "the model file was removed";
-    else if (b.st_ino != io->st0.st_ino || b.st_dev != io->st0.st_dev) w = "the model file was replaced on disk";
-    else if (b.st_mtim.tv_sec != io->st0.st_mtim.tv_sec || b.st_mtim.tv_nsec != io->st0.st_mtim.tv_nsec)
-        w = "the model file was modified on disk";
-    if (!w) return 0;
-    snprintf(why, why_len, "%s", w);
-    return -1;
+    if (fstat(f->fd, &a) != 0) return "cannot stat the open model file";
+    if (a.st_size != f->st0.st_size) return "the model file changed size on disk (truncated or rewritten)";
+    if (stat(f->path, &b) != 0) return "the model file was removed";
+    if (b.st_ino != f->st0.st_ino || b.st_dev != f->st0.st_dev) return "the model file was replaced on disk";
+    if (b.st_mtim.tv_sec != f->st0.st_mtim.tv_sec || b.st_mtim.tv_nsec != f->st0.st_mtim.tv_nsec)
+        return "the model file was modified on disk";
+    return NULL;
+}
+
+int fm_io_check_file(fm_io *io, char *why, size_t why_len) {
+    for (int i = 0; i < io->n_files; i++) {
+        const char *w = file_changed(&io->files[i]);
+        if (w) {
+            snprintf(why, why_len, "%s: %s", io->files[i].path, w);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 void fm_io_inject_fault(fm_io *io, int nth_read) {

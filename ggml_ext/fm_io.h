@@ -1,10 +1,10 @@
-/* The store's I/O: one model file (its descriptors, buffered and O_DIRECT), a queue of expert reads served by a
- * pool of threads with positional reads, and detection of a file changed underneath.
+/* The store's I/O: the model's files (one, or the shards of a split model; each with a buffered and an O_DIRECT
+ * descriptor), a queue of expert reads served by a pool of threads with positional reads, and detection of a
+ * file changed underneath.
  *
  * A read is (job, offset, len, buffer); when it ends, the done callback runs on the I/O thread that did it,
  * with no lock of ours held, and says where the requested bytes start in the buffer (O_DIRECT reads whole
- * aligned blocks around them) or why the read failed. Split models will give this piece one descriptor per
- * shard; nothing outside it touches a descriptor. */
+ * aligned blocks around them) or why the read failed. Nothing outside this piece touches a descriptor. */
 #ifndef FM_IO_H
 #define FM_IO_H
 
@@ -24,24 +24,26 @@ typedef struct {
 
 typedef void (*fm_io_done_fn)(void *owner, int job, const fm_io_result *r);
 
-/* Opens path (and with O_DIRECT if direct) and starts n_threads readers. NULL with a message on failure. */
-fm_io *fm_io_open(const char *path, int n_threads, int direct, fm_io_done_fn done, void *owner, char *err,
-                  size_t err_len);
+/* Opens the n_files paths (and with O_DIRECT if direct) and starts n_threads readers. NULL with a message on
+   failure. */
+fm_io *fm_io_open(const char *const *paths, int n_files, int n_threads, int direct, fm_io_done_fn done, void *owner,
+                  char *err, size_t err_len);
 /* Stops and joins the readers (a read in progress finishes and reports; queued ones are dropped), closes. */
 void fm_io_close(fm_io *io);
 
-const char *fm_io_path(const fm_io *io);
-uint64_t fm_io_file_size(const fm_io *io); /* as opened */
+int fm_io_n_files(const fm_io *io);
+const char *fm_io_path(const fm_io *io, int file);
+uint64_t fm_io_file_size(const fm_io *io, int file); /* as opened */
 /* The buffer a read of len bytes needs: its size and alignment (O_DIRECT: whole aligned blocks around them). */
 size_t fm_io_buffer_size(const fm_io *io, size_t len);
 size_t fm_io_buffer_align(const fm_io *io);
 
-/* Queues a read of [offset, offset + len) into buf (cap bytes, fm_io_buffer_size(len) at least, aligned to
-   fm_io_buffer_align). 0, or -1 when out of memory. */
-int fm_io_submit(fm_io *io, int job, uint64_t offset, size_t len, void *buf, size_t cap);
-/* Reads [offset, offset + len) now, on the calling thread, through the buffered descriptor. 0 or -1. */
-int fm_io_read_now(fm_io *io, uint64_t offset, void *dst, size_t len);
-/* 0 if the file is still the one opened (size, inode, mtime); else -1 and why. */
+/* Queues a read of [offset, offset + len) of a file into buf (cap bytes, fm_io_buffer_size(len) at least,
+   aligned to fm_io_buffer_align). 0, or -1 when out of memory. */
+int fm_io_submit(fm_io *io, int job, int file, uint64_t offset, size_t len, void *buf, size_t cap);
+/* Reads [offset, offset + len) of a file now, on the calling thread, through the buffered descriptor. 0 or -1. */
+int fm_io_read_now(fm_io *io, int file, uint64_t offset, void *dst, size_t len);
+/* 0 if every file is still the one opened (size, inode, mtime); else -1 and why (naming the file). */
 int fm_io_check_file(fm_io *io, char *why, size_t why_len);
 /* Test hook: the nth read started from now on fails with EIO (0: off). */
 void fm_io_inject_fault(fm_io *io, int nth_read);

@@ -150,10 +150,11 @@ static void read_done(void *owner, int idx, const fm_io_result *r) {
         char msg[512];
         if (r->short_read)
             snprintf(msg, sizeof msg, "%s is shorter than its tensor table says (expert %d of %s at byte %llu): "
-                     "file truncated or replaced", fm_io_path(s->io), sl->expert, t->name, (unsigned long long) r->at);
+                     "file truncated or replaced", fm_io_path(s->io, t->file), sl->expert, t->name,
+                     (unsigned long long) r->at);
         else
-            snprintf(msg, sizeof msg, "read error in %s (expert %d of %s): %s", fm_io_path(s->io), sl->expert, t->name,
-                     r->detail);
+            snprintf(msg, sizeof msg, "read error in %s (expert %d of %s): %s", fm_io_path(s->io, t->file), sl->expert,
+                     t->name, r->detail);
         sl->state = FM_SLOT_ERROR;
         set_error_locked(s, msg);
     }
@@ -218,7 +219,7 @@ static int miss_locked(fm_store *s, int tensor, int expert, size_t key, int kind
     else s->stats.prefetches++;
     if (!cache && s->policy->keeps) s->stats.not_admitted++;
     uint64_t off = t->offset + (uint64_t) expert * t->stride;
-    if (fm_io_submit(s->io, idx, off, (size_t) t->stride, sl->buf, sl->cap) != 0) {
+    if (fm_io_submit(s->io, idx, t->file, off, (size_t) t->stride, sl->buf, sl->cap) != 0) {
         sl->pins = 0;
         free_slot_locked(s, idx);
         return -1;
@@ -330,18 +331,16 @@ int fm_store_wave(const fm_store *s, int tensor, int n) {
 }
 
 int fm_store_check_file(fm_store *s) {
-    char why[256];
+    char why[512];
     if (fm_io_check_file(s->io, why, sizeof why) == 0) return 0;
-    char msg[600];
-    snprintf(msg, sizeof msg, "%s: %s", fm_io_path(s->io), why);
-    fm_store_set_error(s, msg);
+    fm_store_set_error(s, why);
     return -1;
 }
 
 int fm_store_read_weights(fm_store *s, int tensor, uint64_t offset, void *dst, size_t len) {
     const fm_tensor_info *t = &s->tensors[tensor]->info;
     if (offset > t->stride * (uint64_t) t->n_expert || len > t->stride * (uint64_t) t->n_expert - offset ||
-        fm_io_read_now(s->io, t->offset + offset, dst, len) != 0) {
+        fm_io_read_now(s->io, t->file, t->offset + offset, dst, len) != 0) {
         memset(dst, 0, len);
         fm_store_set_error(s, "read error while reading expert weights back");
         return -1;
@@ -372,8 +371,8 @@ void fm_store_inject_read_error(fm_store *s, int nth_read) {
 
 /* ---- the tensor table ------------------------------------------------------------------------------------ */
 
-fm_store *fm_store_open(const char *path, uint64_t budget, int io_threads, int mode, int direct, char *err,
-                        size_t err_len) {
+fm_store *fm_store_open(const char *const *paths, int n_files, uint64_t budget, int io_threads, int mode, int direct,
+                        char *err, size_t err_len) {
     const fm_policy_ops *policy = fm_policy_get(mode);
     if (!policy) {
         snprintf(err, err_len, "bad cache mode %d", mode);
@@ -388,7 +387,7 @@ fm_store *fm_store_open(const char *path, uint64_t budget, int io_threads, int m
     pthread_cond_init(&s->cv_done, NULL);
     s->policy = policy;
     s->budget = budget;
-    s->io = fm_io_open(path, io_threads, direct, read_done, s, err, err_len);
+    s->io = fm_io_open(paths, n_files, io_threads, direct, read_done, s, err, err_len);
     if (!s->io) {
         fm_store_close(s);
         return NULL;
@@ -428,18 +427,18 @@ const fm_tensor_info *fm_store_tensor(const fm_store *s, int idx) {
     return idx >= 0 && idx < s->n_tensors ? &s->tensors[idx]->info : NULL;
 }
 
-static int check_new_tensor(const fm_store *s, const char *name, uint64_t offset, uint64_t stride, int n_expert,
-                            int64_t ne0, int64_t ne1, char *err, size_t err_len) {
+static int check_new_tensor(const fm_store *s, const char *name, int file, uint64_t offset, uint64_t stride,
+                            int n_expert, int64_t ne0, int64_t ne1, char *err, size_t err_len) {
     if (strlen(name) >= sizeof s->tensors[0]->info.name || n_expert <= 0 || n_expert > 65536 || stride == 0 ||
-        ne0 <= 0 || ne1 <= 0) {
+        ne0 <= 0 || ne1 <= 0 || file < 0 || file >= fm_io_n_files(s->io)) {
         snprintf(err, err_len, "bad expert tensor %s", name);
         return -1;
     }
-    /* bounds from the file are never trusted: the whole tensor must lie inside the file */
-    const uint64_t size = fm_io_file_size(s->io);
+    /* bounds from the file are never trusted: the whole tensor must lie inside its file */
+    const uint64_t size = fm_io_file_size(s->io, file);
     if (offset > size || stride > (size - offset) / (uint64_t) n_expert) {
         snprintf(err, err_len, "%s: tensor %s (offset %llu, %d x %llu bytes) extends past the end of the file "
-                 "(%llu bytes): truncated or corrupt", fm_io_path(s->io), name, (unsigned long long) offset,
+                 "(%llu bytes): truncated or corrupt", fm_io_path(s->io, file), name, (unsigned long long) offset,
                  n_expert, (unsigned long long) stride, (unsigned long long) size);
         return -1;
     }
@@ -454,11 +453,11 @@ static int check_new_tensor(const fm_store *s, const char *name, uint64_t offset
     return 0;
 }
 
-int fm_store_add_tensor(fm_store *s, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
-                        int64_t ne0, int64_t ne1, char *err, size_t err_len) {
+int fm_store_add_tensor(fm_store *s, const char *name, int file, uint64_t offset, uint64_t stride, int n_expert,
+                        int type, int64_t ne0, int64_t ne1, char *err, size_t err_len) {
     pthread_mutex_lock(&s->mu);
     int idx = -1;
-    if (check_new_tensor(s, name, offset, stride, n_expert, ne0, ne1, err, err_len) != 0) goto out;
+    if (check_new_tensor(s, name, file, offset, stride, n_expert, ne0, ne1, err, err_len) != 0) goto out;
     if (s->n_tensors == s->cap_tensors) {
         const int cap = s->cap_tensors ? 2 * s->cap_tensors : 64;
         fm_tensor **nt = realloc(s->tensors, (size_t) cap * sizeof *nt);
@@ -469,6 +468,7 @@ int fm_store_add_tensor(fm_store *s, const char *name, uint64_t offset, uint64_t
     fm_tensor *t = calloc(1, sizeof *t);
     if (!t) goto oom;
     snprintf(t->info.name, sizeof t->info.name, "%s", name);
+    t->info.file = file;
     t->info.offset = offset;
     t->info.stride = stride;
     t->info.n_expert = n_expert;

@@ -21,7 +21,8 @@ typedef struct fm_store fm_store;
    lives (ggml tensors point at it) */
 typedef struct fm_tensor_info {
     char name[96];
-    uint64_t offset;   /* absolute file offset of expert 0 */
+    int file;          /* which of the model's files holds it (split models) */
+    uint64_t offset;   /* offset of expert 0 in that file */
     uint64_t stride;   /* bytes per expert */
     int n_expert;
     int type;          /* enum ggml_type */
@@ -30,14 +31,15 @@ typedef struct fm_tensor_info {
     int partner;       /* tensor read together with this one (down for gate_up), or -1 */
 } fm_tensor_info;
 
-/* mode: an fm_cache_mode; direct: O_DIRECT reads. NULL with a message on failure. */
-fm_store *fm_store_open(const char *path, uint64_t budget, int io_threads, int mode, int direct, char *err,
-                        size_t err_len);
+/* paths: the model's files (one, or the shards of a split model); mode: an fm_cache_mode; direct: O_DIRECT reads.
+   NULL with a message on failure. */
+fm_store *fm_store_open(const char *const *paths, int n_files, uint64_t budget, int io_threads, int mode, int direct,
+                        char *err, size_t err_len);
 void fm_store_close(fm_store *s);
 
-/* Registers a tensor before the first use (bounds are checked against the file); its index, or -1. */
-int fm_store_add_tensor(fm_store *s, const char *name, uint64_t offset, uint64_t stride, int n_expert, int type,
-                        int64_t ne0, int64_t ne1, char *err, size_t err_len);
+/* Registers a tensor before the first use (bounds are checked against its file); its index, or -1. */
+int fm_store_add_tensor(fm_store *s, const char *name, int file, uint64_t offset, uint64_t stride, int n_expert,
+                        int type, int64_t ne0, int64_t ne1, char *err, size_t err_len);
 int fm_store_find(const fm_store *s, const char *name);
 int fm_store_n_tensors(const fm_store *s);
 const fm_tensor_info *fm_store_tensor(const fm_store *s, int idx);

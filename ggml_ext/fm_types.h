@@ -28,6 +28,14 @@ enum fm_tiled {
     FM_TILED_FORCE = 2 /* GGML_CPU_TILED_MM_FORCE=1: for every expert */
 };
 
+/* where a byte range of the stream the loader reads comes from (flashmoe_gguf/load_plan.py) */
+enum fm_segment_kind {
+    FM_SEG_BLOB = 0, /* the in-memory blob (a split model's merged header) */
+    FM_SEG_FILE = 1, /* a model file */
+    FM_SEG_ZERO = 2, /* zeros (padding) */
+    FM_SEG_SKIP = 3  /* routed-expert bytes: never read */
+};
+
 typedef struct fm_stats {
     uint64_t expert_bytes_read;
     uint64_t reads;

@@ -48,7 +48,7 @@ def test_index_matches_tensor_table_and_experts_are_aligned(tmp_path: Path) -> N
     for t in r.tensors:
         assert int(t.data_offset) % 4096 == 0, t.name
     info = inspect_gguf(out)
-    assert info.streaming_ready and not info.unaligned and not info.problems
+    assert info.optimal and not info.unaligned and info.index_state == "consistent"
 
 
 def test_tensors_ordered_by_layer() -> None:
@@ -69,10 +69,10 @@ def test_default_alignment_reports_unaligned_slices() -> None:
     path = converted("qwen3_moe", "default")
     info = inspect_gguf(path)
     assert info.alignment == 16384
-    assert info.streaming_ready
+    assert info.streams and not info.optimal
     assert len(info.unaligned) == 6   # 36864-byte experts cannot all start on 16 KiB boundaries
     text = info.render()
-    assert "unaligned expert slices: 6" in text and "streaming-ready: yes" in text
+    assert "unaligned expert slices: 6" in text and "streams: yes" in text
 
 
 def test_inspect_cli(tmp_path: Path) -> None:
@@ -81,11 +81,12 @@ def test_inspect_cli(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "architecture:  qwen3moe" in res.stdout
-    assert "Q4_K" in res.stdout and "streaming-ready: yes" in res.stdout
+    assert "Q4_K" in res.stdout and "streams: yes" in res.stdout and "layout: streams, but could be better" in res.stdout
 
 
 def test_inspect_detects_tampered_index(tmp_path: Path) -> None:
-    """A file whose flashmoe index disagrees with its tensor table is reported as not streaming-ready."""
+    """A file whose flashmoe index disagrees with its tensor table still streams (the runtime reads the tensor
+    table); inspect says the index is stale and where."""
     src = converted("qwen3_moe", "default")
     data = bytearray(src.read_bytes())
     r = GGUFReader(src)
@@ -98,8 +99,9 @@ def test_inspect_detects_tampered_index(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(bytes(data))
     info = inspect_gguf(bad)
-    assert not info.streaming_ready
-    assert any("stride" in p for p in info.problems)
+    assert info.streams and info.index_state == "stale"
+    assert any("stride" in p for p in info.index_problems)
+    assert "flashmoe index: stale" in info.render()
 
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])

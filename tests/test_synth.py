@@ -164,11 +164,11 @@ def test_tiny_file_matches_the_preset_and_is_streaming_ready(synthesized: dict, 
     assert json.loads(kv["flashmoe.synthetic"]) == {"preset": preset, "layers": 4 if preset != "qwen35-397b-a17b"
                                                     else 8, "seed": 1, "expert_pool": POOL, "tiny": True}
     info = inspect_gguf(path)
-    assert info.streaming_ready and not info.problems
+    assert info.streams and info.index_state == "consistent"   # tiny experts are smaller than the 16K alignment
     hp = PRESETS[preset].config(tiny=True)
     hp = hp.get("text_config") or hp
     assert info.layout is not None and info.layout.n_expert == (hp.get("num_experts") or hp["num_local_experts"])
-    assert "streaming-ready: yes" in info.render()
+    assert "streams: yes" in info.render() and "flashmoe index: consistent" in info.render()
     assert report.routing.never_chosen == 0  # type: ignore[attr-defined]
 
 

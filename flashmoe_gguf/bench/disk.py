@@ -26,34 +26,43 @@ def can_drop_caches() -> bool:
     return os.geteuid() == 0 and os.access(DROP_CACHES, os.W_OK)
 
 
+def model_files(path: str | Path) -> tuple[Path, ...]:
+    """every file of the model whose (first) file is path"""
+    from ..gguf_index import read_model
+    return read_model(path).paths
+
+
 def drop_caches(path: str | Path | None = None) -> None:
-    """Drop the page cache. Only clean pages are dropped, so `path` (the model) is flushed first; a global sync
-    is avoided when a path is given: on a shared machine it can wait for other processes' gigabytes."""
+    """Drop the page cache. Only clean pages are dropped, so `path` (the model, all its files) is flushed first;
+    a global sync is avoided when a path is given: on a shared machine it can wait for other processes'
+    gigabytes."""
     if path is None:
         os.sync()
     else:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for p in model_files(path):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     DROP_CACHES.write_text("3\n")
 
 
 def warm_file(path: str | Path) -> float:
-    """Read the whole file into the page cache; returns seconds."""
+    """Read the whole model (every file) into the page cache; returns seconds."""
     t0 = time.monotonic()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(8 << 20)
-        while f.readinto(buf):
-            pass
+    buf = bytearray(8 << 20)
+    for p in model_files(path):
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
     return time.monotonic() - t0
 
 
-def expert_slices(path: str | Path) -> list[tuple[int, int]]:
-    """(offset, length) of every expert of every routed tensor: what one expert read is."""
+def expert_slices(path: str | Path) -> list[tuple[int, int, int]]:
+    """(file index, offset, length) of every expert of every routed tensor: what one expert read is."""
     from ..experts import expert_tensors
-    return [(t.offset + e * t.stride, t.stride) for t in expert_tensors(path) for e in range(t.n_expert)]
+    return [(t.shard, t.offset + e * t.stride, t.stride) for t in expert_tensors(path) for e in range(t.n_expert)]
 
 
 def bandwidth(path: str | Path, n_reads: int, threads: int, seed: int, drop: bool) -> dict[str, Any]:
@@ -65,20 +74,25 @@ def bandwidth(path: str | Path, n_reads: int, threads: int, seed: int, drop: boo
     if drop:
         drop_caches(path)
     flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if direct else 0)
+    fds: list[int] = []
     try:
-        fd = os.open(path, flags)
-    except OSError:
-        fd, direct = os.open(path, os.O_RDONLY), False
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for p in model_files(path):
+            try:
+                fds.append(os.open(p, flags))
+            except OSError:
+                fds.append(os.open(p, os.O_RDONLY))
+                direct = False
+        for fd in fds:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
-            total = sum(pool.map(lambda p: _read(fd, p[0], p[1], direct), picks))
+            total = sum(pool.map(lambda p: _read(fds[p[0]], p[1], p[2], direct), picks))
         secs = time.perf_counter() - t0
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
     return {"threads": threads, "reads": len(picks), "bytes": total, "seconds": secs,
-            "gb_s": total / secs / 1e9 if secs > 0 else 0.0, "read_sizes": sorted({p[1] for p in picks}),
+            "gb_s": total / secs / 1e9 if secs > 0 else 0.0, "read_sizes": sorted({p[2] for p in picks}),
             "method": "dropped page cache, buffered pread" if drop else
             ("O_DIRECT pread (page cache not dropped)" if direct else "buffered pread, page cache NOT dropped "
              "(may be warm)")}

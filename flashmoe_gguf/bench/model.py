@@ -1,6 +1,7 @@
 """What the benchmark needs to know about a GGUF: expert bytes, resident bytes, K, KV-cache size, slice depth.
 
-Everything comes from the tensor table and scalar metadata (`gguf_index.read_index`, fast even for a 150k vocab).
+Everything comes from the tensor tables and scalar metadata (`gguf_index.read_model`: every shard of a split
+model; fast even for a 150k vocab).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..gguf_index import read_index
+from ..gguf_index import read_model
 from ..experts import expert_tensors
 
 FULL_LAYERS_KEY = "flashmoe.synth.full_layers"
@@ -18,8 +19,9 @@ FULL_LAYERS_KEY = "flashmoe.synth.full_layers"
 
 @dataclass(frozen=True)
 class ModelInfo:
-    path: str
-    file_bytes: int
+    path: str                        # the model (its first shard if split)
+    file_bytes: int                  # all its files
+    paths: tuple[str, ...]           # every file of the model
     arch: str
     block_count: int                 # layers in this file
     layers: int                      # layers with routed experts
@@ -62,10 +64,10 @@ def _int(v: Any, default: int = 0) -> int:
 def model_info(path: str | Path, full_layers: int | None = None) -> ModelInfo:
     """Facts about the GGUF at `path`. `full_layers` (e.g. from --full-layers) overrides what the file says."""
     p = Path(path).resolve()
-    idx = read_index(p)
+    idx = read_model(p)
     kv = idx.scalars
     arch = str(kv.get("general.architecture", ""))
-    experts = expert_tensors(p)
+    experts = expert_tensors(idx)
     if not experts:
         raise ValueError(f"{p}: no routed-expert tensors (blk.N.ffn_*_exps.weight): not an MoE GGUF")
     names = {e.name for e in experts}
@@ -99,7 +101,7 @@ def model_info(path: str | Path, full_layers: int | None = None) -> ModelInfo:
             cfg = preset.config(tiny=bool(synthetic.get("tiny")))
             full = int((cfg.get("text_config") or cfg)["num_hidden_layers"])
             source = f"flashmoe.synthetic preset {preset.name}"
-    return ModelInfo(str(p), p.stat().st_size, arch, blocks, len(layer_ids), experts[0].n_expert, used,
+    return ModelInfo(str(p), idx.size, tuple(str(x) for x in idx.paths), arch, blocks, len(layer_ids), experts[0].n_expert, used,
                      sum(e.stride * e.n_expert for e in experts), resident, fixed, max(per_layer),
                      round(len(experts) / len(layer_ids)), types,
                      kv_per_ctx, recurrent, full, source, synthetic)

@@ -1,0 +1,100 @@
+"""What the loader reads: one GGUF byte stream, served to llama.cpp through a FILE* that never reads expert bytes.
+
+llama.cpp's `llama_model_load_from_file_ptr` parses one GGUF from a FILE* (and ignores `split.count`: it would
+load the first shard alone). So a model is presented as one stream of `segments`, each a byte range of the
+stream taken from somewhere:
+- a single file: the file itself, with the routed-expert ranges skipped (never read; llama.cpp drops their bytes);
+- a split model: a merged header in memory (the first shard's keys without `split.*`, the tensor infos of every
+  shard with offsets in one data section) followed by every tensor's bytes from its shard, expert ranges
+  skipped, zero padding between tensors.
+ggml_ext/fm_api.c (`fm_open_segments`) implements the FILE*.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .gguf_index import SPLIT_KEYS, GGUFModel, TensorInfo
+
+from . import extension
+
+_C = extension.constants()
+# segment kinds (ggml_ext/fm_types.h, enum fm_segment_kind)
+SEG_BLOB, SEG_FILE, SEG_ZERO, SEG_SKIP = _C.FM_SEG_BLOB, _C.FM_SEG_FILE, _C.FM_SEG_ZERO, _C.FM_SEG_SKIP
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    blob: bytes                                        # the merged header (split models), else empty
+    segments: tuple[tuple[int, int, int, int, int], ...]  # (stream start, length, kind, file, offset), in order
+    size: int                                          # bytes in the stream
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _file_segments(model: GGUFModel, skip: set[str]) -> LoadPlan:
+    f = model.files[0]
+    cuts = sorted((t.offset, t.offset + t.nbytes) for t in f.tensors if t.name in skip)
+    segs, pos = [], 0
+    for b, e in cuts:
+        if b > pos:
+            segs.append((pos, b - pos, SEG_FILE, 0, pos))
+        segs.append((b, e - b, SEG_SKIP, 0, b))
+        pos = e
+    if f.size > pos:
+        segs.append((pos, f.size - pos, SEG_FILE, 0, pos))
+    return LoadPlan(b"", tuple(segs), f.size)
+
+
+def _gguf_string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def merged_header(model: GGUFModel, offsets: list[int]) -> bytes:
+    """A GGUF header for all the model's tensors, with data offsets `offsets` (relative to the data section)."""
+    first = model.files[0]
+    kv = [(k, b, e) for k, b, e in first.kv_spans if k not in SPLIT_KEYS]
+    with open(first.path, "rb") as f:
+        raw = b""
+        for _, b, e in kv:
+            f.seek(b)
+            chunk = f.read(e - b)
+            if len(chunk) != e - b:
+                from .gguf_index import GGUFIndexError
+                raise GGUFIndexError(f"{first.path}: changed while it was read")
+            raw += chunk
+    out = [b"GGUF", struct.pack("<IQQ", first.version, len(model.tensors), len(kv)), raw]
+    for t, off in zip(model.tensors, offsets):
+        out.append(_gguf_string(t.name) + struct.pack("<I", len(t.shape)) +
+                   b"".join(struct.pack("<Q", d) for d in t.shape) + struct.pack("<IQ", t.gtype, off))
+    head = b"".join(out)
+    return head + b"\0" * (_align(len(head), first.alignment) - len(head))
+
+
+def _split_segments(model: GGUFModel, skip: set[str]) -> LoadPlan:
+    align = model.files[0].alignment
+    offsets, pos = [], 0
+    for t in model.tensors:
+        offsets.append(pos)
+        pos = _align(pos + t.nbytes, align)
+    blob = merged_header(model, offsets)
+    base = len(blob)
+    segs: list[tuple[int, int, int, int, int]] = [(0, base, SEG_BLOB, 0, 0)]
+    end = base
+    t: TensorInfo
+    for t, off in zip(model.tensors, offsets):
+        start = base + off
+        if start > end:
+            segs.append((end, start - end, SEG_ZERO, 0, 0))
+        segs.append((start, t.nbytes, SEG_SKIP if t.name in skip else SEG_FILE, t.shard, t.offset))
+        end = start + t.nbytes
+    return LoadPlan(blob, tuple(segs), end)
+
+
+def load_plan(model: GGUFModel, skip: set[str]) -> LoadPlan:
+    """The stream llama.cpp reads for `model`, the tensors named in `skip` (routed experts) never read."""
+    return _split_segments(model, skip) if model.is_split else _file_segments(model, skip)
