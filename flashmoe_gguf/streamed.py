@@ -133,6 +133,9 @@ class StreamedModel:
         if fp == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         params.load_mode = LOAD_MODE_NONE
+        # no extra buffer types (CPU_REPACK, AMX) for the resident weights either: llama.cpp's repacked kernels
+        # add in another order, and the whole model is then stock's `--no-repack` configuration, bit for bit
+        params.use_extra_bufts = False
         if self.lib.fm_model_begin_load(self.handle, err, 1024) != 0:
             self.lib.fm_close_file(fp)
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
