@@ -42,6 +42,29 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_repack(args: argparse.Namespace) -> int:
+    from .repack import repack
+    report = repack(args.file, args.output, align=args.align, split_max_size=args.split_max_size,
+                    progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from .pull import pull
+    path = pull(args.model, args.output, revision=args.revision, progress=not args.quiet)
+    if args.repack:
+        from .repack import repack
+        out = path.with_name(path.name.replace("-00001-of-", "-streaming-of-") if "-00001-of-" in path.name
+                             else path.stem + "-streaming.gguf")
+        if "-streaming-of-" in out.name:
+            out = out.with_name(out.name.split("-streaming-of-")[0] + "-streaming.gguf")
+        print(repack(path, out, progress=not args.quiet).summary())
+        path = out
+    print(path)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run import run
     run(str(args.file), args.prompt, args.tokens, args.ram_budget, args.ctx, args.threads, args.temp, args.cache)
@@ -100,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-v", "--verbose", action="store_true", help="list every tensor")
     i.set_defaults(func=_cmd_inspect)
 
+    rp = sub.add_parser("repack", help="any MoE GGUF (split or not) -> the streaming layout, bytes unchanged")
+    rp.add_argument("file", type=Path, help="the GGUF (a split one: its first shard)")
+    rp.add_argument("-o", "--output", type=Path, required=True, help="output .gguf (split: shards named after it)")
+    rp.add_argument("--align", type=_size, default=16 * 1024, help="general.alignment in bytes (default 16K)")
+    rp.add_argument("--split-max-size", type=_size, default=None, help="write shards of at most this size (e.g. 50G)")
+    rp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rp.set_defaults(func=_cmd_repack)
+
+    pl = sub.add_parser("pull", help="download one quant of a GGUF repository from the Hugging Face hub")
+    pl.add_argument("model", help="OWNER/REPO[:QUANT], e.g. unsloth/Qwen3-30B-A3B-GGUF:Q4_K_M")
+    pl.add_argument("-o", "--output", type=Path, default=Path("."), help="download directory (default: here)")
+    pl.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    pl.add_argument("--repack", action="store_true", help="then rewrite it in the streaming layout (flashmoe repack)")
+    pl.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pl.set_defaults(func=_cmd_pull)
+
     r = sub.add_parser("run", help="generate from a GGUF with routed experts streamed from disk")
     r.add_argument("file", type=Path)
     r.add_argument("-p", "--prompt", required=True)
@@ -147,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     from .converter.errors import ConversionError
     from .ggml_lib import GgmlLibraryError
     from .inspection import InspectError
+    from .pull import PullError
+    from .repack import RepackError
     from .runtime_errors import FlashMoeError
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConversionError, InspectError, GgmlLibraryError, FlashMoeError, OSError, ValueError) as exc:
+    except (ConversionError, InspectError, GgmlLibraryError, FlashMoeError, RepackError, PullError, OSError,
+            ValueError) as exc:
         print(f"flashmoe {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

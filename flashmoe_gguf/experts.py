@@ -16,6 +16,9 @@ from pathlib import Path
 from .gguf_index import GGUFIndex, GGUFModel, read_model
 
 EXPERT_KINDS = ("gate_up", "gate", "up", "down")
+# llama.cpp architectures whose loader accepts one fused ffn_gate_up_exps tensor (gate rows, then up rows, per
+# expert) instead of ffn_gate_exps + ffn_up_exps (src/llama-model.cpp, create_tensor_gate_up_exps)
+FUSED_GATE_UP_ARCHS = ("qwen35moe", "qwen3next", "deepseek2")
 EXPERT_NAME = re.compile(r"^blk\.(\d+)\.ffn_(gate_up|gate|up|down)_exps\.weight$")
 
 

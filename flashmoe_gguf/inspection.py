@@ -21,13 +21,9 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from .experts import ExpertTableError, ExpertTensor, expert_tensors
+from .experts import FUSED_GATE_UP_ARCHS, ExpertTableError, ExpertTensor, expert_tensors
 from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .layout import StreamingLayout
-
-# llama.cpp architectures whose loader accepts a fused ffn_gate_up_exps (src/llama-model.cpp:
-# create_tensor_gate_up_exps); the converter's archs/ say the same per family (fuse_gate_up)
-FUSED_GATE_UP_ARCHS = ("qwen35moe", "qwen3next", "deepseek2")
 
 
 class InspectError(Exception):

@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator
 import gguf
 import numpy as np
 
-from flashmoe_gguf.experts import expert_tensor_name, parse_expert_name
+from flashmoe_gguf.experts import FUSED_GATE_UP_ARCHS, expert_tensor_name, parse_expert_name
 
 from ..errors import CheckpointError, ConversionError
 from ..recipe import Role
@@ -71,7 +71,6 @@ class MoeArch:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
-    fuse_gate_up: ClassVar[bool] = False   # llama.cpp's loader for this arch accepts ffn_gate_up_exps
     vocab_pre_default: ClassVar[str | None] = None  # pre-tokenizer name for a plain GPT-2 byte-level regex
     # names of the expert projections in the checkpoint -> our kinds
     expert_projections: ClassVar[dict[str, str]] = {
@@ -128,6 +127,11 @@ class MoeArch:
     @property
     def arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+    @property
+    def fuse_gate_up(self) -> bool:
+        """llama.cpp's loader for this architecture accepts ffn_gate_up_exps: write gate and up fused"""
+        return self.arch_name in FUSED_GATE_UP_ARCHS
 
     def require(self, *keys: str) -> Any:
         for k in keys:

@@ -75,7 +75,6 @@ def _deepseek_extras(model_dir: Path) -> None:
 class DeepseekV3(MoeArch):
     model_types = ("deepseek_v3",)
     gguf_arch = gguf.MODEL_ARCH.DEEPSEEK2
-    fuse_gate_up = True
     # MLA rows (kv_lora_rank, qk_nope_head_dim, ...) are narrower than 256: those fall back to Q8_0 for K-quants.
     test_models = {
         "deepseek_v3": TestModel("deepseek_v3", dict(

@@ -108,7 +108,6 @@ def tile_v_heads(x: Array, axis: int, n_k: int, v_per_k: int, head_dim: int) -> 
 class Qwen35Moe(MoeArch):
     model_types = ("qwen3_5_moe", "qwen3_5_moe_text")
     gguf_arch = gguf.MODEL_ARCH.QWEN35MOE
-    fuse_gate_up = True
     ignore_patterns = MoeArch.ignore_patterns + (
         r"^(model\.)?mtp\.",                         # multi-token-prediction head
         r"^(model\.)?visual\.", r"^model\.vision",    # vision tower
