@@ -51,15 +51,12 @@ def _cmd_repack(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from .pull import pull
+    from .pull import pull, streaming_name
     path = pull(args.model, args.output, revision=args.revision, progress=not args.quiet)
     if args.repack:
         from .repack import repack
-        out = path.with_name(path.name.replace("-00001-of-", "-streaming-of-") if "-00001-of-" in path.name
-                             else path.stem + "-streaming.gguf")
-        if "-streaming-of-" in out.name:
-            out = out.with_name(out.name.split("-streaming-of-")[0] + "-streaming.gguf")
-        print(repack(path, out, progress=not args.quiet).summary())
+        out = streaming_name(path)
+        print(repack(path, out, progress=not args.quiet).summary(), file=sys.stderr)
         path = out
     print(path)
     return 0
