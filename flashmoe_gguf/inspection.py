@@ -129,16 +129,25 @@ def _type_name(gtype: int) -> str:
         return str(gtype)
 
 
+_ISA_LABEL = {1: "scalar", 2: "AVX2", 3: "AVX-512"}
+
+
 def _expert_kernels(experts: list[ExpertTensor]) -> dict[str, str]:
-    """expert type -> our kernels or ggml's code (the extension knows which types it has kernels for)"""
+    """expert type -> our kernel (on the best instruction set this CPU has one for) or ggml's code; the extension
+    knows which types and row lengths it has kernels for"""
     try:
         from . import extension
         lib = extension.constants()
-        has = lambda t: bool(lib.fm_has_kernel(t))  # noqa: E731
     except Exception:  # noqa: BLE001 - inspect works without the extension built
         return {_type_name(e.gtype): "(the ggml extension is not built here)" for e in experts}
-    return {_type_name(e.gtype): "our kernels (scalar, AVX2, AVX-512)" if has(e.gtype) else
-            "ggml's own MUL_MAT_ID (no kernel of ours for this type)" for e in experts}
+    out: dict[str, str] = {}
+    for e in experts:
+        isa = int(lib.fm_has_kernel(e.gtype, e.ne0))
+        said = out.get(_type_name(e.gtype))
+        text = (f"our kernel ({_ISA_LABEL.get(isa, isa)} on this CPU)" if isa else
+                "ggml's own MUL_MAT_ID (no kernel of ours for this type and row length)")
+        out[_type_name(e.gtype)] = text if said in (None, text) else "ours or ggml's, by row length"
+    return out
 
 
 def _index_problems(model: GGUFModel, layout: StreamingLayout, experts: list[ExpertTensor]) -> list[str]:

@@ -33,8 +33,12 @@ int fm_cpu_isa(void) {
     return fm_kernel_best_isa();
 }
 
-int fm_has_kernel(int ggml_type) {
-    return fm_kernel_get(ggml_type, FM_ISA_BEST) != NULL;
+int fm_has_kernel(int ggml_type, long long n) {
+    const int m = fm_kernel_n_multiple(ggml_type);
+    if (m <= 0 || n <= 0 || n % m != 0) return 0;
+    for (int isa = fm_kernel_best_isa(); isa >= FM_ISA_SCALAR; --isa)
+        if (fm_kernel_get(ggml_type, isa)) return isa;
+    return 0;
 }
 
 int fm_ggml_has_x86_arith(void) {

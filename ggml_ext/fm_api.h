@@ -19,8 +19,9 @@ int fm_backend_api_version(void);
 
 /* The best instruction set our kernels can use on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512). */
 int fm_cpu_isa(void);
-/* Non-zero if we have kernels for expert weights of this ggml type (else ggml's own MUL_MAT_ID computes them). */
-int fm_has_kernel(int ggml_type);
+/* The best instruction set (FM_ISA_*) this CPU has a kernel of ours on for expert rows of n values of this
+   ggml type, or 0 if none (then ggml's own MUL_MAT_ID computes them). */
+int fm_has_kernel(int ggml_type, long long n);
 /* Non-zero if the loaded ggml-cpu computes quantized dot products with its x86 AVX2 + FMA code, the
    arithmetic our kernels reproduce bit for bit (fm_kernels.h); elsewhere only ggml's own code is exact. */
 int fm_ggml_has_x86_arith(void);

@@ -10,6 +10,19 @@
  *                            value 128c + 32k + l = (qs[32c + l] >> 2k) & 3, c < 2, k < 4, l < 32
  *   Q4_K 144 B / 256 values: d, dmin fp16 | scales[12] (8 6-bit scales and 8 6-bit mins, per 32 values) | qs[128]
  *                            value 64c + l = qs[32c + l] & 15, value 64c + 32 + l = qs[32c + l] >> 4
+ *   Q3_K 110 B / 256 values: hmask[32] | qs[64] | scales[12] (16 6-bit scales, stored +32) | d fp16
+ *                            value 128c + 32k + l = ((qs[32c + l] >> 2k) & 3) - (bit 4c+k of hmask[l] ? 0 : 4)
+ *   Q5_K 176 B / 256 values: d, dmin fp16 | scales[12] (as Q4_K) | qh[32] | qs[128]
+ *                            value 64c + l = (qs[32c + l] & 15) + 16 * (bit 2c of qh[l]),
+ *                            value 64c + 32 + l = (qs[32c + l] >> 4) + 16 * (bit 2c+1 of qh[l])
+ *   Q6_K 210 B / 256 values: ql[128] | qh[64] | scales[16] int8 (per 16 values) | d fp16
+ *                            value 128h + 32k + l = (4 bits: ql[64h + 32(k&1) + l], low nibble for k < 2, high
+ *                            for k >= 2) | ((qh[32h + l] >> 2k) & 3) << 4, minus 32
+ *   IQ4_XS 136 B / 256 values: d fp16 | scales_h u16 | scales_l[4] | qs[128]; sub-block s of 32 values has
+ *                            scale ((scales_l[s/2] >> 4(s%2)) & 15 | ((scales_h >> 2s) & 3) << 4) - 32, value
+ *                            32s + l = IQ4NL[qs[16s + l] & 15], 32s + 16 + l = IQ4NL[qs[16s + l] >> 4], l < 16
+ *   MXFP4 17 B / 32 values : e (E8M0: scale 2^(e-128) with the doubled values) | qs[16]; values as IQ4_XS's
+ *                            through the table FP4 (e2m1 values, doubled)
  *   Q8_K 292 B / 256 values: d float | qs[256] int8 | bsums[16] int16 (sum of each 16 qs)
  *
  * ggml's x86 vec_dot (ggml-cpu/arch/x86/quants.c, AVX2 path, also what AVX-512 builds run for these types)
@@ -102,6 +115,100 @@ static void q4k_scales_mins(const uint8_t *q, int sc[8], int mn[8]) {
         mn[j] = q[j + 4] & 63;
         sc[j + 4] = (q[j + 8] & 15) | ((q[j] >> 6) << 4);
         mn[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
+    }
+}
+
+/* the non-linear 4-bit value tables (ggml-common.h's kvalues_iq4nl and kvalues_fp4) */
+const int8_t fm_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+const int8_t fm_fp4_values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+/* an E8M0 exponent byte as the float 2^(e-128) (half the MX scale: the FP4 table holds doubled values), bit
+   for bit as ggml computes it (no NaN for 255) */
+float fm_e8m0_half(uint8_t e) {
+    const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* the 16 6-bit scales of a Q3_K block, minus 32 */
+static void q3k_scales(const uint8_t *q, int sc[16]) {
+    for (int j = 0; j < 16; ++j) {
+        const int lo = j < 8 ? q[j] & 15 : q[j - 8] >> 4;
+        const int hi = (q[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+        sc[j] = (lo | (hi << 4)) - 32;
+    }
+}
+
+/* ggml's 8 int32 lanes of a 256-value block: lane l sums, over the 8 vectors of 32 values v, the products of
+   bytes 4l..4l+3 of v times the scale of their 16 values (sc16[2v] for l < 4, sc16[2v+1] for l >= 4);
+   `sign_trick`: each product as _mm256_sign_epi8 forms it (|x| times y with x's sign, wrapping at -128) */
+static void lanes256(const int val[256], const int8_t *yq, const int sc16[16], int sign_trick, int lane[8]) {
+    for (int l = 0; l < 8; ++l) lane[l] = 0;
+    for (int v = 0; v < 8; ++v)
+        for (int l = 0; l < 8; ++l) {
+            int sum = 0;
+            for (int b = 32 * v + 4 * l; b < 32 * v + 4 * l + 4; ++b)
+                sum += sign_trick ? (val[b] < 0 ? -val[b] : val[b]) * sign8(yq[b], val[b]) : val[b] * yq[b];
+            lane[l] += sc16[2 * v + (l >= 4)] * sum;
+        }
+}
+
+/* the exact integer dot of a block: sum over the values of scale * value * activation */
+static int exact256(const int val[256], const int8_t *yq, const int sc16[16]) {
+    int total = 0;
+    for (int g = 0; g < 16; ++g) {
+        int sum = 0;
+        for (int b = 16 * g; b < 16 * g + 16; ++b) sum += val[b] * yq[b];
+        total += sc16[g] * sum;
+    }
+    return total;
+}
+
+/* block decoders: the 256 values (as ggml's vec_dot forms them) and the scale of each 16 values */
+static void decode_q3_K(const uint8_t *x, int val[256], int sc16[16]) {
+    const uint8_t *hm = x, *qs = x + 32;
+    for (int c = 0; c < 2; ++c)
+        for (int k = 0; k < 4; ++k)
+            for (int l = 0; l < 32; ++l)
+                val[128 * c + 32 * k + l] = ((qs[32 * c + l] >> (2 * k)) & 3) - ((hm[l] >> (4 * c + k)) & 1 ? 0 : 4);
+    q3k_scales(x + 96, sc16);
+}
+
+static void decode_q5_K(const uint8_t *x, int val[256], int sc16[16], int mn[8]) {
+    const uint8_t *qh = x + 16, *qs = x + 48;
+    int sc[8];
+    q4k_scales_mins(x + 4, sc, mn);
+    for (int c = 0; c < 4; ++c)
+        for (int l = 0; l < 32; ++l) {
+            val[64 * c + l] = (qs[32 * c + l] & 15) + 16 * ((qh[l] >> (2 * c)) & 1);
+            val[64 * c + 32 + l] = (qs[32 * c + l] >> 4) + 16 * ((qh[l] >> (2 * c + 1)) & 1);
+        }
+    for (int j = 0; j < 16; ++j) sc16[j] = sc[j / 2];
+}
+
+/* Q6_K's values without the -32 (ggml's vec_dot subtracts 32 * scale * activation sums separately) */
+static void decode_q6_K(const uint8_t *x, int val[256], int sc16[16]) {
+    const uint8_t *ql = x, *qh = x + 128;
+    for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 4; ++k)
+            for (int l = 0; l < 32; ++l) {
+                const uint8_t b = ql[64 * h + 32 * (k & 1) + l];
+                val[128 * h + 32 * k + l] = (k < 2 ? b & 15 : b >> 4) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4);
+            }
+    for (int j = 0; j < 16; ++j) sc16[j] = (int8_t)x[192 + j];
+}
+
+static void decode_iq4_xs(const uint8_t *x, int val[256], int sc16[16]) {
+    const int sh = load_i16(x + 2) & 0xffff;
+    const uint8_t *sl = x + 4, *qs = x + 8;
+    for (int sb = 0; sb < 8; ++sb) {
+        const int ls = ((sl[sb / 2] >> (4 * (sb % 2))) & 15) | (((sh >> (2 * sb)) & 3) << 4);
+        sc16[2 * sb] = sc16[2 * sb + 1] = ls - 32;
+        for (int l = 0; l < 16; ++l) {
+            val[32 * sb + l] = fm_iq4nl_values[qs[16 * sb + l] & 15];
+            val[32 * sb + 16 + l] = fm_iq4nl_values[qs[16 * sb + l] >> 4];
+        }
     }
 }
 
@@ -236,6 +343,136 @@ static float dot1_q4_K_tiled(int n, const uint8_t *x, const uint8_t *y) {
     return acc;
 }
 
+/* Q3_K, Q6_K, IQ4_XS x Q8_K: acc[l] += (y.d * x.d) * lane[l] (fused), then hsum8. Q6_K's lanes are those of
+   its 6-bit codes minus 32 * (scale * 16-value activation sum) for the two 16-value groups 2l, 2l+1. */
+static float dot1_q3_K(int n, const uint8_t *x, const uint8_t *y) {
+    float acc[8] = {0};
+    for (int i = 0; i < n / 256; ++i, x += 110, y += 292) {
+        int val[256], sc16[16], lane[8];
+        decode_q3_K(x, val, sc16);
+        lanes256(val, (const int8_t *)(y + 4), sc16, 0, lane);
+        const float d = load_f32(y) * h2f(x + 108);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+    }
+    return hsum8(acc);
+}
+
+static float dot1_q6_K(int n, const uint8_t *x, const uint8_t *y) {
+    float acc[8] = {0};
+    for (int i = 0; i < n / 256; ++i, x += 210, y += 292) {
+        int val[256], sc16[16], lane[8];
+        decode_q6_K(x, val, sc16);
+        lanes256(val, (const int8_t *)(y + 4), sc16, 0, lane);
+        for (int l = 0; l < 8; ++l)
+            lane[l] -= 32 * (load_i16(y + 260 + 4 * l) * sc16[2 * l] + load_i16(y + 262 + 4 * l) * sc16[2 * l + 1]);
+        const float d = load_f32(y) * h2f(x + 208);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+    }
+    return hsum8(acc);
+}
+
+static float dot1_iq4_xs(int n, const uint8_t *x, const uint8_t *y) {
+    float acc[8] = {0};
+    for (int i = 0; i < n / 256; ++i, x += 136, y += 292) {
+        int val[256], sc16[16], lane[8];
+        decode_iq4_xs(x, val, sc16);
+        lanes256(val, (const int8_t *)(y + 4), sc16, 1, lane);
+        const float d = h2f(x) * load_f32(y);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+    }
+    return hsum8(acc);
+}
+
+/* Q5_K x Q8_K: as Q4_K, but the mins' sum is one integer per block, fused into one float sum */
+static float dot1_q5_K(int n, const uint8_t *x, const uint8_t *y) {
+    float acc[8] = {0}, summs = 0.0f;
+    for (int i = 0; i < n / 256; ++i, x += 176, y += 292) {
+        int val[256], sc16[16], mn[8], lane[8];
+        decode_q5_K(x, val, sc16, mn);
+        const float yd = load_f32(y), d = yd * h2f(x), dmin = -yd * h2f(x + 2);
+        int m = 0;
+        for (int j = 0; j < 8; ++j) m += mn[j] * (int16_t)(load_i16(y + 260 + 4 * j) + load_i16(y + 262 + 4 * j));
+        summs = fmaf(dmin, (float)m, summs);
+        lanes256(val, (const int8_t *)(y + 4), sc16, 0, lane);
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+    }
+    return hsum8(acc) + summs;
+}
+
+/* MXFP4 x Q8_0: blocks in pairs, even blocks into one 8-lane float accumulator and odd ones into another
+   (acc += (y.d * 2^(e-128)) * lanes, fused), the two added lane by lane and then as hsum8. n must be a multiple
+   of 64 (fm_kernel_n_multiple): ggml adds an odd last block with `sumf += d * isum`, which GCC compiles fused or
+   not depending on the CPU it tunes for, so no kernel can promise ggml's bits there; the runtime leaves such
+   rows to ggml. */
+static void lanes32_fp4(const uint8_t *x, const int8_t *yq, int lane[8]) {
+    for (int l = 0; l < 8; ++l) {
+        int sum = 0;
+        for (int b = 4 * l; b < 4 * l + 4; ++b) {
+            const int v = fm_fp4_values[b < 16 ? x[1 + b] & 15 : x[1 + b - 16] >> 4];
+            sum += (v < 0 ? -v : v) * sign8(yq[b], v);
+        }
+        lane[l] = sum;
+    }
+}
+
+static float dot1_mxfp4(int n, const uint8_t *x, const uint8_t *y) {
+    float acc[2][8] = {{0}};
+    for (int i = 0; i + 1 < n / 32; i += 2)
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t *xb = x + (size_t)(i + h) * 17, *yb = y + (size_t)(i + h) * 34;
+            int lane[8];
+            lanes32_fp4(xb, (const int8_t *)(yb + 2), lane);
+            const float d = h2f(yb) * fm_e8m0_half(xb[0]);
+            for (int l = 0; l < 8; ++l) acc[h][l] = fmaf(d, (float)lane[l], acc[h][l]);
+        }
+    float sum8[8];
+    for (int l = 0; l < 8; ++l) sum8[l] = acc[0][l] + acc[1][l];
+    return hsum8(sum8);
+}
+
+/* tiled: s1 = the block's exact integer dot (scales included), s2 = Q5_K's mins times activation sums */
+static float dot1_q3_K_tiled(int n, const uint8_t *x, const uint8_t *y) {
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; ++i, x += 110, y += 292) {
+        int val[256], sc16[16];
+        decode_q3_K(x, val, sc16);
+        acc = tiled_step(acc, y, h2f(x + 108), 0.0f, exact256(val, (const int8_t *)(y + 4), sc16), 0);
+    }
+    return acc;
+}
+
+static float dot1_q5_K_tiled(int n, const uint8_t *x, const uint8_t *y) {
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; ++i, x += 176, y += 292) {
+        int val[256], sc16[16], mn[8], s2 = 0;
+        decode_q5_K(x, val, sc16, mn);
+        for (int j = 0; j < 8; ++j) s2 += mn[j] * (load_i16(y + 260 + 4 * j) + load_i16(y + 262 + 4 * j));
+        acc = tiled_step(acc, y, h2f(x), h2f(x + 2), exact256(val, (const int8_t *)(y + 4), sc16), s2);
+    }
+    return acc;
+}
+
+static float dot1_q6_K_tiled(int n, const uint8_t *x, const uint8_t *y) {
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; ++i, x += 210, y += 292) {
+        int val[256], sc16[16];
+        decode_q6_K(x, val, sc16);
+        for (int b = 0; b < 256; ++b) val[b] -= 32;
+        acc = tiled_step(acc, y, h2f(x + 208), 0.0f, exact256(val, (const int8_t *)(y + 4), sc16), 0);
+    }
+    return acc;
+}
+
+static float dot1_iq4_xs_tiled(int n, const uint8_t *x, const uint8_t *y) {
+    float acc = 0.0f;
+    for (int i = 0; i < n / 256; ++i, x += 136, y += 292) {
+        int val[256], sc16[16];
+        decode_iq4_xs(x, val, sc16);
+        acc = tiled_step(acc, y, h2f(x), 0.0f, exact256(val, (const int8_t *)(y + 4), sc16), 0);
+    }
+    return acc;
+}
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* kernels from the one-pair functions                                                                    */
 
@@ -257,12 +494,26 @@ FM_SCALAR_KERNEL(dot_q2_K_scalar, dot1_q2_K)
 FM_SCALAR_KERNEL(dot_q4_K_scalar, dot1_q4_K)
 FM_SCALAR_KERNEL(dot_q2_K_tiled_scalar, dot1_q2_K_tiled)
 FM_SCALAR_KERNEL(dot_q4_K_tiled_scalar, dot1_q4_K_tiled)
+FM_SCALAR_KERNEL(dot_q3_K_scalar, dot1_q3_K)
+FM_SCALAR_KERNEL(dot_q3_K_tiled_scalar, dot1_q3_K_tiled)
+FM_SCALAR_KERNEL(dot_q5_K_scalar, dot1_q5_K)
+FM_SCALAR_KERNEL(dot_q5_K_tiled_scalar, dot1_q5_K_tiled)
+FM_SCALAR_KERNEL(dot_q6_K_scalar, dot1_q6_K)
+FM_SCALAR_KERNEL(dot_q6_K_tiled_scalar, dot1_q6_K_tiled)
+FM_SCALAR_KERNEL(dot_iq4_xs_scalar, dot1_iq4_xs)
+FM_SCALAR_KERNEL(dot_iq4_xs_tiled_scalar, dot1_iq4_xs_tiled)
+FM_SCALAR_KERNEL(dot_mxfp4_scalar, dot1_mxfp4)
 
 static const fm_kernel k_scalar_q4_0 = {"q4_0_scalar", dot_q4_0_scalar, NULL};
 static const fm_kernel k_scalar_q4_1 = {"q4_1_scalar", dot_q4_1_scalar, NULL};
 static const fm_kernel k_scalar_q8_0 = {"q8_0_scalar", dot_q8_0_scalar, NULL};
 static const fm_kernel k_scalar_q2_K = {"q2_K_scalar", dot_q2_K_scalar, dot_q2_K_tiled_scalar};
 static const fm_kernel k_scalar_q4_K = {"q4_K_scalar", dot_q4_K_scalar, dot_q4_K_tiled_scalar};
+static const fm_kernel k_scalar_q3_K = {"q3_K_scalar", dot_q3_K_scalar, dot_q3_K_tiled_scalar};
+static const fm_kernel k_scalar_q5_K = {"q5_K_scalar", dot_q5_K_scalar, dot_q5_K_tiled_scalar};
+static const fm_kernel k_scalar_q6_K = {"q6_K_scalar", dot_q6_K_scalar, dot_q6_K_tiled_scalar};
+static const fm_kernel k_scalar_iq4_xs = {"iq4_xs_scalar", dot_iq4_xs_scalar, dot_iq4_xs_tiled_scalar};
+static const fm_kernel k_scalar_mxfp4 = {"mxfp4_scalar", dot_mxfp4_scalar, NULL};
 
 static const fm_kernel *scalar_kernel(int type) {
     switch (type) {
@@ -271,6 +522,11 @@ static const fm_kernel *scalar_kernel(int type) {
     case FM_TYPE_Q8_0: return &k_scalar_q8_0;
     case FM_TYPE_Q2_K: return &k_scalar_q2_K;
     case FM_TYPE_Q4_K: return &k_scalar_q4_K;
+    case FM_TYPE_Q3_K: return &k_scalar_q3_K;
+    case FM_TYPE_Q5_K: return &k_scalar_q5_K;
+    case FM_TYPE_Q6_K: return &k_scalar_q6_K;
+    case FM_TYPE_IQ4_XS: return &k_scalar_iq4_xs;
+    case FM_TYPE_MXFP4: return &k_scalar_mxfp4;
     default: return NULL;
     }
 }
@@ -281,12 +537,40 @@ static const fm_kernel *scalar_kernel(int type) {
 int fm_kernel_vec_dot_type(int type) {
     switch (type) {
     case FM_TYPE_Q4_0:
-    case FM_TYPE_Q8_0: return FM_TYPE_Q8_0;
+    case FM_TYPE_Q8_0:
+    case FM_TYPE_MXFP4: return FM_TYPE_Q8_0;
     case FM_TYPE_Q4_1: return FM_TYPE_Q8_1;
     case FM_TYPE_Q2_K:
-    case FM_TYPE_Q4_K: return FM_TYPE_Q8_K;
+    case FM_TYPE_Q3_K:
+    case FM_TYPE_Q4_K:
+    case FM_TYPE_Q5_K:
+    case FM_TYPE_Q6_K:
+    case FM_TYPE_IQ4_XS: return FM_TYPE_Q8_K;
     default: return -1;
     }
+}
+
+int fm_kernel_ggml_tiled(int type) {
+    switch (type) {
+    case 10: /* Q2_K */
+    case 11: /* Q3_K */
+    case 12: /* Q4_K */
+    case 13: /* Q5_K */
+    case 14: /* Q6_K */
+    case 16: /* IQ2_XXS */
+    case 17: /* IQ2_XS */
+    case 18: /* IQ3_XXS */
+    case 19: /* IQ1_S */
+    case 21: /* IQ3_S */
+    case 22: /* IQ2_S */
+    case 23: /* IQ4_XS */
+    case 29: /* IQ1_M */ return 1;
+    default: return 0;
+    }
+}
+
+int fm_kernel_n_multiple(int type) {
+    return type == FM_TYPE_MXFP4 ? 64 : fm_kernel_block_size(type);
 }
 
 int fm_kernel_block_size(int type) {
@@ -294,9 +578,14 @@ int fm_kernel_block_size(int type) {
     case FM_TYPE_Q4_0:
     case FM_TYPE_Q4_1:
     case FM_TYPE_Q8_0:
-    case FM_TYPE_Q8_1: return 32;
+    case FM_TYPE_Q8_1:
+    case FM_TYPE_MXFP4: return 32;
     case FM_TYPE_Q2_K:
+    case FM_TYPE_Q3_K:
     case FM_TYPE_Q4_K:
+    case FM_TYPE_Q5_K:
+    case FM_TYPE_Q6_K:
+    case FM_TYPE_IQ4_XS:
     case FM_TYPE_Q8_K: return 256;
     default: return 0;
     }
@@ -310,6 +599,11 @@ size_t fm_kernel_type_size(int type) {
     case FM_TYPE_Q8_1: return 36;
     case FM_TYPE_Q2_K: return 84;
     case FM_TYPE_Q4_K: return 144;
+    case FM_TYPE_Q3_K: return 110;
+    case FM_TYPE_Q5_K: return 176;
+    case FM_TYPE_Q6_K: return 210;
+    case FM_TYPE_IQ4_XS: return 136;
+    case FM_TYPE_MXFP4: return 17;
     case FM_TYPE_Q8_K: return 292;
     default: return 0;
     }

@@ -1,8 +1,8 @@
 /* fm_kernels.h - dot-product kernels for routed-expert matrix products (GGML_OP_MUL_MAT_ID).
  *
  * A kernel computes, for one quantized weight row w of n values and n_act activation rows that were
- * quantized to the weight type's vec_dot_type by ggml's own from_float (Q8_K for K-quants, Q8_0 for
- * Q4_0 and Q8_0, Q8_1 for Q4_1):
+ * quantized to the weight type's vec_dot_type by ggml's own from_float (Q8_K for K-quants and IQ4_XS, Q8_0
+ * for Q4_0, Q8_0 and MXFP4, Q8_1 for Q4_1):
  *
  *     s[j * s_stride] = dot(w, act + j * act_stride)      for j < n_act
  *
@@ -19,8 +19,10 @@
  * This holds where ggml-cpu was built with its x86 AVX2 + FMA code (ggml_cpu_has_avx2/fma): elsewhere ggml
  * computes differently and the caller must use ggml itself (fm_matmul.c does).
  *
- * n must be a multiple of the weight type's block size (256 for K-quants, 32 otherwise); act_stride is in
- * bytes, s_stride in floats. With n_act > 1 each weight block is decoded once and used for several activation
+ * n must be a multiple of fm_kernel_n_multiple(type): the weight type's block size (256 for K-quants and
+ * IQ4_XS, 32 otherwise), except 64 for MXFP4 (ggml adds an odd last MXFP4 block with a multiply and an add that
+ * the compiler fuses or not depending on the CPU it tunes for; rows with an odd number of blocks are left to
+ * ggml); act_stride is in bytes, s_stride in floats. With n_act > 1 each weight block is decoded once and used for several activation
  * rows (prompt processing).
  *
  * Kernels are pure functions of their inputs: no allocation, no mutable state (they read a conversion
@@ -40,7 +42,18 @@ extern "C" {
 #endif
 
 /* ggml type ids (enum ggml_type values) we handle */
-enum { FM_TYPE_Q4_0 = 2, FM_TYPE_Q4_1 = 3, FM_TYPE_Q8_0 = 8, FM_TYPE_Q2_K = 10, FM_TYPE_Q4_K = 12 };
+enum {
+    FM_TYPE_Q4_0 = 2,
+    FM_TYPE_Q4_1 = 3,
+    FM_TYPE_Q8_0 = 8,
+    FM_TYPE_Q2_K = 10,
+    FM_TYPE_Q3_K = 11,
+    FM_TYPE_Q4_K = 12,
+    FM_TYPE_Q5_K = 13,
+    FM_TYPE_Q6_K = 14,
+    FM_TYPE_IQ4_XS = 23,
+    FM_TYPE_MXFP4 = 39
+};
 /* the activation (vec_dot) types, for reference */
 enum { FM_TYPE_Q8_1 = 9, FM_TYPE_Q8_K = 15 };
 
@@ -67,11 +80,18 @@ const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 void fm_kernel_matmul(const fm_kernel *k, int type, int tiled, int n, const void *w, size_t w_stride, int n_rows,
                       const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride);
 
+/* whether ggml's MUL_MAT_ID has its tiled path for this weight type (ggml-cpu/tiled/tiled.cpp: the K-quants
+   Q2_K..Q6_K and the IQ types); a kernel for such a type must have dot_tiled */
+int fm_kernel_ggml_tiled(int ggml_type);
+
 /* the instruction set fm_kernel_get(type, 0) picks on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512) */
 int fm_kernel_best_isa(void);
 
 /* ggml's vec_dot_type for a weight type we handle (FM_TYPE_Q8_0, _Q8_1 or _Q8_K), or -1 */
 int fm_kernel_vec_dot_type(int ggml_type);
+
+/* n must be a multiple of this for a kernel of the type (see above), or 0 for an unknown type */
+int fm_kernel_n_multiple(int ggml_type);
 
 /* values per block (32 or 256) and bytes per block of a weight or activation type we know, or 0 */
 int fm_kernel_block_size(int ggml_type);
@@ -88,6 +108,11 @@ const fm_kernel *fm_kernel_get_avx2(int ggml_type);
 const fm_kernel *fm_kernel_get_avx512(int ggml_type);
 /* fp16 bits -> float, filled by fm_kernels_init */
 extern float fm_fp16_table[1 << 16];
+/* the non-linear 4-bit value tables of IQ4_NL/IQ4_XS and of MXFP4 (doubled e2m1 values) */
+extern const int8_t fm_iq4nl_values[16];
+extern const int8_t fm_fp4_values[16];
+/* E8M0 exponent byte -> 2^(e-128), as ggml computes it */
+float fm_e8m0_half(uint8_t e);
 
 #ifdef __cplusplus
 }

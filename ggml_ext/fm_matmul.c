@@ -200,6 +200,9 @@ static void setup(mm_ctx *c, const fm_tensor_info *t, const fm_mm_opts *opts, st
     const enum ggml_type vdt = fm_g.ggml_get_type_traits_cpu((enum ggml_type) t->type)->vec_dot_type;
     c->kernel = opts->isa != FM_ISA_GGML ? fm_kernel_get(t->type, opts->isa) : NULL;
     if (c->kernel && (int) vdt != fm_kernel_vec_dot_type(t->type)) c->kernel = NULL;
+    /* ggml switches to its tiled arithmetic for such types: a kernel without it cannot give ggml's bits */
+    if (c->kernel && fm_kernel_ggml_tiled(t->type) && !c->kernel->dot_tiled) c->kernel = NULL;
+    if (c->kernel && c->ne00 % fm_kernel_n_multiple(t->type) != 0) c->kernel = NULL;
     if (c->kernel) {
         c->from_float = fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
         c->act_row = fm_g.ggml_row_size(vdt, c->ne00);

@@ -15,7 +15,7 @@ from conftest import cache_root, checkpoint, spec_key
 from llama_cpp_tools import hf_to_gguf, quantize
 from reference import llama as stock_llama
 from split_gguf import split_gguf
-from test_runtime import BATCH, PROMPT, assert_same_logits, expert_bytes, greedy, logits, streamed
+from test_runtime import ISAS, BATCH, PROMPT, assert_same_logits, cpu_isas, expert_bytes, greedy, logits, streamed
 from tiny_models import TINY
 
 # Mixtral: llama.cpp's converter reads its vocabulary with sentencepiece from tokenizer.model, which the tiny
@@ -59,4 +59,32 @@ def test_llama_cpp_quant_mix_split_matches_stock(arch: str, ftype: str) -> None:
     assert greedy(llm, PROMPT[:6], 32) == want_greedy
     st = llm.flashmoe_stats()
     assert st["cache_misses"] > 0 and st["expert_bytes_read"] > 0
+    llm.close()
+
+
+# every instruction set on the mixes whose expert types our converter does not write (IQ4_XS, MXFP4) or mixes
+# (Q6_K / Q5_K / Q4_K / Q3_K experts side by side in one model)
+ISA_FTYPES = ["IQ4_XS", "MXFP4_MOE", "Q4_K_M", "Q3_K_M", "Q5_K_M"]
+ISA_CASES = [(a, f, i) for a in ("qwen3_moe", "deepseek_v3") for f in ISA_FTYPES for i in ISAS]
+
+
+@pytest.mark.parametrize("arch,ftype,isa", ISA_CASES, ids=["-".join(c) for c in ISA_CASES])
+def test_llama_cpp_quant_mix_every_instruction_set(arch: str, ftype: str, isa: str) -> None:
+    from gguf import GGMLQuantizationType
+
+    from flashmoe_gguf.experts import expert_tensors
+    if isa != "ggml" and isa not in cpu_isas():
+        pytest.skip(f"this CPU has no {isa} (its kernels run through SIMDe in test_runtime_simde.py)")
+    paths = hub_like(arch, ftype)
+    types = sorted({GGMLQuantizationType(e.gtype).name for e in expert_tensors(paths[0])})
+    ref = stock_llama(paths[0])
+    want_batch = logits(ref, BATCH, batch=True)
+    ref.reset()
+    want_dec = logits(ref, PROMPT, batch=False)
+    ref.close()
+    llm = streamed(paths[0], expert_bytes(paths[0]) // 8, isa=isa)
+    assert llm.flashmoe_stats()["kernel_isa"] == isa
+    assert_same_logits(logits(llm, BATCH, batch=True), want_batch, f"prompt batch ({ftype} {isa}: experts {types})")
+    llm.reset()
+    assert_same_logits(logits(llm, PROMPT, batch=False), want_dec, f"decode ({ftype} {isa}: experts {types})")
     llm.close()

@@ -3,7 +3,7 @@
 Weight rows are quantized by ggml (`ggml_quantize_chunk`, libggml-base), activation rows by ggml-cpu's
 `from_float` for the weight type's vec_dot_type. The kernels must give exactly (bitwise) what ggml computes:
   - `dot` what ggml-cpu's `vec_dot` gives for the same pair of quantized rows;
-  - `dot_tiled` (K-quants) what ggml-cpu's MUL_MAT_ID gives for an expert with 8 or more activation rows,
+  - `dot_tiled` (K-quants, IQ4_XS) what ggml-cpu's MUL_MAT_ID gives for an expert with 8 or more activation rows,
     where ggml takes its tiled path (ggml-cpu/tiled/), run through a one-node ggml graph (tests/ggml_mmid.py);
   - `fm_kernel_matmul`, fed the way ggml_ext/fm_matmul.c feeds it (activation rows gathered per expert,
     an expert's rows split between threads, 1 to 512 activation rows, misaligned cache slots and activation
@@ -37,11 +37,19 @@ REPO = Path(__file__).resolve().parent.parent
 EXT = REPO / "ggml_ext"
 SOURCES = ("fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c")
 
-Q4_0, Q4_1, Q8_0, Q8_1, Q2_K, Q4_K, Q8_K = 2, 3, 8, 9, 10, 12, 15
-TYPE_NAMES = {Q4_0: "q4_0", Q4_1: "q4_1", Q8_0: "q8_0", Q2_K: "q2_K", Q4_K: "q4_K"}
-VEC_DOT_TYPE = {Q4_0: Q8_0, Q4_1: Q8_1, Q8_0: Q8_0, Q2_K: Q8_K, Q4_K: Q8_K}
+Q4_0, Q4_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 2, 3, 8, 9, 10, 11, 12, 13, 14, 15
+IQ4_XS, MXFP4 = 23, 39
+TYPE_NAMES = {Q4_0: "q4_0", Q4_1: "q4_1", Q8_0: "q8_0", Q2_K: "q2_K", Q4_K: "q4_K", Q3_K: "q3_K", Q5_K: "q5_K",
+              Q6_K: "q6_K", IQ4_XS: "iq4_xs", MXFP4: "mxfp4"}
+VEC_DOT_TYPE = {Q4_0: Q8_0, Q4_1: Q8_1, Q8_0: Q8_0, Q2_K: Q8_K, Q4_K: Q8_K, Q3_K: Q8_K, Q5_K: Q8_K, Q6_K: Q8_K,
+                IQ4_XS: Q8_K, MXFP4: Q8_0}
 BLOCK = {Q4_0: (32, 18), Q4_1: (32, 20), Q8_0: (32, 34), Q8_1: (32, 36), Q2_K: (256, 84), Q4_K: (256, 144),
-         Q8_K: (256, 292)}
+         Q8_K: (256, 292), Q3_K: (256, 110), Q5_K: (256, 176), Q6_K: (256, 210), IQ4_XS: (256, 136),
+         MXFP4: (32, 17)}
+# the types ggml-cpu's MUL_MAT_ID computes with its tiled path (ggml-cpu/tiled/) for an expert with >= 8 rows;
+# the others (32-value block types) always go through vec_dot
+NO_TILED_TYPES = (Q4_0, Q4_1, Q8_0, MXFP4)
+TILED_TYPES = tuple(t for t in TYPE_NAMES if t not in NO_TILED_TYPES)
 ISA_NAMES = {1: "scalar", 2: "avx2", 3: "avx512"}
 GGML_ERROR_BOUND = 1e-6   # ggml's own float error against the exact value, relative to the products' mass
 
@@ -53,6 +61,7 @@ const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 int fm_kernel_best_isa(void);
 int fm_kernel_vec_dot_type(int ggml_type);
 int fm_kernel_block_size(int ggml_type);
+int fm_kernel_n_multiple(int ggml_type);
 size_t fm_kernel_type_size(int ggml_type);
 void fm_kernels_init(void);
 extern float fm_fp16_table[65536];
@@ -205,9 +214,16 @@ class GgmlCpu:
 # --------------------------------------------------------------------------------------------------------
 # data
 
+def _sign_pattern(n: int) -> np.ndarray:
+    return np.where((np.arange(n) // 5) % 2 == 1, -1.0, 1.0)
+
+
 def weight_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     """Rows of different character: plain Gaussian, large magnitude with outliers, a strong offset (the
-    mins of Q4_1/Q4_K/Q2_K), tiny, a row with all-zero blocks, heavy-tailed."""
+    mins of Q4_1/Q4_K/Q2_K), tiny, a row with all-zero blocks, heavy-tailed; and two of near-constant
+    magnitude (all positive, and with a fixed sign pattern), whose blocks quantize to values near the extremes:
+    against the matching activation rows their per-block integer sums are large (products of a block scale
+    and such a sum are inexact in float32, so fusing or not fusing the multiply-add shows)."""
     rows = [rng.standard_normal(n) * 0.02,
             rng.standard_normal(n) * 1e3,
             rng.standard_normal(n) + 3.0,
@@ -219,6 +235,8 @@ def weight_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     zero = rng.standard_normal(n)
     zero[: n // 2] = 0.0
     rows.append(zero)
+    flat = 1.0 + 0.1 * np.abs(rng.standard_normal(n))
+    rows += [flat, flat[::-1] * _sign_pattern(n)]
     return np.stack(rows).astype(np.float32)
 
 
@@ -230,6 +248,9 @@ def activation_rows(rng: np.random.Generator, n: int, count: int, large: float =
     rows[4] *= 1e-5
     rows[5, : n // 2] = 0.0
     rows[6] = rng.standard_t(2, n)
+    if count > 8:                             # near-constant magnitudes, see weight_rows
+        rows[7] = rng.uniform(0.9, 1.0, n)
+        rows[8] = rng.uniform(0.9, 1.0, n) * _sign_pattern(n)
     return rows
 
 
@@ -254,12 +275,87 @@ def _activations(vdt: int, aq: np.ndarray):
 
 
 def _q4k_scales(sc: np.ndarray):
-    """6-bit scales and mins [..., 8] from the 12 scale bytes [..., 12] of Q4_K blocks"""
+    """6-bit scales and mins [..., 8] from the 12 scale bytes [..., 12] of Q4_K (and Q5_K) blocks"""
     sc = sc.astype(np.int64)
     lo = [sc[..., j] & 63 for j in range(4)] + [(sc[..., j + 8] & 15) | ((sc[..., j] >> 6) << 4) for j in range(4)]
     mn = [sc[..., j + 4] & 63 for j in range(4)] + [(sc[..., j + 8] >> 4) | ((sc[..., j + 4] >> 6) << 4)
                                                     for j in range(4)]
     return np.stack(lo, -1), np.stack(mn, -1)
+
+
+def _q3k_scales(sc: np.ndarray) -> np.ndarray:
+    """the 16 signed scales [..., 16] (6-bit value - 32) from the 12 scale bytes [..., 12] of Q3_K blocks:
+    scale j has its low 4 bits in byte j % 8 (low nibble for j < 8, high nibble after) and its high 2 bits
+    in byte 8 + j % 4, at bit 2 * (j // 4)"""
+    sc = sc.astype(np.int64)
+    out = [((sc[..., j % 8] >> (4 * (j // 8))) & 15) | (((sc[..., 8 + j % 4] >> (2 * (j // 4))) & 3) << 4)
+           for j in range(16)]
+    return np.stack(out, -1) - 32
+
+
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int64)
+KVALUES_FP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.int64)  # 2 * e2m1
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """[..., k] bytes -> [..., 2, k]: low nibbles, then high nibbles"""
+    qs = qs.astype(np.int64)
+    return np.stack([qs & 15, qs >> 4], -2)
+
+
+def _kquant_blocks(gtype: int, b: np.ndarray):
+    """256-value super-blocks [w, nb, bytes] decoded: (d [w, nb], sub-block scales [w, nb, S] (signed ints),
+    values [w, nb, S, 256 / S] (ints), dmin [w, nb] or None, mins [w, nb, S] or None), such that value l of
+    sub-block j is d * scale[j] * q[j, l] - dmin * min[j]"""
+    w, nb = b.shape[:2]
+    if gtype == Q4_K or gtype == Q5_K:
+        d, dmin = _f16(b[..., 0:2]), _f16(b[..., 2:4])
+        sc, mn = _q4k_scales(b[..., 4:16])
+        qs = b[..., 16:144] if gtype == Q4_K else b[..., 48:176]
+        q = _nibbles(qs.reshape(w, nb, 4, 32)).reshape(w, nb, 8, 32)     # sub-block 2c: low nibbles of chunk c
+        if gtype == Q5_K:                                                # 5th bit of sub-block j: bit j of qh[l]
+            qh = b[..., 16:48].astype(np.int64)
+            q = q + 16 * ((qh[:, :, None, :] >> np.arange(8).reshape(1, 1, 8, 1)) & 1)
+        return d, sc, q, dmin, mn
+    if gtype == Q2_K:
+        d, dmin = _f16(b[..., 80:82]), _f16(b[..., 82:84])
+        sc, mn = b[..., 0:16].astype(np.int64) & 15, b[..., 0:16].astype(np.int64) >> 4
+        qs = b[..., 16:80].reshape(w, nb, 2, 1, 32).astype(np.int64)
+        q = (qs >> np.array([0, 2, 4, 6]).reshape(1, 1, 1, 4, 1)) & 3            # [w, b, half, shift, 32]
+        return d, sc, q.reshape(w, nb, 16, 16), dmin, mn
+    if gtype == Q3_K:
+        # value 128h + 32j + l: 2 low bits (qs[32h + l] >> 2j) & 3, minus 4 unless bit 4h + j of hmask[l] is set
+        d = _f16(b[..., 108:110])
+        sc = _q3k_scales(b[..., 96:108])
+        qs = b[..., 32:96].reshape(w, nb, 2, 1, 32).astype(np.int64)
+        low = (qs >> (2 * np.arange(4)).reshape(1, 1, 1, 4, 1)) & 3              # [w, b, h, j, l]
+        hm = b[..., 0:32].astype(np.int64)[:, :, None, None, :]
+        high = (hm >> np.arange(8).reshape(1, 1, 2, 4, 1)) & 1
+        return d, sc, (low - 4 * (1 - high)).reshape(w, nb, 16, 16), None, None
+    if gtype == Q6_K:
+        # value 128h + 32k + l: 4 low bits from ql[64h + 32 (k % 2) + l] (low nibble for k < 2, high after),
+        # 2 high bits (qh[32h + l] >> 2k) & 3; minus 32; scales are int8
+        d = _f16(b[..., 208:210])
+        sc = b[..., 192:208].view(np.int8).astype(np.int64)
+        ql = b[..., 0:128].reshape(w, nb, 2, 2, 32).astype(np.int64)            # [w, b, h, k % 2, l]
+        low = np.stack([ql[:, :, :, 0] & 15, ql[:, :, :, 1] & 15, ql[:, :, :, 0] >> 4, ql[:, :, :, 1] >> 4], 3)
+        qh = b[..., 128:192].reshape(w, nb, 2, 1, 32).astype(np.int64)
+        high = (qh >> (2 * np.arange(4)).reshape(1, 1, 1, 4, 1)) & 3
+        # ggml sums the products with the unsigned 6-bit codes and subtracts 32 * scale * (16-value activation
+        # sum) separately (in int32 lanes that are rounded to float, so the uncentred sums bound its error):
+        # as a min, d * 32 * scale
+        return d, sc, (low | (high << 4)).reshape(w, nb, 16, 16), d, 32 * sc
+    if gtype == IQ4_XS:
+        # sub-block j: 6-bit scale (4 bits in scales_l[j // 2], nibble j % 2; 2 bits at 2j of scales_h) - 32;
+        # values kvalues_iq4nl[nibble] of qs[16j .. 16j + 16]: 16 low nibbles, then 16 high nibbles
+        d = _f16(b[..., 0:2])
+        sh = b[..., 2:4].copy().view("<u2")[..., 0].astype(np.int64)
+        sl = b[..., 4:8].astype(np.int64)
+        j = np.arange(8)
+        sc = ((sl[..., j // 2] >> (4 * (j % 2))) & 15) | (((sh[..., None] >> (2 * j)) & 3) << 4)
+        q = KVALUES_IQ4NL[_nibbles(b[..., 8:136].reshape(w, nb, 8, 16))].reshape(w, nb, 8, 32)
+        return d, sc - 32, q, None, None
+    raise ValueError(f"not a 256-value type: {gtype}")
 
 
 def exact_dots(gtype: int, wq: np.ndarray, aq: np.ndarray):
@@ -270,28 +366,23 @@ def exact_dots(gtype: int, wq: np.ndarray, aq: np.ndarray):
     vdt = VEC_DOT_TYPE[gtype]
     yd, yq, ys = _activations(vdt, aq)
     b = _blocks(wq, gtype)
-    if gtype == Q4_K:
-        dx, mx = _f16(b[..., 0:2]), _f16(b[..., 2:4])
-        sc, mn = _q4k_scales(b[..., 4:16])
-        qs = b[..., 16:144].reshape(*b.shape[:2], 4, 32).astype(np.int64)
-        q = np.stack([qs & 15, qs >> 4], 3).reshape(*b.shape[:2], 8, 32)        # [w, b, sub-block, 32]
-        y = yq.reshape(*yq.shape[:2], 8, 32)
+    if BLOCK[gtype][0] == 256:
+        dx, sc, q, mx, mn = _kquant_blocks(gtype, b)
+        y = yq.reshape(*yq.shape[:2], *q.shape[2:])                            # [a, b, sub-block, values]
         isum = np.einsum("wbj,wabj->wab", sc, np.einsum("wbjl,abjl->wabj", q, y))
-        iabs = np.einsum("wbj,wabj->wab", sc, np.einsum("wbjl,abjl->wabj", np.abs(q), np.abs(y)))
-        bsums = yq.reshape(*yq.shape[:2], 8, 2, 16).sum(-1)
+        iabs = np.einsum("wbj,wabj->wab", np.abs(sc), np.einsum("wbjl,abjl->wabj", np.abs(q), np.abs(y)))
+        scale = yd[None, :, :] * dx[:, None, :]
+        if mx is None:
+            return (scale * isum).sum(-1), (np.abs(scale) * iabs).sum(-1)
+        bsums = yq.reshape(*y.shape[:3], -1, 16).sum(-1)                     # Q8_K's 16-value sums
         msum = np.einsum("wbj,abj->wab", mn, bsums.sum(-1))
-        mabs = np.einsum("wbj,abj->wab", mn, np.abs(bsums).sum(-1))
-    elif gtype == Q2_K:
-        dx, mx = _f16(b[..., 80:82]), _f16(b[..., 82:84])
-        sc, mn = b[..., 0:16].astype(np.int64) & 15, b[..., 0:16].astype(np.int64) >> 4
-        qs = b[..., 16:80].reshape(*b.shape[:2], 2, 1, 32).astype(np.int64)
-        q = (qs >> np.array([0, 2, 4, 6]).reshape(1, 1, 1, 4, 1)) & 3            # [w, b, c, k, 32]
-        q = q.reshape(*b.shape[:2], 16, 16)
-        y = yq.reshape(*yq.shape[:2], 16, 16)
-        isum = np.einsum("wbj,wabj->wab", sc, np.einsum("wbjl,abjl->wabj", q, y))
-        iabs = np.einsum("wbj,wabj->wab", sc, np.einsum("wbjl,abjl->wabj", np.abs(q), np.abs(y)))
-        msum = np.einsum("wbj,abj->wab", mn, y.sum(-1))
-        mabs = np.einsum("wbj,abj->wab", mn, np.abs(y.sum(-1)))
+        mabs = np.einsum("wbj,abj->wab", np.abs(mn), np.abs(bsums).sum(-1))
+        mscale = yd[None, :, :] * mx[:, None, :]
+        return ((scale * isum - mscale * msum).sum(-1),
+                (np.abs(scale) * iabs + np.abs(mscale) * mabs).sum(-1))
+    if gtype == MXFP4:
+        dx = np.ldexp(1.0, b[..., 0].astype(np.int64) - 128)                  # E8M0 exponent, halved
+        q = KVALUES_FP4[_nibbles(b[..., 1:17])].reshape(*b.shape[:2], 32)
     else:
         dx = _f16(b[..., 0:2])
         if gtype == Q8_0:
@@ -299,14 +390,11 @@ def exact_dots(gtype: int, wq: np.ndarray, aq: np.ndarray):
         else:
             qs = b[..., 4:20] if gtype == Q4_1 else b[..., 2:18]
             q = np.concatenate([qs & 15, qs >> 4], -1).astype(np.int64) - (8 if gtype == Q4_0 else 0)
-        isum = np.einsum("wbl,abl->wab", q, yq)
-        iabs = np.einsum("wbl,abl->wab", np.abs(q), np.abs(yq))
-        scale = dx[:, None, :] * yd[None, :, :]
-        t2 = _f16(b[..., 2:4])[:, None, :] * ys[None, :, :] if gtype == Q4_1 else np.zeros(isum.shape)
-        return (scale * isum + t2).sum(-1), (np.abs(scale) * iabs + np.abs(t2)).sum(-1)
-    scale, mscale = yd[None, :, :] * dx[:, None, :], yd[None, :, :] * mx[:, None, :]
-    return ((scale * isum - mscale * msum).sum(-1),
-            (np.abs(scale) * iabs + np.abs(mscale) * mabs).sum(-1))
+    isum = np.einsum("wbl,abl->wab", q, yq)
+    iabs = np.einsum("wbl,abl->wab", np.abs(q), np.abs(yq))
+    scale = dx[:, None, :] * yd[None, :, :]
+    t2 = _f16(b[..., 2:4])[:, None, :] * ys[None, :, :] if gtype == Q4_1 else np.zeros(isum.shape)
+    return (scale * isum + t2).sum(-1), (np.abs(scale) * iabs + np.abs(t2)).sum(-1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -345,8 +433,33 @@ def kernels_under_test(kern, emulated, gtype: int):
         if k != kern.ffi.NULL:
             out.append((ISA_NAMES[isa], k, kern))
     if emulated is not None:
-        out.append(("avx512-emulated", emulated.lib.fm_kernel_get_avx512(gtype), emulated))
+        k = emulated.lib.fm_kernel_get_avx512(gtype)
+        if k != emulated.ffi.NULL:
+            out.append(("avx512-emulated", k, emulated))
     return out
+
+
+def expected_kernel_labels(emulated) -> list[str] | None:
+    """the labels kernels_under_test must give for every type on this machine (None off x86 Linux)"""
+    flags = cpu_flags()
+    if not flags:
+        return None
+    want = ["scalar"]
+    if {"avx2", "fma"} <= flags:
+        want.append("avx2")
+        if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+            want.append("avx512")
+    return want + (["avx512-emulated"] if emulated is not None else [])
+
+
+def required_kernels(kern, emulated, gtype: int):
+    """kernels_under_test, failing (not passing vacuously) where the type lacks a kernel this machine runs"""
+    kernels = kernels_under_test(kern, emulated, gtype)
+    labels = [lbl for lbl, _, _ in kernels]
+    want = expected_kernel_labels(emulated)
+    assert labels and labels[0] == "scalar", f"no scalar kernel for {TYPE_NAMES[gtype]} (fm_kernel_get)"
+    assert want is None or labels == want, f"{TYPE_NAMES[gtype]}: kernels {labels}, want {want}"
+    return kernels
 
 
 _cases = {}
@@ -418,9 +531,27 @@ def kernel_matmul(kern, mod, k, gtype: int, tiled: bool, n: int, w: np.ndarray, 
 # --------------------------------------------------------------------------------------------------------
 # tests
 
-CASES = [(t, n) for t in (Q4_K, Q2_K) for n in (256, 512, 2048, 4096)] + \
-        [(t, n) for t in (Q4_0, Q4_1, Q8_0) for n in (32, 96, 2048)]
+# 256-value types at 1, 2, 8 and 16 super-blocks; 32-value types with an odd number of blocks too, except MXFP4,
+# whose kernels take an even number (see test_mxfp4_odd_block_counts_are_left_to_ggml; 2880 is gpt-oss's hidden
+# size)
+CASES = [(t, n) for t in (Q4_K, Q2_K, Q6_K, Q5_K, Q3_K, IQ4_XS) for n in (256, 512, 2048, 4096)] + \
+        [(t, n) for t in (Q4_0, Q4_1, Q8_0) for n in (32, 96, 2048)] + \
+        [(MXFP4, n) for n in (64, 128, 2048, 2880, 4096)]
 N_ACT = (1, 2, 3, 5, 8, 17)
+
+
+@pytest.mark.parametrize("gtype,n", CASES, ids=[f"{TYPE_NAMES[t]}-{n}" for t, n in CASES])
+def test_ggml_matches_exact_decoding(ggml, gtype, n):
+    """Independently of our kernels: ggml's vec_dot agrees with the float64 numpy decoding of the blocks
+    (exact_dots) within ggml's own float error, so the block layouts and the formula written there are ggml's."""
+    _, _, wq, aq, ref = reference_case(ggml, gtype, n)
+    assert ggml.traits(gtype).vec_dot_type == VEC_DOT_TYPE[gtype]
+    assert wq.shape[1] == row_bytes(gtype, n) and aq.shape[1] == row_bytes(VEC_DOT_TYPE[gtype], n)
+    assert np.all(np.isfinite(ref))
+    exact, mass = exact_dots(gtype, wq, aq)
+    err = float((np.abs(ref - exact) / mass).max())
+    assert err <= GGML_ERROR_BOUND, f"{TYPE_NAMES[gtype]} n={n}: ggml vs exact {err:.3g} of the mass"
+    assert float(np.abs(exact).max()) > 0
 
 
 @pytest.mark.parametrize("gtype,n", CASES, ids=[f"{TYPE_NAMES[t]}-{n}" for t, n in CASES])
@@ -429,14 +560,7 @@ def test_matches_ggml_vec_dot(kern, emulated, ggml, gtype, n):
     w, a, wq, aq, ref = reference_case(ggml, gtype, n)
     assert ggml.traits(gtype).vec_dot_type == VEC_DOT_TYPE[gtype] == kern.lib.fm_kernel_vec_dot_type(gtype)
     assert np.all(np.isfinite(ref))
-    exact, mass = exact_dots(gtype, wq, aq)
-    # the block layouts and the formula are ggml's: ggml's own float error, relative to the mass, is tiny
-    assert float((np.abs(ref - exact) / mass).max()) <= GGML_ERROR_BOUND
-    kernels = kernels_under_test(kern, emulated, gtype)
-    if {"avx2", "fma"} <= cpu_flags():
-        want = ["scalar", "avx2"] + (["avx512"] if {"avx512f", "avx512bw", "avx512vl"} <= cpu_flags() else [])
-        assert [lbl for lbl, _, _ in kernels] == want + (["avx512-emulated"] if emulated is not None else [])
-    for label, k, mod in kernels:
+    for label, k, mod in required_kernels(kern, emulated, gtype):
         for n_act in N_ACT:
             for i in range(wq.shape[0]):
                 for pad, s_stride, mis in ((0, 1, 0), (5, 3, 1)) if n_act in (5, 17) else ((0, 1, 0),):
@@ -446,7 +570,7 @@ def test_matches_ggml_vec_dot(kern, emulated, ggml, gtype, n):
                         f"got {got} want {ref[i, :n_act]}")
 
 
-@pytest.mark.parametrize("gtype", [Q4_K, Q2_K], ids=["q4_K", "q2_K"])
+@pytest.mark.parametrize("gtype", TILED_TYPES, ids=[TYPE_NAMES[t] for t in TILED_TYPES])
 @pytest.mark.parametrize("n", [256, 2048])
 def test_tiled_matches_ggml_mul_mat_id(kern, emulated, ggml, mmid, gtype, n):
     """k.dot_tiled == ggml's MUL_MAT_ID for one expert with >= 8 activation rows (ggml's tiled path), bitwise;
@@ -457,20 +581,134 @@ def test_tiled_matches_ggml_mul_mat_id(kern, emulated, ggml, mmid, gtype, n):
     wq = ggml.quantize_weights(gtype, np.concatenate([weight_rows(rng, n) for _ in range(6)])[:rows])
     acts = np.concatenate([activation_rows(rng, n, 7) for _ in range(10)])
     differ = 0
-    for n_tok in (1, 5, 7, 8, 9, 33, 64):
+    kernels = required_kernels(kern, emulated, gtype)
+    for label, k, mod in kernels:
+        assert k.dot_tiled != mod.ffi.NULL, f"{label} {TYPE_NAMES[gtype]}: no dot_tiled"
+    for n_tok in (1, 5, 7, 8, 9, 33, 64):     # 8..16 rows: ggml's narrow tiled path, more: its standard one
         x = acts[:n_tok]
         ref = mmid(gtype, n, wq[None], x[:, None, :], np.zeros((n_tok, 1), np.int32))[:, 0, :]   # [n_tok, rows]
         aq = ggml.quantize_activations(gtype, x)
         tiled = n_tok >= 8
         if tiled:
             differ += int((ggml.dots(gtype, n, wq, aq).T != ref).sum())
-        for label, k, mod in kernels_under_test(kern, emulated, gtype):
+        for label, k, mod in kernels:
             got = np.stack([run_kernel(mod, k, n, wq[r], aq, n_tok, tiled=tiled) for r in range(rows)], axis=1)
             assert same_bits(got, ref), f"{label} {TYPE_NAMES[gtype]} n={n} rows={n_tok} tiled={tiled}"
     assert differ > 0, "ggml's tiled path gave vec_dot's results: the test no longer tells them apart"
 
 
-MATMUL_TYPES = [Q4_K, Q2_K, Q4_0, Q4_1, Q8_0]
+# offsets of the fp16 scale fields (d, and dmin / m) in a block
+FP16_FIELDS = {Q4_0: (0,), Q4_1: (0, 2), Q8_0: (0,), Q2_K: (80, 82), Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2),
+               Q6_K: (208,), IQ4_XS: (0,)}
+
+
+def random_blocks(rng: np.random.Generator, gtype: int, n_rows: int, n: int, e_range=(104, 144)) -> np.ndarray:
+    """weight rows of random bytes: every bit pattern of values and sub-block scales, including those ggml's
+    quantizers never write (Q8_0's -128, Q6_K's scale -128, IQ4_XS's scale -32, ...), with finite fp16 scales
+    of either sign (MXFP4: E8M0 exponents in e_range)"""
+    blck, size = BLOCK[gtype]
+    b = rng.integers(0, 256, (n_rows, n // blck, size), dtype=np.uint8)
+    if gtype == MXFP4:
+        b[..., 0] = rng.integers(*e_range, b.shape[:2])
+    else:
+        for off in FP16_FIELDS[gtype]:
+            h = rng.uniform(0.5, 1.0, b.shape[:2]) * rng.choice([-1.0, 1.0], b.shape[:2]) * \
+                np.exp2(rng.integers(-12, 1, b.shape[:2]).astype(np.float64))
+            b[..., off:off + 2] = h.astype("<f2").view(np.uint8).reshape(*b.shape[:2], 2)
+    return b.reshape(n_rows, -1)
+
+
+_random_cases = {}
+
+
+def random_case(ggml, gtype: int, n: int, variant: str = ""):
+    """random weight blocks (20 rows), 20 activation rows quantized by ggml, and ggml's vec_dot for them"""
+    key = (gtype, n, variant)
+    if key not in _random_cases:
+        rng = np.random.default_rng(7000 + 100 * gtype + n % 97)
+        wq = random_blocks(rng, gtype, 20, n, e_range=(0, 200) if variant == "wide-e" else (104, 144))
+        a = np.concatenate([activation_rows(rng, n, 10, large=1e2 if gtype == Q4_1 else 1e4),
+                            rng.standard_normal((10, n)).astype(np.float32)])
+        aq = ggml.quantize_activations(gtype, a)
+        _random_cases[key] = (a, wq, aq, ggml.dots(gtype, n, wq, aq))
+    return _random_cases[key]
+
+
+RANDOM_CASES = [(t, 2048 if BLOCK[t][0] == 256 else 1088, "") for t in TYPE_NAMES] + [(MXFP4, 1088, "wide-e")]
+RANDOM_IDS = [f"{TYPE_NAMES[t]}{'-' + v if v else ''}" for t, _, v in RANDOM_CASES]
+
+
+@pytest.mark.parametrize("gtype,n,variant", RANDOM_CASES[:-1], ids=RANDOM_IDS[:-1])
+def test_ggml_matches_exact_decoding_random_blocks(ggml, gtype, n, variant):
+    """Independently of our kernels: on blocks of random bytes, which set every bit of the layout, ggml's
+    vec_dot agrees with the numpy decoding (exact_dots) within ggml's float error"""
+    _, wq, aq, ref = random_case(ggml, gtype, n, variant)
+    assert np.all(np.isfinite(ref))
+    exact, mass = exact_dots(gtype, wq, aq)
+    err = float((np.abs(ref - exact) / mass).max())
+    assert err <= GGML_ERROR_BOUND, f"{TYPE_NAMES[gtype]}: ggml vs exact {err:.3g} of the mass"
+
+
+@pytest.mark.parametrize("gtype,n,variant", RANDOM_CASES, ids=RANDOM_IDS)
+def test_random_blocks_match_ggml(kern, emulated, ggml, mmid, gtype, n, variant):
+    """On blocks of random bytes (wide-e: MXFP4 exponents 0..199, subnormal block scales included), k.dot ==
+    ggml's vec_dot bitwise, and for the tiled types k.dot_tiled == ggml's MUL_MAT_ID with 9 and 20 rows (its
+    narrow and standard tiled paths)"""
+    a, wq, aq, ref = random_case(ggml, gtype, n, variant)
+    kernels = required_kernels(kern, emulated, gtype)
+    for label, k, mod in kernels:
+        for i in range(wq.shape[0]):
+            got = run_kernel(mod, k, n, wq[i], aq, aq.shape[0])
+            assert same_bits(got, ref[i]), f"{label} {TYPE_NAMES[gtype]} {variant} weight row {i}"
+    if gtype not in TILED_TYPES:
+        return
+    for n_tok in (9, 20):
+        mm = mmid(gtype, n, wq[None], a[:n_tok, None, :], np.zeros((n_tok, 1), np.int32))[:, 0, :]
+        for label, k, mod in kernels:
+            got = np.stack([run_kernel(mod, k, n, wq[r], aq, n_tok, tiled=True) for r in range(wq.shape[0])], 1)
+            assert same_bits(got, mm), f"{label} {TYPE_NAMES[gtype]} tiled, {n_tok} rows"
+
+
+def correlated_rows(rng: np.random.Generator, n: int, n_w: int, n_a: int):
+    """weight rows (magnitudes uniform in [0, c]) and activation rows (near-constant magnitudes) that share one
+    random sign pattern: every (weight, activation) pair has large per-block integer sums with random low bits,
+    so that the float32 products of block scales and those sums are inexact (a fused multiply-add and a multiply
+    then an add differ) and int32 lanes may pass 2^24 (their conversion to float rounds)"""
+    sign = rng.choice([-1.0, 1.0], n)
+    w = sign * rng.uniform(0.0, 1.0, (n_w, n)) * rng.uniform(0.5, 2.0, (n_w, 1))
+    a = sign * rng.uniform(0.8, 1.0, (n_a, n)) * rng.uniform(0.1, 10.0, (n_a, 1))
+    return w.astype(np.float32), a.astype(np.float32)
+
+
+LARGE_SUM_CASES = [(t, 512 if BLOCK[t][0] == 256 else 128 if t == MXFP4 else 96) for t in TYPE_NAMES] + [(MXFP4, 2944)]
+
+
+@pytest.mark.parametrize("gtype,n", LARGE_SUM_CASES, ids=[f"{TYPE_NAMES[t]}-{n}" for t, n in LARGE_SUM_CASES])
+def test_large_block_sums_match_ggml(kern, emulated, ggml, mmid, gtype, n):
+    """Rows whose every pair has near-maximal block sums (correlated_rows): ggml agrees with the exact
+    decoding, k.dot with ggml's vec_dot bitwise, and for the tiled types k.dot_tiled with ggml's MUL_MAT_ID at 12 and 20 rows"""
+    rng = np.random.default_rng(300 + gtype + n)
+    w, a = correlated_rows(rng, n, 16, 20)
+    wq = ggml.quantize_weights(gtype, w)
+    aq = ggml.quantize_activations(gtype, a)
+    ref = ggml.dots(gtype, n, wq, aq)
+    exact, mass = exact_dots(gtype, wq, aq)
+    assert float((np.abs(ref - exact) / mass).max()) <= GGML_ERROR_BOUND
+    kernels = required_kernels(kern, emulated, gtype)
+    for label, k, mod in kernels:
+        got = np.stack([run_kernel(mod, k, n, wq[i], aq, aq.shape[0]) for i in range(wq.shape[0])])
+        bad = np.argwhere(got.view(np.uint32) != ref.view(np.uint32))
+        assert len(bad) == 0, f"{label} {TYPE_NAMES[gtype]}: {len(bad)} of {ref.size} differ, first {bad[:3].tolist()}"
+    if gtype not in TILED_TYPES:
+        return
+    for n_tok in (12, 20):
+        mm = mmid(gtype, n, wq[None], a[:n_tok, None, :], np.zeros((n_tok, 1), np.int32))[:, 0, :]
+        for label, k, mod in kernels:
+            got = np.stack([run_kernel(mod, k, n, wq[r], aq, n_tok, tiled=True) for r in range(wq.shape[0])], 1)
+            assert same_bits(got, mm), f"{label} {TYPE_NAMES[gtype]} tiled, {n_tok} rows"
+
+
+MATMUL_TYPES = [Q4_K, Q2_K, Q6_K, Q5_K, Q3_K, IQ4_XS, Q4_0, Q4_1, Q8_0, MXFP4]
 
 
 @pytest.mark.parametrize("gtype", MATMUL_TYPES, ids=[TYPE_NAMES[t] for t in MATMUL_TYPES])
@@ -480,7 +718,7 @@ def test_matmul_as_the_runtime_feeds_it(kern, emulated, ggml, mmid, gtype):
     offset, its weight bytes in a cache slot at an odd offset, its rows split into chunks as between threads,
     the tiled procedure from 8 rows on; 1 to 512 activation rows per expert."""
     rng = np.random.default_rng(gtype)
-    n = 512 if BLOCK[gtype][0] == 256 else 96
+    n = 512 if BLOCK[gtype][0] == 256 else 128 if gtype == MXFP4 else 96
     n_exp, rows, n_used = 4, 48, 2
     wq = ggml.quantize_weights(gtype, rng.standard_normal((n_exp * rows, n)).astype(np.float32) * 0.05)
     wq = wq.reshape(n_exp, rows, -1)
@@ -495,7 +733,7 @@ def test_matmul_as_the_runtime_feeds_it(kern, emulated, ggml, mmid, gtype):
             ids = np.stack([rng.choice(n_exp, n_used, replace=False) for _ in range(n_tok)]).astype(np.int32)
         ref = mmid(gtype, n, wq, x[:, None, :], ids)                       # [n_tok, n_used, rows]
         aq = ggml.quantize_activations(gtype, x)
-        for label, k, mod in kernels_under_test(kern, emulated, gtype):
+        for label, k, mod in required_kernels(kern, emulated, gtype):
             got = np.full((n_tok, n_used, rows), np.nan, np.float32)
             for e in range(n_exp):
                 pairs = [(t, j) for t in range(n_tok) for j in range(n_used) if ids[t, j] == e]
@@ -510,7 +748,7 @@ def test_matmul_as_the_runtime_feeds_it(kern, emulated, ggml, mmid, gtype):
                 for chunk in range(3):                                      # rows split as between 3 threads
                     r0, r1 = rows * chunk // 3, rows * (chunk + 1) // 3
                     part = np.full(len(pairs) * (r1 - r0), np.nan, np.float32)
-                    kernel_matmul(kern, mod, k, gtype, len(pairs) >= 8 and gtype in (Q4_K, Q2_K), n, slot,
+                    kernel_matmul(kern, mod, k, gtype, len(pairs) >= 8 and gtype in TILED_TYPES, n, slot,
                                   3 + r0 * row_bytes(gtype, n), r1 - r0, gathered, 7, len(pairs), part, 0, r1 - r0)
                     out[:-1].reshape(len(pairs), rows)[:, r0:r1] = part.reshape(len(pairs), r1 - r0)
                 for p, (t, j) in enumerate(pairs):
@@ -523,8 +761,9 @@ def test_matmul_is_dot_tiled(kern, ggml, gtype):
     """fm_kernel_matmul gives bitwise the results of one kernel call per (weight row, activation row)"""
     ffi, lib = kern.ffi, kern.lib
     rng = np.random.default_rng(7)
-    n = 2048 if BLOCK[gtype][0] == 256 else 1024
+    n = 2048 if BLOCK[gtype][0] == 256 else 1088 if gtype == MXFP4 else 1024
     n_rows, n_act = 61, 19                       # more rows than a row tile, acts not a multiple of 4
+    assert lib.fm_kernel_get(gtype, 1) != ffi.NULL, f"no scalar kernel for {TYPE_NAMES[gtype]}"
     wq = ggml.quantize_weights(gtype, rng.standard_normal((n_rows, n)).astype(np.float32))
     aq = ggml.quantize_activations(gtype, rng.standard_normal((n_act, n)).astype(np.float32))
     for isa in (1, 2, 3):
@@ -546,14 +785,35 @@ def test_matmul_is_dot_tiled(kern, ggml, gtype):
             assert np.all(dst[:, n_rows:] == -1.0)
 
 
+def test_ggml_tiled_types(ggml, mmid):
+    """Independently of our kernels, the table TILED_TYPES is ggml's: for an expert with >= 8 activation rows
+    ggml's MUL_MAT_ID gives other results than vec_dot for the types with a tiled path, and exactly vec_dot's
+    for the others (Q4_0, Q4_1, Q8_0, MXFP4); below 8 rows it gives vec_dot's for every type."""
+    rng = np.random.default_rng(5)
+    for gtype, name in TYPE_NAMES.items():
+        n = 512 if BLOCK[gtype][0] == 256 else 96
+        wq = ggml.quantize_weights(gtype, rng.standard_normal((32, n)).astype(np.float32))
+        x = rng.standard_normal((12, n)).astype(np.float32)
+        for n_tok in (7, 12):
+            ref = mmid(gtype, n, wq[None], x[:n_tok, None, :], np.zeros((n_tok, 1), np.int32))[:, 0, :]
+            vd = ggml.dots(gtype, n, wq, ggml.quantize_activations(gtype, x[:n_tok])).T
+            if n_tok >= 8 and gtype in TILED_TYPES:
+                assert not same_bits(ref, vd), f"{name}: ggml's MUL_MAT_ID gave vec_dot's results"
+                assert np.allclose(ref, vd, rtol=1e-3, atol=1e-3 * float(np.abs(vd).max()))
+            else:
+                assert same_bits(ref, vd), f"{name} {n_tok} rows: MUL_MAT_ID is not vec_dot"
+
+
 def test_tiled_only_for_ggml_tiled_types(kern):
-    """ggml's tiled path covers K-quants (and IQ types), not the 32-value block types: a dot_tiled exists
-    exactly where ggml has one, on every instruction set"""
-    for gtype in TYPE_NAMES:
+    """ggml's tiled path covers the K-quants and IQ4_XS (and other IQ types), not the 32-value block types
+    (Q4_0, Q4_1, Q8_0, MXFP4): a dot_tiled exists exactly where ggml has one, on every instruction set"""
+    assert set(TILED_TYPES) == set(TYPE_NAMES) - {Q4_0, Q4_1, Q8_0, MXFP4}
+    for gtype, name in TYPE_NAMES.items():
+        assert kern.lib.fm_kernel_get(gtype, 1) != kern.ffi.NULL, f"no scalar kernel for {name}"
         for isa in (1, 2, 3):
             k = kern.lib.fm_kernel_get(gtype, isa)
             if k != kern.ffi.NULL:
-                assert (k.dot_tiled != kern.ffi.NULL) == (gtype in (Q4_K, Q2_K))
+                assert (k.dot_tiled != kern.ffi.NULL) == (gtype in TILED_TYPES), (name, ISA_NAMES[isa])
 
 
 def test_n_act_zero_writes_nothing(kern):
@@ -580,13 +840,16 @@ def test_dispatch(kern):
         assert ISA_NAMES[lib.fm_kernel_best_isa()] == expect
     for gtype, name in TYPE_NAMES.items():
         best = lib.fm_kernel_get(gtype, 0)
+        assert best != ffi.NULL, f"no kernel for {name}"
         assert ffi.string(best.name).decode() == f"{name}_{ISA_NAMES[lib.fm_kernel_best_isa()]}"
         assert ffi.string(lib.fm_kernel_get(gtype, 1).name).decode() == f"{name}_scalar"
         assert (lib.fm_kernel_get(gtype, 2) != ffi.NULL) == (lib.fm_kernel_best_isa() >= 2)
         assert (lib.fm_kernel_get(gtype, 3) != ffi.NULL) == (lib.fm_kernel_best_isa() >= 3)
         assert lib.fm_kernel_block_size(gtype) == BLOCK[gtype][0]
         assert lib.fm_kernel_type_size(gtype) == BLOCK[gtype][1]
-    for gtype in (0, 1, 6, 7, 11, 13, 14, 15, 30, 99, -1):  # types without kernels (and Q8_K itself)
+    # types without kernels (F32, F16, Q5_0, Q5_1, the activation types Q8_1 and Q8_K, the other IQ types, BF16,
+    # TQ1_0, TQ2_0, NVFP4, ...)
+    for gtype in (0, 1, 6, 7, 9, 15, 16, 17, 18, 19, 20, 21, 22, 29, 30, 34, 35, 40, 41, 42, 99, -1):
         assert lib.fm_kernel_get(gtype, 0) == ffi.NULL
         assert lib.fm_kernel_vec_dot_type(gtype) == -1
     for gtype in TYPE_NAMES:
@@ -626,3 +889,19 @@ def test_sources_compile_cleanly(tmp_path):
         res = subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-c",
                               str(EXT / src), "-o", str(tmp_path / (src + ".o"))], capture_output=True, text=True)
         assert res.returncode == 0, f"{src}:\n{res.stderr}"
+
+
+def test_mxfp4_odd_block_counts_are_left_to_ggml(kern):
+    """ggml's MXFP4 vec_dot adds an odd last block with `sumf += d * isum`, which GCC fuses into one FMA or not
+    depending on the CPU it tunes for (the libggml-cpu built here for Zen: not fused; tuned for Intel: fused), so
+    no kernel can promise ggml's bits there: the kernels require an even number of blocks, and the runtime
+    (fm_matmul.c) and `inspect` (fm_has_kernel) leave other row lengths to ggml's own code"""
+    assert kern.lib.fm_kernel_n_multiple(MXFP4) == 64
+    for t in TYPE_NAMES:
+        if t != MXFP4:
+            assert kern.lib.fm_kernel_n_multiple(t) == BLOCK[t][0]
+    from flashmoe_gguf import extension
+    lib = extension.constants()
+    assert lib.fm_has_kernel(MXFP4, 2880) > 0 and lib.fm_has_kernel(MXFP4, 2880 + 32) == 0
+    assert lib.fm_has_kernel(Q4_K, 2048) > 0 and lib.fm_has_kernel(Q4_K, 2048 + 32) == 0
+    assert lib.fm_has_kernel(0, 2048) == 0          # F32: no kernel of ours

@@ -29,8 +29,10 @@ PROMPT = [11, 450, 77, 1203, 9, 3020, 600, 42, 5, 1999, 256, 3333, 17, 80, 2500,
 # below, and token-by-token decode (1 row) always takes vec_dot. Both procedures are checked.
 BATCH = [int(t) for t in np.random.default_rng(0).integers(5, 3900, 48)]
 ARCHS = sorted(TINY)
-TYPES = ["Q4_K", "Q8_0", "F16", "Q4_0", "Q4_1", "Q2_K"]
-KERNEL_TYPES = {"Q4_K", "Q8_0", "Q4_0", "Q4_1", "Q2_K"}     # types with kernels of ours
+TYPES = ["Q4_K", "Q8_0", "F16", "Q4_0", "Q4_1", "Q2_K", "Q6_K", "Q5_K", "Q3_K"]
+# types with kernels of ours (IQ4_XS and MXFP4, which our converter does not write, are run per instruction set
+# on llama.cpp's quantizations in test_hub_gguf.py)
+KERNEL_TYPES = {"Q4_K", "Q8_0", "Q4_0", "Q4_1", "Q2_K", "Q6_K", "Q5_K", "Q3_K"}
 ISAS = ["scalar", "avx2", "avx512", "ggml"]
 
 

@@ -58,12 +58,21 @@ import flashmoe_gguf
 sys.modules["flashmoe_gguf._fmext"] = ext
 sys.path.insert(0, sys.argv[2])
 from test_runtime import BATCH, PROMPT, assert_same_logits, expert_bytes, greedy, logits, stock_reference, streamed
+from reference import llama as stock_llama
 from flashmoe_gguf import extension
 assert extension.load() is ext and int(ext.lib.fm_cpu_isa()) == ext.lib.FM_ISA_AVX512
 done = 0
 for case in sys.argv[3:]:
     arch, experts, path = case.split(":", 2)
-    ref_batch, ref_dec, ref_greedy = stock_reference(arch, experts)
+    if experts.startswith("hub-"):          # a llama.cpp quantization: stock on the same file
+        ref = stock_llama(path)
+        ref_batch = logits(ref, BATCH, batch=True)
+        ref.reset()
+        ref_dec = logits(ref, PROMPT, batch=False)
+        ref_greedy = greedy(ref, PROMPT[:6], 32)
+        ref.close()
+    else:
+        ref_batch, ref_dec, ref_greedy = stock_reference(arch, experts)
     total = expert_bytes(path)
     for budget in (total // 8, 2 * total):
         llm = streamed(path, budget, isa="avx512")
@@ -79,9 +88,12 @@ print("checked", done)
 
 
 def test_emulated_avx512_kernels_match_stock(simde_extension: Path) -> None:
-    """Every architecture and every type with kernels: prompt batch (both of ggml's procedures), decode and
-    greedy continuations, budgets below and above the experts, bitwise equal to stock (repack off)."""
+    """Every architecture and every type with kernels (IQ4_XS and MXFP4, which our converter does not write, in
+    llama.cpp's quantizations, split): prompt batch (both of ggml's procedures), decode and greedy continuations,
+    budgets below and above the experts, bitwise equal to stock (repack off)."""
+    from test_hub_gguf import hub_like
     cases = [f"{a}:{t}:{gguf_for(a, t)}" for a in sorted(TINY) for t in sorted(KERNEL_TYPES)]
+    cases += [f"{a}:hub-{f}:{hub_like(a, f)[0]}" for a in ("qwen3_moe", "deepseek_v3") for f in ("IQ4_XS", "MXFP4_MOE")]
     r = subprocess.run([sys.executable, "-c", CHECK, str(simde_extension), str(Path(__file__).parent), *cases],
                        capture_output=True, text=True, timeout=1800, cwd=Path(__file__).parent)
     assert r.returncode == 0, r.stderr[-4000:]

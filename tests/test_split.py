@@ -137,4 +137,4 @@ def test_inspect_split_model() -> None:
     assert info.index_state == "stale"
     text = info.render()
     assert "split into 3 files: m-00001-of-00003.gguf, m-00002-of-00003.gguf, m-00003-of-00003.gguf" in text
-    assert "Q4_K    computed by our kernels" in text and "streams: yes" in text
+    assert "Q4_K    computed by our kernel (" in text and "streams: yes" in text

@@ -1,25 +1,29 @@
 """Benchmark the expert-matmul kernels (ggml_ext/fm_kernels*.c) against ggml's own CPU kernels, one thread.
 
 The workload is one routed-expert matrix product of a Qwen3-30B-A3B-shaped layer: 128 experts of 768 rows x
-2048 columns, 8 experts per token. For each instruction set and weight type it times, in C (no Python in the
-loop):
+2048 columns, 8 experts per token. For each weight type (q4_K, q2_K, q3_K, q5_K, q6_K, iq4_xs, q4_0, q4_1,
+q8_0, mxfp4) it times, in C (no Python in the loop):
 
   ours        fm_kernel_matmul: each expert's rows against the tokens routed to it (the kernel's dot, or
               its dot_tiled for an expert with 8 or more tokens, as ggml; one call per weight row with up to
-              8 tokens, tiled for the caches)
-  ggml        ggml-cpu's vec_dot (the kernel its MUL_MAT_ID calls), one call per (weight row, token)
+              8 tokens, tiled for the caches), one column per instruction set
+  ggml        ggml-cpu's vec_dot (the kernel its MUL_MAT_ID calls below 8 rows), one call per (weight row, token)
 
 and, with --mul-mat-id, ggml's complete MUL_MAT_ID op (ggml_mul_mat_id graph on the CPU backend, one
-thread, activations already in F32: it includes ggml quantizing them, which ours leave out).
+thread) on the same weight bytes, the same activations (in F32: it includes ggml quantizing them, which
+ours leave out) and the same routing, step by step; a summary then lists ours (the instruction set the
+runtime picks) against vec_dot and MUL_MAT_ID for every type and case. A type ggml_ext has no kernel for
+yet is timed for ggml only, and said so.
 
 Batches: 1 token (decode), and B tokens (prompt processing) either routed at random (each token picks 8
 distinct experts: ~B*8/128 tokens per expert) or all to the same 8 experts (n_act = B, the best case for
-reuse). Weights are `hot` (the same 8 experts every step: they stay in the 32 MiB L3) or `cold` (8 random
-experts of 128 per step, 113 MB of Q4_K: mostly from DRAM). GB/s = quantized weight bytes of the experts
-visited / time.
+reuse, and ggml's tiled path for the K-quants and IQ4_XS). Weights are `hot` (the same 8 experts every
+step: they stay in the 32 MiB L3) or `cold` (8 random experts of 128 per step, 113 MB of Q4_K: mostly from
+DRAM). GB/s = quantized weight bytes of the experts visited / time.
 
   python tools/bench_kernels.py                     # Q4_K, batch 1 and 32, hot and cold
   python tools/bench_kernels.py --types all --mul-mat-id
+  python tools/bench_kernels.py --types q6_K,mxfp4 --mul-mat-id --no-scalar --seconds 0.05 --repeats 3
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from test_kernels import (ISA_NAMES, TYPE_NAMES, VEC_DOT_TYPE, GgmlCpu,  # noqa: E402
+from test_kernels import (ISA_NAMES, TILED_TYPES, TYPE_NAMES, VEC_DOT_TYPE, GgmlCpu,  # noqa: E402
                           build_kernels, row_bytes)
 
 BENCH_C = r"""
@@ -145,28 +149,58 @@ def timed(fns, max_steps: int, seconds: float, repeats: int) -> list[float]:
     return best
 
 
+def parse_types(spec: str) -> list[int]:
+    """--types: a comma list of type names (any case) or "all" """
+    if spec.strip().lower() == "all":
+        return list(TYPE_NAMES)
+    names = {v.lower(): k for k, v in TYPE_NAMES.items()}
+    out = []
+    for t in spec.split(","):
+        if t.strip().lower() not in names:
+            raise SystemExit(f"bench_kernels: unknown type {t.strip()!r} (known: {', '.join(TYPE_NAMES.values())}, all)")
+        out.append(names[t.strip().lower()])
+    return out
+
+
+def step_ids(experts: np.ndarray, off: np.ndarray, tok: np.ndarray, per_step: int, batch: int) -> np.ndarray:
+    """the schedule as MUL_MAT_ID's ids: [n_steps, batch, N_USED] int32, token t's experts of each step"""
+    n_steps = len(experts) // per_step
+    ids = np.zeros((n_steps, batch, N_USED), np.int32)
+    for st in range(n_steps):
+        used = [[] for _ in range(batch)]
+        for e in range(st * per_step, (st + 1) * per_step):
+            for t in tok[off[e]:off[e + 1]]:
+                used[t].append(int(experts[e]))
+        for t in range(batch):
+            assert len(used[t]) == N_USED, (st, t, used[t])
+            ids[st, t] = used[t]
+    return ids
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--types", default="q4_K", help="comma list of q4_K,q2_K,q4_0,q4_1,q8_0, or all")
+    ap.add_argument("--types", default="q4_K", help=f"comma list of {','.join(TYPE_NAMES.values())}, or all")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--seconds", type=float, default=0.2, help="target time per measurement")
     ap.add_argument("--repeats", type=int, default=7, help="measurements per case and kernel (the best counts)")
     ap.add_argument("--no-scalar", action="store_true", help="leave out the (slow) scalar kernels")
-    ap.add_argument("--mul-mat-id", action="store_true", help="also time ggml's MUL_MAT_ID op")
+    ap.add_argument("--mul-mat-id", action="store_true", help="also time ggml's MUL_MAT_ID op on the same tensors")
     ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "fm_kernels_bench"))
     args = ap.parse_args()
 
-    names = {v: k for k, v in TYPE_NAMES.items()}
-    types = list(TYPE_NAMES) if args.types == "all" else [names[t] for t in args.types.split(",")]
+    types = parse_types(args.types)
     batches = [int(b) for b in args.batches.split(",")]
 
     mod = build_kernels(Path(args.build_dir), extra_source=BENCH_C, extra_cdef=BENCH_CDEF)
     ffi, lib = mod.ffi, mod.lib
     ggml = GgmlCpu()
-    print(f"load average {os.getloadavg()[0]:.2f}; best ISA {ISA_NAMES[lib.fm_kernel_best_isa()]}")
+    best_isa = ISA_NAMES[lib.fm_kernel_best_isa()]
+    print(f"load average {os.getloadavg()[0]:.2f}; best ISA {best_isa}; one thread")
     rng = np.random.default_rng(0)
+    summary = []
 
     for gtype in types:
+        name = TYPE_NAMES[gtype]
         n = COLS
         rb = row_bytes(gtype, n)
         expert_bytes = ROWS * rb
@@ -175,16 +209,27 @@ def main() -> int:
         vdt = VEC_DOT_TYPE[gtype]
         ab = row_bytes(vdt, n)
         max_batch = max(batches)
-        act = ggml.quantize_activations(gtype, rng.standard_normal((max_batch, n)).astype(np.float32))
+        act_f32 = rng.standard_normal((max_batch, n)).astype(np.float32)
+        act = ggml.quantize_activations(gtype, act_f32)
         gather = np.zeros(act.size + 64, np.uint8)
         vec_dot = int(ggml.ffi.cast("uintptr_t", ggml.traits(gtype).vec_dot))
         out = np.zeros(max_batch * ROWS, np.float32)
         tmp = np.zeros(max_batch * ROWS, np.float32)
         kernels = [(ISA_NAMES[i], lib.fm_kernel_get(gtype, i)) for i in (1, 2, 3)]
-        kernels = [(name, k) for name, k in kernels if k != ffi.NULL and not (args.no_scalar and name == "scalar")]
-        print(f"\n{TYPE_NAMES[gtype]}: expert {expert_bytes} B, rows {ROWS} x {n}, {N_EXPERT} experts, {N_USED} used")
+        kernels = [(nm, k) for nm, k in kernels if k != ffi.NULL and not (args.no_scalar and nm == "scalar")]
+        best = lib.fm_kernel_get(gtype, 0)  # the kernel the runtime picks: its name ends in its instruction set
+        best_label = ffi.string(best.name).decode().rsplit("_", 1)[-1] if best != ffi.NULL else None
+        mmid = MulMatIdBench(ggml, gtype, W, ROWS, n, act_f32) if args.mul_mat_id else None
+        print(f"\n{name}: expert {expert_bytes} B, rows {ROWS} x {n}, {N_EXPERT} experts, {N_USED} used; "
+              + ("ggml's tiled path (and our dot_tiled) from 8 tokens per expert" if gtype in TILED_TYPES else
+                 "no tiled path (vec_dot at any batch)")
+              + ("" if best_label is None or any(nm == best_label for nm, _ in kernels) else
+                 f"; best ISA {best_label} left out"))
+        if best == ffi.NULL:
+            print(f"  ours: no kernel for {name} in ggml_ext (fm_kernel_get gives NULL on every ISA): ggml only")
+        cols = ["ggml vec_dot"] + [f"ours {nm}" for nm, _ in kernels] + (["ggml MMID"] if mmid else [])
         print(f"{'batch':>5} {'routing':>7} {'weights':>7} {'tok/expert':>10} " +
-              " ".join(f"{k:>12}" for k in ["ggml vec_dot"] + [f"ours {nm}" for nm, _ in kernels]) + "   (GB/s)")
+              " ".join(f"{c:>12}" for c in cols) + "   (GB/s)")
         cases = [(b, r, h) for b in batches
                  for r, h in ([("-", True), ("-", False)] if b == 1 else
                               [("shared", True), ("shared", False), ("random", False)])]
@@ -203,12 +248,34 @@ def main() -> int:
             fns = [lambda k: lib.bench_ggml(vd, *common, k, *tail, fo, ft)]
             fns += [lambda k, kern=kern: lib.bench_ours(kern, gtype, *common, k, *tail, fg, fo, ft)
                     for _, kern in kernels]
+            if mmid is not None:
+                fns.append(mmid.stepper(batch, step_ids(experts, off, tok, per_step, batch)))
             res = timed(fns, max_steps, args.seconds, args.repeats)
             gbs = [step_bytes / t / 1e9 for t in res]
+            ours = [g for (nm, _), g in zip(kernels, gbs[1:]) if nm == best_label]
+            note = ""
+            if ours:
+                note = f"   ours {best_label}/vec_dot {ours[0] / gbs[0]:.2f}x"
+                if mmid is not None:
+                    note += f", /MMID {ours[0] / gbs[-1]:.2f}x"
+            elif best == ffi.NULL:
+                note = "   ours: no kernel"
             print(f"{batch:>5} {routing:>7} {'hot' if hot else 'cold':>7} {pairs_per_expert:>10.1f} " +
-                  " ".join(f"{g:>12.2f}" for g in gbs) + f"   best ours/ggml {max(gbs[1:]) / gbs[0]:.2f}x")
-        if args.mul_mat_id:
-            bench_mul_mat_id(ggml, gtype, batches, args)
+                  " ".join(f"{g:>12.2f}" for g in gbs) + note)
+            summary.append((name, best_label or "-", batch, routing, "hot" if hot else "cold",
+                            ours[0] if ours else None, gbs[0], gbs[-1] if mmid is not None else None))
+        if mmid is not None:
+            mmid.close()
+
+    if args.mul_mat_id:
+        print("\nsummary, GB/s, one thread (ours = the kernel the runtime picks for the type, of instruction set "
+              "isa; MMID includes ggml quantizing the activations, ours and vec_dot start from quantized ones)")
+        print(f"{'type':>7} {'isa':>7} {'batch':>5} {'routing':>7} {'weights':>7} {'ours':>8} {'vec_dot':>8} "
+              f"{'MMID':>8} {'ours/vec_dot':>12} {'ours/MMID':>9}")
+        for name, isa, batch, routing, w, ours, vdg, mm in summary:
+            print(f"{name:>7} {isa:>7} {batch:>5} {routing:>7} {w:>7} " +
+                  (f"{ours:>8.2f}" if ours else f"{'none':>8}") + f" {vdg:>8.2f} {mm:>8.2f} " +
+                  (f"{ours / vdg:>11.2f}x {ours / mm:>8.2f}x" if ours else f"{'-':>12} {'-':>9}"))
     print(f"\nload average {os.getloadavg()[0]:.2f}")
     return 0
 
@@ -237,61 +304,65 @@ int ggml_graph_compute(struct ggml_cgraph *cgraph, struct ggml_cplan *cplan);
 """
 
 
-def bench_mul_mat_id(ggml: GgmlCpu, gtype: int, batches: list[int], args) -> None:
-    """ggml_mul_mat_id on the CPU, 1 thread: as [COLS, ROWS, N_EXPERT] (quantized), b [COLS, N_USED?, batch]
-    F32, ids [N_USED, batch] I32. Times whole graph computations (hot: same 8 experts; cold: random)."""
-    import time
-    from cffi import FFI
-    from flashmoe_gguf.ggml_lib import llama_cpp_lib_dir
-    ffi = FFI()
-    ffi.cdef(GGML_GRAPH_CDEF)
-    base = ffi.dlopen(str(ggml.base.path))
-    cpu = ffi.dlopen(str(next(p for p in (llama_cpp_lib_dir() / "libggml-cpu.so.0",
-                                          llama_cpp_lib_dir() / "libggml-cpu.so") if p.exists())))
-    rng = np.random.default_rng(2)
-    one = ggml.quantize_weights(gtype, (rng.standard_normal((ROWS, COLS)) * 0.02).astype(np.float32))
-    expert_bytes = one.size
-    print(f"{'batch':>5} {'routing':>7} {'weights':>7}  ggml MUL_MAT_ID (GB/s, incl. quantizing activations)")
-    for batch in batches:
-        ctx = base.ggml_init({"mem_size": N_EXPERT * expert_bytes + batch * COLS * 4 + batch * ROWS * N_USED * 4
+class MulMatIdBench:
+    """ggml_mul_mat_id on the CPU backend, 1 thread, on the same tensors as the kernels: as [n, rows, N_EXPERT]
+    holding the very weight bytes W, b [n, 1, batch] F32 (the activations before quantization: the op quantizes
+    them itself, as in llama.cpp), ids [N_USED, batch] I32 set per step from the same schedule."""
+
+    def __init__(self, ggml: GgmlCpu, gtype: int, W: np.ndarray, rows: int, n: int, act_f32: np.ndarray) -> None:
+        from cffi import FFI
+        from flashmoe_gguf.ggml_lib import llama_cpp_lib_dir
+        self.ffi = ffi = FFI()
+        ffi.cdef(GGML_GRAPH_CDEF)
+        self.base = ffi.dlopen(str(ggml.base.path))
+        lib_dir = llama_cpp_lib_dir()
+        self.cpu = ffi.dlopen(str(next(p for p in (lib_dir / "libggml-cpu.so.0", lib_dir / "libggml-cpu.so")
+                                       if p.exists())))
+        self.gtype, self.rows, self.n, self.act_f32 = gtype, rows, n, act_f32
+        self.wctx = self.base.ggml_init({"mem_size": W.nbytes + (1 << 20), "mem_buffer": ffi.NULL, "no_alloc": False})
+        self.a = self.base.ggml_new_tensor_3d(self.wctx, gtype, n, rows, W.nbytes // (rows * row_bytes(gtype, n)))
+        assert self.base.ggml_nbytes(self.a) == W.nbytes
+        np.frombuffer(ffi.buffer(self.base.ggml_get_data(self.a), W.nbytes), np.uint8)[:] = W
+        self.ctxs, self.keep = [], []
+
+    def stepper(self, batch: int, ids_steps: np.ndarray):
+        """fn(n_steps) -> seconds spent in ggml_graph_compute for the first n_steps steps of ids_steps"""
+        import time
+        ffi, base = self.ffi, self.base
+        ctx = base.ggml_init({"mem_size": batch * self.n * 4 + batch * N_USED * 4 + batch * N_USED * self.rows * 4
                               + (16 << 20), "mem_buffer": ffi.NULL, "no_alloc": False})
-        try:
-            a = base.ggml_new_tensor_3d(ctx, gtype, COLS, ROWS, N_EXPERT)
-            b = base.ggml_new_tensor_3d(ctx, 0, COLS, 1, batch)           # F32, one row per token
-            ids = base.ggml_new_tensor_2d(ctx, 26, N_USED, batch)          # I32
-            y = base.ggml_mul_mat_id(ctx, a, b, ids)
-            graph = base.ggml_new_graph(ctx)
-            base.ggml_build_forward_expand(graph, y)
-            wbuf = np.frombuffer(ffi.buffer(base.ggml_get_data(a), base.ggml_nbytes(a)), np.uint8)
-            wbuf[:] = np.tile(one.reshape(-1), N_EXPERT)
-            np.frombuffer(ffi.buffer(base.ggml_get_data(b), base.ggml_nbytes(b)), np.float32)[:] = \
-                rng.standard_normal(batch * COLS).astype(np.float32)
-            idv = np.frombuffer(ffi.buffer(base.ggml_get_data(ids), base.ggml_nbytes(ids)), np.int32)
-            idv[:] = np.tile(np.arange(N_USED, dtype=np.int32), batch)
-            plan = ffi.new("struct ggml_cplan *", cpu.ggml_graph_plan(graph, 1, ffi.NULL))
-            work = np.zeros(plan.work_size + 64, np.uint8)
-            plan.work_data = ffi.cast("uint8_t *", ffi.from_buffer(work))
-            cases = [("-", True), ("-", False)] if batch == 1 else [("shared", True), ("random", False)]
-            for routing, hot in cases:  # hot: the same 8 experts every step (shared by all tokens)
-                hot_set = rng.choice(N_EXPERT, N_USED, replace=False)
-                n_steps = max(4, int(args.seconds * 10e9 / (N_USED * expert_bytes)))
-                best = 0.0
-                for _ in range(args.repeats):
-                    total, visited = 0.0, 0
-                    for _ in range(n_steps):
-                        if hot:
-                            sel = np.stack([rng.permutation(hot_set) for _ in range(batch)])
-                        else:
-                            sel = np.stack([rng.choice(N_EXPERT, N_USED, replace=False) for _ in range(batch)])
-                        idv[:] = sel.reshape(-1)
-                        visited += len(np.unique(sel))
-                        t0 = time.perf_counter()
-                        cpu.ggml_graph_compute(graph, plan)
-                        total += time.perf_counter() - t0
-                    best = max(best, visited * expert_bytes / total / 1e9)
-                print(f"{batch:>5} {routing:>7} {'hot' if hot else 'cold':>7}  {best:.2f}")
-        finally:
-            base.ggml_free(ctx)
+        self.ctxs.append(ctx)
+        b = base.ggml_new_tensor_3d(ctx, 0, self.n, 1, batch)            # F32, one row per token
+        ids = base.ggml_new_tensor_2d(ctx, 26, N_USED, batch)             # I32
+        y = base.ggml_mul_mat_id(ctx, self.a, b, ids)
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, y)
+        np.frombuffer(ffi.buffer(base.ggml_get_data(b), base.ggml_nbytes(b)), np.float32)[:] = \
+            self.act_f32[:batch].reshape(-1)
+        idv = np.frombuffer(ffi.buffer(base.ggml_get_data(ids), base.ggml_nbytes(ids)), np.int32)
+        plan = ffi.new("struct ggml_cplan *", self.cpu.ggml_graph_plan(graph, 1, ffi.NULL))
+        work = np.zeros(plan.work_size + 64, np.uint8)
+        plan.work_data = ffi.cast("uint8_t *", ffi.from_buffer(work))
+        self.keep.append(work)  # alive while the plan points at it
+        flat = ids_steps.reshape(len(ids_steps), -1)
+        compute = self.cpu.ggml_graph_compute
+
+        def run(n_steps: int) -> float:
+            total = 0.0
+            for st in range(n_steps):
+                idv[:] = flat[st % len(flat)]
+                t0 = time.perf_counter()
+                rc = compute(graph, plan)
+                total += time.perf_counter() - t0
+                assert rc == 0, rc
+            return total
+        return run
+
+    def close(self) -> None:
+        for ctx in self.ctxs:
+            self.base.ggml_free(ctx)
+        self.ctxs, self.keep = [], []
+        self.base.ggml_free(self.wctx)
 
 
 if __name__ == "__main__":
