@@ -15,7 +15,8 @@ from gguf import GGMLQuantizationType as T
 from flashmoe_gguf.ggml_lib import Ggml, default_threads
 from .archs import arch_for
 from .checkpoint import Checkpoint
-from .errors import ConversionError
+from .errors import ConversionError, RecipeError
+from .mixes import MIXES, parse_mix
 from .recipe import ROUTER_TYPES, Recipe, Role, parse_type
 from .source import resolve_source
 from .vocab import load_vocab
@@ -85,7 +86,11 @@ def _check_options(experts: str | T | None, dense: str | T, router: str | T,
                    align: int) -> tuple[T | None, T, T]:
     if align <= 0 or align & (align - 1) or align % 32:
         raise ConversionError(f"--align must be a power of two and at least 32, got {align}")
-    experts_t = _type(experts)
+    mix = parse_mix(experts) if isinstance(experts, str) else None
+    try:
+        experts_t = mix.base if mix else _type(experts)
+    except RecipeError as exc:
+        raise RecipeError(f"{exc}, or one of llama.cpp's mixes {', '.join(MIXES)}") from None
     dense_t = _type(dense)
     router_t = _type(router, ROUTER_TYPES, "router type")
     assert dense_t is not None and router_t is not None
@@ -98,7 +103,8 @@ def convert(src: str | Path, output: str | Path, *, experts: str | T | None = No
             revision: str | None = None) -> ConversionReport:
     """Convert SRC (a model directory or a Hugging Face repo id) into a streaming GGUF at OUTPUT.
 
-    experts: routed experts' type (default Q4_K; Q4_1 for an MLX 4-bit checkpoint, an exact transcode);
+    experts: routed experts' type (default Q4_K; Q4_1 for an MLX 4-bit checkpoint, an exact transcode), or one of
+    llama.cpp's mixes Q3_K_M, Q4_K_M, Q5_K_M (per-layer expert types as llama-quantize chooses them, mixes.py);
     dense: attention, shared experts, embeddings, output (default Q8_0); router: routers and shared-expert
     gates (F32, F16 or BF16); align: general.alignment, a power of two (default 16 KiB).
     """
@@ -138,7 +144,9 @@ def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path
     if experts_t is None:
         mlx4 = all(s.load_expert_mlx is not None for s in specs if s.is_expert) and weights.mlx_bits == 4
         experts_t = T.Q4_1 if mlx4 else T.Q4_K
-    recipe = Recipe(experts=experts_t, dense=dense_t, router=router_t)
+    mix = parse_mix(experts) if isinstance(experts, str) else None
+    recipe = Recipe(experts=experts_t, dense=dense_t, router=router_t, mix=mix, n_layer=arch.n_layers)
+    experts_name = mix.name if mix else experts_t.name
     embd = next((s for s in specs if s.name == "token_embd.weight"), None)
     if embd is None:
         raise ConversionError("checkpoint has no token embedding")
@@ -151,7 +159,7 @@ def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         arch.add_hparams(w)
         vocab.write(w)
-        w.add_string("flashmoe.recipe", f"experts={experts_t.name} dense={dense_t.name} router={router_t.name}")
+        w.add_string("flashmoe.recipe", f"experts={experts_name} dense={dense_t.name} router={router_t.name}")
         if extra_metadata is not None:
             extra_metadata(w)
 
@@ -168,7 +176,7 @@ def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path
         if bar:
             bar.close()
     return ConversionReport(output, arch.arch_name, stats.tensors, bytes_in, stats.bytes_out,
-                            stats.seconds, _peak_rss(), experts_t.name, list(recipe.fallbacks),
+                            stats.seconds, _peak_rss(), experts_name, list(recipe.fallbacks),
                             stats.transcoded_experts, stats.transcode_max_error,
                             stats.requantized_experts, stats.requant_rms_error)
 

@@ -13,6 +13,7 @@ from enum import Enum
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from .errors import RecipeError
+from .mixes import ExpertMix
 
 SUPPORTED_TYPES: tuple[T, ...] = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q6_K, T.Q5_K, T.Q5_0, T.Q5_1, T.Q4_K,
                                   T.Q4_1, T.Q4_0, T.Q3_K, T.Q2_K)
@@ -46,6 +47,8 @@ class Recipe:
     dense: T = T.Q8_0
     router: T = T.F32
     fallbacks: list[str] = field(default_factory=list, compare=False, hash=False)
+    mix: ExpertMix | None = None          # llama.cpp's per-layer expert types (experts is then its base type)
+    n_layer: int = 0                      # the model's layers, for the mix
 
     def __post_init__(self) -> None:
         for t in (self.experts, self.dense):
@@ -60,6 +63,8 @@ class Recipe:
         if role is Role.F32 or len(shape) < 2:
             return T.F32
         wanted = {Role.EXPERT: self.experts, Role.DENSE: self.dense, Role.ROUTER: self.router}[role]
+        if role is Role.EXPERT and self.mix is not None:
+            wanted = self.mix.type_for(name, self.n_layer)
         row = shape[-1]
         if row % GGML_QUANT_SIZES[wanted][0] == 0:
             return wanted

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="Hugging Face MoE checkpoint -> streaming GGUF")
     c.add_argument("src", nargs="?", help="model directory or Hugging Face repo id (owner/name)")
     c.add_argument("-o", "--output", type=Path, help="output .gguf")
-    c.add_argument("--experts", default=None, help="routed experts' type (default Q4_K; Q4_1 for MLX 4-bit input)")
+    c.add_argument("--experts", default=None, help="routed experts' type (default Q4_K; Q4_1 for MLX 4-bit input), or llama.cpp's mix Q3_K_M, Q4_K_M or Q5_K_M")
     c.add_argument("--dense", default="Q8_0", help="attention, shared experts, embeddings, output (default Q8_0)")
     c.add_argument("--router", default="F32", help="routers and shared-expert gates: F32, F16 or BF16 (default F32)")
     c.add_argument("--align", type=_size, default=16 * 1024, help="general.alignment in bytes (default 16K)")
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("preset", nargs="?", help="qwen3-30b-a3b, qwen35-397b-a17b or mixtral-8x7b (--list)")
     s.add_argument("-o", "--output", type=Path, help="output .gguf")
     s.add_argument("--layers", type=int, default=None, help="keep the first N layers (default: all)")
-    s.add_argument("--experts", default="Q4_K", help="routed experts' type (default Q4_K)")
+    s.add_argument("--experts", default="Q4_K", help="routed experts' type (default Q4_K), or llama.cpp's mix Q3_K_M, Q4_K_M or Q5_K_M")
     s.add_argument("--dense", default="Q8_0", help="attention, shared experts, embeddings, output (default Q8_0)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--pool", type=int, default=16,
