@@ -93,7 +93,8 @@ class _Reader:
         return self.buf[p:p + n]
 
     def unpack(self, fmt: str, n: int) -> Any:
-        return struct.unpack_from(fmt, self.buf, self._take(n))[0]
+        p = self._take(n)            # first: it may replace self.buf with a longer one
+        return struct.unpack_from(fmt, self.buf, p)[0]
 
     def u32(self) -> int:
         return int(self.unpack("<I", 4))

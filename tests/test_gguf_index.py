@@ -77,3 +77,17 @@ def test_hostile_headers_are_clear_errors_fast(tmp_path: Path, case: str) -> Non
                        text=True, timeout=60, cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and bad.name in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4093])
+def test_values_across_read_chunks(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """The header is read in chunks; a number, string or array element that straddles two chunks reads the same
+    (a regression: a number read when the buffer grew was taken from the old, shorter buffer, so a streaming GGUF
+    whose flashmoe.* arrays crossed the first 1 MiB of the header could not be read)"""
+    import flashmoe_gguf.gguf_index as gi
+    path = converted("qwen3_moe", "default")
+    want = read_index(path)
+    assert any(k.startswith("flashmoe.") and isinstance(v, list) and len(v) >= 6 for k, v in want.scalars.items())
+    monkeypatch.setattr(gi._Reader, "CHUNK", chunk)
+    got = read_index(path)
+    assert got == want
