@@ -97,8 +97,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """this package's version, and the llama-cpp-python it runs in"""
+    from importlib import metadata
+    try:
+        ours = metadata.version("flashmoe-gguf")
+    except metadata.PackageNotFoundError:
+        ours = "(not installed)"
+    try:
+        lcpp = metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        lcpp = "not installed"
+    return f"{ours} (llama-cpp-python {lcpp})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flashmoe", description=__doc__)
+    p.add_argument("--version", action="version", version=f"flashmoe-gguf {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="Hugging Face MoE checkpoint -> streaming GGUF")

@@ -11,7 +11,14 @@ from typing import TextIO
 def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "auto", n_ctx: int = 2048,
         threads: int | None = None, temperature: float = 0.0, cache: str = "lfu", out: TextIO = sys.stdout) -> dict:
     from .runtime import Llama
+    from .runtime_errors import FlashMoeError
 
+    if not prompt:
+        raise FlashMoeError("the prompt is empty (-p TEXT): a completion continues a text")
+    if n_tokens <= 0:
+        raise FlashMoeError(f"-n/--tokens must be at least 1, got {n_tokens}")
+    if n_ctx <= 0:
+        raise FlashMoeError(f"--ctx must be at least 1, got {n_ctx}")
     t0 = time.monotonic()
     kw = {"n_threads": threads} if threads else {}
     llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=False, cache=cache, **kw)

@@ -295,6 +295,33 @@ def test_flashmoe_run_cli_streams_stock_text() -> None:
     assert int(m.group(1)) == n_want
 
 
+@pytest.mark.parametrize("args,message", [
+    (["-p", ""], "the prompt is empty"), (["-p", "hi", "-n", "0"], "-n/--tokens must be at least 1"),
+    (["-p", "hi", "-n", "-5"], "-n/--tokens must be at least 1"), (["-p", "hi", "--ctx", "0"], "--ctx must be")])
+def test_flashmoe_run_cli_checks_its_arguments(args: list[str], message: str) -> None:
+    """bad arguments are one line on stderr and exit status 1, before the model is loaded (no traceback, no run
+    until the context is full)"""
+    import subprocess
+    import sys
+    path = gguf_for("qwen3_moe", "Q4_K")
+    r = subprocess.run([sys.executable, "-m", "flashmoe_gguf.cli", "run", str(path), *args], capture_output=True,
+                       text=True, timeout=120, cwd=path.parent)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [f"flashmoe run: error: {r.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in r.stderr
+
+
+def test_flashmoe_version() -> None:
+    import subprocess
+    import sys
+    from importlib import metadata
+    r = subprocess.run([sys.executable, "-m", "flashmoe_gguf.cli", "--version"], capture_output=True, text=True,
+                       timeout=60, cwd="/")
+    assert r.returncode == 0
+    assert r.stdout.strip() == (f"flashmoe-gguf {metadata.version('flashmoe-gguf')} "
+                                f"(llama-cpp-python {metadata.version('llama-cpp-python')})")
+
+
 def test_direct_io_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     """direct_io="auto": O_DIRECT with our own cache when the file system takes it, never for cache="os"."""
     import os
