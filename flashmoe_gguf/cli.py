@@ -68,6 +68,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from .terminal_chat import chat
+    chat(str(args.file), args.ram_budget, args.ctx, args.threads, args.cache, args.temp, args.tokens, args.system)
+    return 0
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth import PRESETS, synth
     if args.list or not args.preset:
@@ -163,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-t", "--threads", type=int, default=None)
     r.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     r.set_defaults(func=_cmd_run)
+
+    ch = sub.add_parser("chat", help="chat with a model in the terminal (its own chat template, streamed experts)")
+    ch.add_argument("file", type=Path)
+    ch.add_argument("--ram-budget", default="auto", help="RAM for cached experts, e.g. 8G (default auto)")
+    ch.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    ch.add_argument("-t", "--threads", type=int, default=None, help="threads (default: llama.cpp's)")
+    ch.add_argument("--cache", choices=["lfu", "lru", "os"], default="lfu", help="expert cache policy (default lfu)")
+    ch.add_argument("--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    ch.add_argument("-n", "--tokens", type=int, default=None, help="at most this many tokens per answer")
+    ch.add_argument("--system", default=None, help="a system message")
+    ch.set_defaults(func=_cmd_chat)
 
     s = sub.add_parser("synth", help="random-weight streaming GGUF at a real model's shapes (for benchmarks)")
     s.add_argument("preset", nargs="?", help="qwen3-30b-a3b, qwen35-397b-a17b or mixtral-8x7b (--list)")
