@@ -82,6 +82,15 @@ def test_cli_chat_end_of_input_and_errors() -> None:
 def test_ctrl_c_stops_the_answer_not_the_program() -> None:
     path = gguf_for("qwen3_moe", "Q4_K")
     p = _cli(path, "-n", "100000", "--ctx", "4096")
+    try:
+        _interrupt_an_answer(p)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _interrupt_an_answer(p: subprocess.Popen[str]) -> None:
     assert p.stdin and p.stdout
     p.stdin.write("tell me everything\n")
     p.stdin.flush()
