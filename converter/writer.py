@@ -155,10 +155,15 @@ class StreamingWriter:
             stats.bytes_out = f.tell()
             w.close()
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as exc:
             pool.shutdown(wait=True, cancel_futures=True)
-            w.close()
+            try:
+                w.close()
+            except OSError:
+                pass            # the same error again (a full disk): the partial file goes all the same
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise ConversionError(f"cannot write {out}: {exc.strerror or exc} (nothing was left behind)") from exc
             raise
         pool.shutdown()
         stats.seconds = time.monotonic() - t0

@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from .repack import RepackError
     from .runtime_errors import FlashMoeError
     args = build_parser().parse_args(argv)
+    _terminate_as_interrupt()
     try:
         return int(args.func(args))
     except (ConversionError, InspectError, GgmlLibraryError, FlashMoeError, RepackError, PullError, OSError,
@@ -228,6 +229,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"flashmoe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"flashmoe {args.command}: terminated", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so that what a command was writing is removed
+    on the way out (the converter's, repack's and pull's cleanup handlers see it)"""
+
+
+def _terminate_as_interrupt() -> None:
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

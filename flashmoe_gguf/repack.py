@@ -256,12 +256,14 @@ def repack(src: str | Path, out: str | Path, align: int = DEFAULT_ALIGN, split_m
                 written += f.tell()
         for tmp, p in zip(tmps, outs):
             os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         for tmp in tmps:
             try:
                 tmp.unlink()
             except FileNotFoundError:
                 pass
+        if isinstance(exc, OSError):
+            raise RepackError(f"cannot write {out}: {exc.strerror or exc} (nothing was left behind)") from exc
         raise
     finally:
         for fd in fds:
