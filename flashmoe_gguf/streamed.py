@@ -35,9 +35,29 @@ def read_moe_model(path: str | Path) -> tuple[GGUFModel, list[ExpertTensor]]:
     """The model (every shard of a split one) and its routed experts; a bad or incomplete file as FlashMoeError"""
     try:
         model = read_model(path)
-        return model, expert_tensors(model)
+        experts = expert_tensors(model)
     except (GGUFIndexError, ExpertTableError) as exc:
         raise FlashMoeError(str(exc)) from exc
+    check_expert_counts(model, experts)
+    return model, experts
+
+
+def check_expert_counts(model: GGUFModel, experts: list[ExpertTensor]) -> None:
+    """The expert counts in the metadata against the expert tensors, before llama.cpp sees them: it asserts on
+    them and aborts the process (GGML_ASSERT) where we can say what is wrong"""
+    arch = model.scalars.get("general.architecture")
+    if not isinstance(arch, str) or not experts:
+        return
+    n = model.scalars.get(f"{arch}.expert_count")
+    used = model.scalars.get(f"{arch}.expert_used_count")
+    have = experts[0].n_expert
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise FlashMoeError(f"{model.path}: {arch}.expert_count is {n!r}: an MoE model needs at least one expert")
+    if n != have:
+        raise FlashMoeError(f"{model.path}: {arch}.expert_count says {n} experts, the expert tensors hold {have}")
+    if not isinstance(used, int) or isinstance(used, bool) or not 0 < used <= n:
+        raise FlashMoeError(f"{model.path}: {arch}.expert_used_count is {used!r}: it must be between 1 and the "
+                            f"{n} experts")
 
 
 def direct_io_works(path: str | Path) -> bool:

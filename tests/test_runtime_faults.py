@@ -110,3 +110,37 @@ print("ok")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+def _set_u32(path: Path, key: str, value: int) -> None:
+    """overwrite a UINT32 metadata value in place"""
+    import struct
+
+    from flashmoe_gguf.gguf_index import read_index
+    idx = read_index(path)
+    start, end = next((s, e) for k, s, e in idx.kv_spans if k == key)
+    with open(path, "r+b") as f:
+        f.seek(end - 8)
+        vtype, _ = struct.unpack("<II", f.read(8))
+        assert vtype == 4, f"{key} is not UINT32"
+        f.seek(end - 4)
+        f.write(struct.pack("<I", value))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("qwen3moe.expert_count", 0, "expert_count is 0"), ("qwen3moe.expert_count", 16, "says 16 experts"),
+    ("qwen3moe.expert_used_count", 0, "expert_used_count is 0"),
+    ("qwen3moe.expert_used_count", 9, "expert_used_count is 9")])
+def test_inconsistent_expert_counts_are_errors_not_aborts(model_copy: Path, key: str, value: int,
+                                                          message: str) -> None:
+    """llama.cpp asserts on these (GGML_ASSERT: the process aborts); flashmoe refuses the file first. In a child
+    process, so that a regression is a failed test, not a dead test run."""
+    _set_u32(model_copy, key, value)
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from flashmoe_gguf import FlashMoeError\n"
+            "from test_runtime import streamed\n"
+            "try:\n    streamed(sys.argv[2], '64M')\nexcept FlashMoeError as e:\n    print('ERR', e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(model_copy)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("ERR ") and message in r.stdout, r.stdout
