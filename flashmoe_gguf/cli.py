@@ -97,6 +97,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.command import settings_from_args
+    from .serve.server import serve
+    server, models = settings_from_args(args)
+    stopped_by = serve(server, models)
+    print(f"flashmoe serve: stopped ({stopped_by})", file=sys.stderr)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(cache_dir=args.cache_dir, prompt=args.prompt, n_tokens=args.tokens)
@@ -202,6 +211,31 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.arguments import add_arguments as _bench_arguments
     _bench_arguments(b)
     b.set_defaults(func=_cmd_bench)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (llama-cpp-python's) with experts streamed "
+                                      "from disk: /v1/chat/completions, /v1/completions, /v1/models, "
+                                      "/v1/embeddings, /health, /metrics")
+    sv.add_argument("file", type=Path, nargs="?", help="the GGUF (a split one: its first shard); or --config")
+    sv.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=None, help="listen port (default 8080; 0: any free port)")
+    sv.add_argument("--ram-budget", type=_budget, default=None,
+                    help="RAM for cached experts, e.g. 8G (default auto: what is available beyond the resident weights)")
+    sv.add_argument("-c", "--ctx", type=int, default=None, help="context size in tokens (default 2048)")
+    sv.add_argument("-t", "--threads", type=int, default=None,
+                    help="threads for generation and prompt processing (default: llama-cpp-python's)")
+    sv.add_argument("--cache", choices=["lfu", "lru", "os"], default=None,
+                    help="expert cache: lfu (default), lru, or os (the page cache)")
+    sv.add_argument("--isa", choices=["auto", "avx512", "avx2", "scalar", "ggml"], default=None,
+                    help="code computing the expert products (default: FLASHMOE_ISA, else auto)")
+    sv.add_argument("--embedding", action="store_true", help="also serve /v1/embeddings (mean pooling)")
+    sv.add_argument("--alias", default=None, help="the model's name in /v1/models (default: the file's name)")
+    sv.add_argument("--queue", type=int, default=None,
+                    help="requests that may wait while the model serves one (default 8); one more gets 503")
+    sv.add_argument("--api-key", default=None, help="require this bearer token on /v1/*")
+    sv.add_argument("--config", type=Path, default=None,
+                    help="llama-cpp-python's server config file (JSON or YAML) with flashmoe's model settings "
+                         "(ram_budget, expert_cache, direct_io, io_threads, isa, kernels); several models")
+    sv.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="build a tiny random MoE, convert it and run it through llama-cpp-python")
     d.add_argument("--cache-dir", type=Path, default=None, help="where the demo checkpoint and GGUF are kept")

@@ -78,3 +78,19 @@ def converted(name: str, recipe: str, **kw: object) -> Path:
 @pytest.fixture
 def tmp_out(tmp_path: Path) -> Path:
     return tmp_path / "out.gguf"
+
+
+@pytest.fixture(scope="module")
+def served_tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """`flashmoe serve` on the tiny qwen3_moe model: a real server process on loopback (tests/served.py), one per
+    test module, stopped with SIGTERM (cleanly) at its end."""
+    from served import serve
+    with serve(converted("qwen3_moe", "default"), "--ctx", "2048",
+               log_path=tmp_path_factory.mktemp("serve") / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture
+def openai_client(served_tiny):  # type: ignore[no-untyped-def]
+    """The official openai client (no retries, 60 s timeout) on served_tiny's /v1."""
+    return served_tiny.client()
