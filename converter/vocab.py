@@ -1,10 +1,11 @@
 """Hugging Face tokenizer files -> GGUF tokenizer metadata, read straight from `tokenizer.json`.
 
 Two tokenizer families cover the supported models:
-- byte-level BPE (`tokenizer.ggml.model = gpt2`): Qwen, DeepSeek, OLMoE. llama.cpp also needs the
-  pre-tokenizer's name; we identify it from the split regexes in tokenizer.json, which is what the name stands
-  for (llama.cpp's own converter hashes a tokenization, which needs the `tokenizers` package at run time).
+- byte-level BPE (`tokenizer.ggml.model = gpt2`): Qwen, DeepSeek, OLMoE, GPT-OSS. llama.cpp also needs the
+  pre-tokenizer's name, which pretokenizers.py finds from how the tokenizer's pre_tokenizer splits a fixed text.
 - SentencePiece-style BPE with byte fallback (`tokenizer.ggml.model = llama`): Mistral / Mixtral.
+The chat template comes from the `chat_template.jinja` / `chat_template.json` file newer releases keep it in
+(GPT-OSS's harmony template), else from tokenizer_config.json.
 """
 
 from __future__ import annotations
@@ -12,31 +13,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import gguf
 
 from .errors import ConversionError
+from .pretokenizers import PRE_NAMES, SPLIT_REGEX, check_name, identify
 
-# Split regexes as they appear in tokenizer.json -> llama.cpp's pre-tokenizer name (src/llama-vocab.cpp).
-_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-          r"|\s+(?!\S)|\s+")
-_QWEN35 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
-           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_DEEPSEEK3 = (r"\p{N}{1,3}", "[一-龥぀-ゟ゠-ヿ]+",
-              "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
-              "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+")
-KNOWN_PRE: dict[tuple[str, ...], str] = {
-    (_QWEN2,): "qwen2",
-    (_QWEN35,): "qwen35",
-    (_LLAMA3,): "llama-bpe",
-    _DEEPSEEK3: "deepseek-v3",
-}
-# the single-regex pre-tokenizers by name (what tiny test and synthetic tokenizers are built with)
-SPLIT_REGEX: dict[str, str] = {name: regexes[0] for regexes, name in KNOWN_PRE.items() if len(regexes) == 1}
-PRE_NAMES = sorted(set(KNOWN_PRE.values()) | {"gpt-2", "olmo"})
+__all__ = ["PRE_NAMES", "SPLIT_REGEX", "Vocab", "load_vocab"]
 
 
 @dataclass
@@ -74,24 +58,25 @@ class Vocab:
             w.add_chat_template(self.chat_template)
 
 
-def _split_patterns(pre: Any) -> tuple[tuple[str, ...], bool]:
-    """Split regexes of a pre_tokenizer, and whether it is byte-level."""
-    if not pre:
-        return (), False
-    if pre.get("type") == "Sequence":
-        pats: list[str] = []
-        byte_level = False
-        for p in pre.get("pretokenizers", []):
-            sub, bl = _split_patterns(p)
-            pats.extend(sub)
-            byte_level |= bl
-        return tuple(pats), byte_level
-    if pre.get("type") == "Split":
-        pat = pre.get("pattern", {})
-        return ((pat.get("Regex") or pat.get("String") or ""),), False
+def _is_byte_level(pre: Any) -> bool:
+    """whether a pre_tokenizer maps bytes to GPT-2's printable characters (a ByteLevel step anywhere in it)"""
+    if not isinstance(pre, dict):
+        return False
     if pre.get("type") == "ByteLevel":
-        return (), True
-    return (), False
+        return True
+    return any(_is_byte_level(p) for p in pre.get("pretokenizers") or [])
+
+
+def _chat_template(model_dir: Path, tok_cfg: dict[str, Any]) -> str | None:
+    """the template file a release ships, as transformers prefers it, else tokenizer_config.json's"""
+    template = tok_cfg.get("chat_template")
+    if (model_dir / "chat_template.jinja").exists():
+        template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (model_dir / "chat_template.json").exists():
+        template = json.loads((model_dir / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):  # named templates: keep the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
 
 
 def _special_ids(model_dir: Path, tok_cfg: dict[str, Any], vocab: dict[str, int]) -> dict[str, int]:
@@ -112,6 +97,21 @@ def _special_ids(model_dir: Path, tok_cfg: dict[str, Any], vocab: dict[str, int]
             if isinstance(eos, int):
                 out["eos"] = eos
     return out
+
+
+def _spm_scores(tokens: list[str], types: Sequence[int], merges: list[str]) -> list[float]:
+    """Piece scores for llama.cpp's SentencePiece tokenizer, which merges the adjacent pair whose concatenation
+    scores highest. Hugging Face's conversion of a SentencePiece BPE model lists the merges by the score of the
+    piece they make, so a piece's rank among the merges is its score order. (The id order is not: Llama's
+    whitespace-run pieces sit at ids 259+ with the lowest scores.) Pieces no merge makes come after all others,
+    in id order; control, byte and unused tokens score 0."""
+    first: dict[str, int] = {}
+    for rank, m in enumerate(merges):
+        a, _, b = m.partition(" ")
+        first.setdefault(a + b, rank)
+    tail = len(merges)
+    return [(-float(first[t]) if t in first else -float(tail + i)) if types[i] == gguf.TokenType.NORMAL else 0.0
+            for i, t in enumerate(tokens)]
 
 
 def load_vocab(model_dir: Path, n_vocab: int, default_pre: str | None = None,
@@ -145,37 +145,24 @@ def load_vocab(model_dir: Path, n_vocab: int, default_pre: str | None = None,
         types[int(t["id"])] = gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     special = _special_ids(model_dir, tok_cfg, vocab)
-    template = tok_cfg.get("chat_template")
-    if isinstance(template, list):  # named templates: keep the default one
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    template = _chat_template(model_dir, tok_cfg)
     add_bos = tok_cfg.get("add_bos_token")
     add_eos = tok_cfg.get("add_eos_token")
 
     if model.get("byte_fallback"):
         # SentencePiece converted to BPE (Mistral/Mixtral): llama.cpp's "llama" tokenizer. Byte tokens are
-        # <0xNN>; scores follow the id order as in the original sentencepiece model.
+        # <0xNN>; scores come from the merges (_spm_scores).
         for tid, text in enumerate(tokens):
             if len(text) == 6 and text.startswith("<0x") and text.endswith(">") and types[tid] == gguf.TokenType.NORMAL:
                 types[tid] = gguf.TokenType.BYTE
-        scores = [-float(i) if types[i] == gguf.TokenType.NORMAL else 0.0 for i in range(n_vocab)]
+        scores = _spm_scores(tokens, types, merges)
         if "unk" not in special and "<unk>" in vocab:
             special["unk"] = vocab["<unk>"]
         return Vocab("llama", pre_override or "default", tokens, [int(t) for t in types], scores, [], special,
                      add_bos if add_bos is not None else True, add_eos, template)
 
-    pats, byte_level = _split_patterns(tj.get("pre_tokenizer"))
-    if not byte_level:
+    if not _is_byte_level(tj.get("pre_tokenizer")):
         raise ConversionError(f"{path}: pre-tokenizer is neither byte-level BPE nor sentencepiece-style")
-    if pre_override:
-        pre = pre_override
-    elif pats in KNOWN_PRE:
-        pre = KNOWN_PRE[pats]
-    elif not pats and default_pre:
-        pre = default_pre  # plain GPT-2 byte-level regex; the family decides the name (e.g. "olmo")
-    elif not pats:
-        pre = "gpt-2"
-    else:
-        raise ConversionError(f"{path}: unrecognised pre-tokenizer regex {pats[0][:60]!r}...; pass "
-                              f"vocab_pre=NAME (known: {', '.join(PRE_NAMES)})")
+    pre = check_name(pre_override) if pre_override else identify(tj, tok_cfg, default_pre, str(path))
     return Vocab("gpt2", pre, tokens, [int(t) for t in types], None, merges, special,
                  add_bos if add_bos is not None else False, add_eos, template)

@@ -71,7 +71,7 @@ class MoeArch:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
-    vocab_pre_default: ClassVar[str | None] = None  # pre-tokenizer name for a plain GPT-2 byte-level regex
+    vocab_pre_default: ClassVar[str | None] = None  # the family's pre-tokenizer name where several names fit
     # names of the expert projections in the checkpoint -> our kinds
     expert_projections: ClassVar[dict[str, str]] = {
         "gate_proj": "gate", "up_proj": "up", "down_proj": "down", "gate_up_proj": "gate_up",
