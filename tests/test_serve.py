@@ -3,7 +3,9 @@ where a client would hide what is tested): endpoints, errors, the bounded queue,
 failing underneath, shutdown, and a bounded load test.
 
 The model is the tiny qwen3_moe test model on one thread (two ggml threads spin against each other on the
-2-core machines this runs on). Every wait has a timeout.
+2-core machines this runs on). Every wait has a timeout. Long generations that a test needs running (held,
+disconnected) are greedy: this model's greedy continuations of these prompts reach max_tokens without an end
+of text.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def hold_model(srv: Served) -> socket.socket:
     """A streamed completion that holds the model: its client does not read, so it runs at a trickle for
     minutes; closing the socket releases the model."""
     sock = raw_post(srv.port, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 1900,
-                                                  "stream": True}, rcvbuf=4096)
+                                                  "temperature": 0, "stream": True}, rcvbuf=4096)
     srv.wait_until(lambda: srv.metric("flashmoe_requests_active") == 1, what="the held stream to start")
     return sock
 
@@ -233,7 +235,8 @@ def test_disconnect_mid_stream_stops_generation(served_tiny: Served, openai_clie
     t0 = served_tiny.metric("flashmoe_tokens_evaluated_total")
     gone0 = served_tiny.metric("flashmoe_client_disconnects_total")
     after0 = served_tiny.metric("flashmoe_evals_after_stop_total")
-    stream = openai_client.chat.completions.create(model="m", messages=CHAT, max_tokens=1500, stream=True)
+    stream = openai_client.chat.completions.create(model="m", messages=CHAT, max_tokens=1500, temperature=0,
+                                                   stream=True)
     for i, _ in enumerate(stream):
         if i == 5:
             break
@@ -251,7 +254,8 @@ def test_disconnect_while_not_streaming_stops_generation(served_tiny: Served) ->
     t0 = served_tiny.metric("flashmoe_tokens_evaluated_total")
     gone0 = served_tiny.metric("flashmoe_client_disconnects_total")
     after0 = served_tiny.metric("flashmoe_evals_after_stop_total")
-    sock = raw_post(served_tiny.port, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 1900})
+    sock = raw_post(served_tiny.port, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 1900,
+                                                          "temperature": 0})
     served_tiny.wait_until(lambda: served_tiny.metric("flashmoe_tokens_evaluated_total") > t0 + 20,
                            what="generation to start")
     sock.close()
@@ -430,7 +434,8 @@ def test_model_file_truncated_then_restored(tiny_path: Path, tmp_path: Path) -> 
     try:
         client = srv.client()
         assert client.chat.completions.create(model="m", messages=CHAT, max_tokens=3).choices
-        stream = client.completions.create(model="m", prompt="Once upon a time", max_tokens=1500, stream=True)
+        stream = client.completions.create(model="m", prompt="Once upon a time", max_tokens=1500, temperature=0,
+                                           stream=True)
         next(iter(stream))
         with open(model, "r+b") as f:              # the file changes under the running model
             f.truncate(model.stat().st_size // 2)
