@@ -2,10 +2,10 @@
 
 An unknown field is refused (400 "Unrecognized request argument supplied", as OpenAI's API answers), so a typo
 such as `temprature` is not silently ignored. A few fields of OpenAI's API that clients send are accepted:
-`max_completion_tokens` (OpenAI's newer name for max_tokens) is used; `stream_options`, `store`, `metadata` and
-`service_tier` are accepted and have no effect. Chat also takes `parallel_tool_calls` and llama.cpp server's
-`chat_template_kwargs` (e.g. `{"enable_thinking": false}`), given to the chat handler. `n` and `best_of` above 1
-are refused (llama_cpp.server ignores them).
+`max_completion_tokens` (OpenAI's newer name for max_tokens) is used; `stream_options`, `store`, `metadata`,
+`service_tier` and `reasoning_effort` are accepted and have no effect. Chat also takes `parallel_tool_calls` and
+llama.cpp server's `chat_template_kwargs` (e.g. `{"enable_thinking": false}`), given to the chat handler. `n` and
+`best_of` above 1 are refused (llama_cpp.server ignores them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 # read by llama_cpp.server's prepare_request_resources (logit_bias_type, min_tokens) or of no use to llama
 _NOT_FOR_LLAMA = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
-_ACCEPTED_IGNORED = {"stream_options", "store", "metadata", "service_tier"}
+_ACCEPTED_IGNORED = {"stream_options", "store", "metadata", "service_tier", "reasoning_effort"}
 _FOR_THE_HANDLER = {"parallel_tool_calls", "chat_template_kwargs", "max_completion_tokens"}
 
 
@@ -42,6 +42,7 @@ class ChatRequest(CreateChatCompletionRequest):
     store: Optional[bool] = Field(default=None, description="accepted; nothing is stored")
     metadata: Optional[Dict[str, str]] = Field(default=None, description="accepted; no effect")
     service_tier: Optional[str] = Field(default=None, description="accepted; no effect")
+    reasoning_effort: Optional[str] = Field(default=None, description="accepted; no effect (see chat_template_kwargs)")
 
     @field_validator("n")
     @classmethod
