@@ -464,6 +464,17 @@ def test_model_file_truncated_then_restored(tiny_path: Path, tmp_path: Path) -> 
         assert failed.value.body["code"] == "model_failed" and "loads it again" in failed.value.message
         assert srv.health()[1]["status"] == "failed"
         assert srv.get("/v1/models")[0] == 200
+        # restored again; then a streamed chat whose prompt evaluation fails: the stream's head is computed
+        # before the response starts, so this too is a 500, not a 200 with an error event
+        shutil.copy(tiny_path, tmp_path / "good.gguf")
+        os.replace(tmp_path / "good.gguf", model)
+        assert len(list(client.chat.completions.create(model="m", messages=CHAT, max_tokens=3, stream=True))) > 1
+        with open(model, "r+b") as f:
+            f.truncate(model.stat().st_size - 4096)
+        with pytest.raises(openai.InternalServerError) as failed_stream:
+            client.chat.completions.create(model="m", messages=CHAT, max_tokens=3, stream=True)
+        assert failed_stream.value.body["code"] == "model_failed"
+        assert srv.metric("flashmoe_model_loads_total") == 3 and srv.metric("flashmoe_model_failures_total") == 3
     except BaseException:
         srv.stop()
         raise

@@ -36,7 +36,7 @@ from .proxy import ModelProxy
 from .schema import ChatRequest, CompletionRequest, EmbeddingRequest
 from .service import Service, StopSignal, until_disconnect
 from .settings import FlashMoeServerSettings
-from .streaming import HeldEventSource, HeldStream, next_chunk
+from .streaming import HeldEventSource, HeldStream, stream_head
 
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/health", "/metrics")
 CLIENT_GONE = 499       # nginx's "client closed request": logged and counted, never received
@@ -133,14 +133,14 @@ def _routes(service: Service, ping_s: Optional[float]) -> APIRouter:
             iterator = None
             try:
                 iterator = await turn.run(start, turn.llama)
-                first = await turn.run(next_chunk, iterator)
+                head = await turn.run(stream_head, iterator)
             except BaseException:
                 if iterator is None:
                     turn.end()
                 else:                    # close the iterator (in the worker) and end the turn
-                    await HeldStream(turn, iterator, None).finish()
+                    await HeldStream(turn, iterator, []).finish()
                 raise
-            return HeldStream(turn, iterator, first)
+            return HeldStream(turn, iterator, head)
 
         held, gone = await until_disconnect(request, stop, body)
         if gone:

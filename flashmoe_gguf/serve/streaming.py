@@ -1,9 +1,10 @@
 """Streamed answers (Server-Sent Events, sse-starlette as llama_cpp.server uses it) that hold the model's turn
 until the stream ends.
 
-The request waits for its turn and computes the first chunk (the prompt's evaluation and first token) before
-the response starts, so a full queue, a prompt longer than the context or a failing model are HTTP errors
-with their status code. After that, an error ends the stream with an OpenAI-style error event
+The request waits for its turn and computes the head of the stream, up to the first chunk that carries
+generated output (the prompt's evaluation and first token; a chat handler may yield the assistant's role
+before it), before the response starts, so a full queue, a prompt longer than the context or a failing model
+are HTTP errors with their status code. After that, an error ends the stream with an OpenAI-style error event
 (`data: {"error": {...}}`, which the openai client raises as APIError) instead of `data: [DONE]`.
 
 The client's disconnect (sse-starlette's listener) stops the model before its next token; the turn ends, and
@@ -39,6 +40,25 @@ def next_chunk(iterator: Iterator[Any]) -> Any:
         return _END
 
 
+def _generated(chunk: Any) -> bool:
+    """Whether a chunk carries generated output (or ends the stream), not only a chat reply's role."""
+    if chunk is _END or not isinstance(chunk, dict):
+        return True
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta")
+        if choice.get("finish_reason") or delta is None or any(v for k, v in delta.items() if k != "role"):
+            return True
+    return False
+
+
+def stream_head(iterator: Iterator[Any]) -> list[Any]:
+    """The chunks up to and including the first with generated output (or the end)."""
+    head = [next_chunk(iterator)]
+    while not _generated(head[-1]):
+        head.append(next_chunk(iterator))
+    return head
+
+
 def _close(iterator: Iterator[Any]) -> None:
     close = getattr(iterator, "close", None)
     if close is not None:
@@ -46,10 +66,10 @@ def _close(iterator: Iterator[Any]) -> None:
 
 
 class HeldStream:
-    """The model's turn, the llama iterator and its first chunk, until the stream is over."""
+    """The model's turn, the llama iterator and the stream's head (stream_head), until the stream is over."""
 
-    def __init__(self, turn: Turn, iterator: Iterator[Any], first: Any) -> None:
-        self.turn, self.iterator, self.first = turn, iterator, first
+    def __init__(self, turn: Turn, iterator: Iterator[Any], head: list[Any]) -> None:
+        self.turn, self.iterator, self.head = turn, iterator, head
         self.generated = False           # the model's part is over: what is left is sending the last event
         self._finished = False
 
@@ -59,11 +79,16 @@ class HeldStream:
 
     async def events(self) -> AsyncIterator[dict[str, str]]:
         counters = self.turn.service.counters
+        item: Any = None
         try:
-            item = self.first
-            while item is not _END:
+            for item in self.head:
+                if item is _END:
+                    break
                 yield {"data": json.dumps(item)}
+            while item is not _END:
                 item = await self.turn.run(next_chunk, self.iterator)
+                if item is not _END:
+                    yield {"data": json.dumps(item)}
             self.generated = True
             yield {"data": "[DONE]"}
         except GenerationStopped:
