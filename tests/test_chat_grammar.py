@@ -134,3 +134,20 @@ def test_until(vocab_llama: Any, stop: str, good: list[str], bad: list[str]) -> 
 def test_plain_family_has_no_call_grammar() -> None:
     with pytest.raises(ValueError, match="no tool-call format"):
         make_format("plain", "").grammar(FUNCS, True, "none")
+
+
+def test_json_strings_exclude_control_characters(vocab_llama: Any) -> None:
+    """A grammar-constrained argument is JSON: llama-cpp-python's schema converter lets a string hold raw control
+    characters (a random model wrote \\x11 and \\x15 into a `required` call, which then did not parse); ours
+    does not, and the parser reads what models do write (a raw tab) and writes the arguments out as JSON."""
+    import json
+
+    from flashmoe_gguf.chat.scan import dumps, parse_object
+    g = Grammar()
+    gbnf = g.text(g.json({"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}, "t"))
+    assert accepts(vocab_llama, gbnf, '{"tz": "UTC+1"}')
+    assert accepts(vocab_llama, gbnf, '{"tz": "a\\tb\\u0011"}')           # escaped: fine
+    assert not accepts(vocab_llama, gbnf, '{"tz": "a\x11b"}')
+    assert not accepts(vocab_llama, gbnf, '{"tz": "a\tb"}')
+    parsed = parse_object('{"tz": "a\tb"}')
+    assert parsed == {"tz": "a\tb"} and json.loads(dumps(parsed)) == parsed

@@ -97,7 +97,17 @@ class Grammar:
     def text(self, root: str) -> str:
         """The grammar with `root ::= root`."""
         own = "\n".join(f"{k} ::= {v}" for k, v in self._rules.items())
-        return f"root ::= {root}\n{own}\n{self._json.format_grammar()}\n"
+        return f"root ::= {root}\n{own}\n{_strict_json_chars(self._json.format_grammar())}\n"
+
+
+# A JSON string character: anything but a quote, a backslash or a control character (RFC 8259), or an escape.
+# llama-cpp-python's schema converter (0.3.36) allows control characters, so grammar-constrained arguments could
+# hold a raw \x11 and not be JSON at all.
+JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
+
+
+def _strict_json_chars(rules: str) -> str:
+    return "\n".join(JSON_CHAR if line.startswith("char ::= ") else line for line in rules.splitlines())
 
 
 def one_or_more(item: str, sep: str, many: bool) -> str:

@@ -13,7 +13,9 @@ from typing import Any, Callable, Literal, Sequence
 
 from .types import ReasoningState, ToolCall
 
-_DECODER = json.JSONDecoder()
+# strict=False: a raw control character inside a string (models write tabs and newlines there) is read; the
+# arguments are written out again by dumps(), as valid JSON
+_DECODER = json.JSONDecoder(strict=False)
 
 
 def held_back(text: str, markers: Sequence[str]) -> int:
@@ -120,7 +122,7 @@ def object_at(text: str, pos: int) -> tuple[Any, int] | None:
 def parse_object(text: str) -> dict | None:
     """text (stripped) as a JSON object, or None."""
     try:
-        value = json.loads(text)
+        value = _DECODER.decode(text)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
