@@ -176,7 +176,7 @@ def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path
         if bar:
             bar.close()
     return ConversionReport(output, arch.arch_name, stats.tensors, bytes_in, stats.bytes_out,
-                            stats.seconds, _peak_rss(), experts_name, list(recipe.fallbacks),
+                            stats.seconds, _peak_rss(), experts_name, list(recipe.fallbacks) + arch.notes,
                             stats.transcoded_experts, stats.transcode_max_error,
                             stats.requantized_experts, stats.requant_rms_error)
 

@@ -108,8 +108,9 @@ def _fields(path: Path) -> dict[str, Any]:
     return out
 
 
-def bpe_tokenizer(vocab_path: Path, n_keep: int, regex: str = QWEN2_REGEX) -> tuple[dict, dict, int]:
-    """(tokenizer.json, tokenizer_config.json, vocab size) for a byte-level BPE vocab GGUF, cut to n_keep."""
+def bpe_tokenizer(vocab_path: Path, n_keep: int, regex: str | tuple[str, ...] = QWEN2_REGEX) -> tuple[dict, dict, int]:
+    """(tokenizer.json, tokenizer_config.json, vocab size) for a byte-level BPE vocab GGUF, cut to n_keep; `regex`
+    is the pre-tokenizer's split regex, or several applied in turn."""
     f = _fields(vocab_path)
     tokens: list[str] = f["tokenizer.ggml.tokens"]
     types: list[int] = f["tokenizer.ggml.token_type"]
@@ -131,7 +132,8 @@ def bpe_tokenizer(vocab_path: Path, n_keep: int, regex: str = QWEN2_REGEX) -> tu
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+            {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}
+            for r in ((regex,) if isinstance(regex, str) else regex)] + [
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
         "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},

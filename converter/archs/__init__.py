@@ -11,9 +11,10 @@ from .olmoe import Olmoe
 from .qwen2_moe import Qwen2Moe
 from .qwen3_moe import Qwen3Moe
 from .qwen3_5_moe import Qwen35Moe
+from .deepseek_v2 import DeepseekV2
 from .deepseek_v3 import DeepseekV3
 
-ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe, DeepseekV3, Qwen35Moe)
+ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe, DeepseekV2, DeepseekV3, Qwen35Moe)
 
 
 def supported() -> list[tuple[str, str]]:

@@ -88,6 +88,7 @@ class MoeArch:
         self.hp: dict[str, Any] = config.get("text_config") or config
         self.weights = weights
         self.n_layers = int(self.require("num_hidden_layers"))
+        self.notes: list[str] = []      # what the conversion summary should say (e.g. a known deviation)
         self.tmap = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
 
     # -- releases (for `flashmoe synth`) ----------------------------------------------------------------

@@ -1,54 +1,28 @@
 """DeepSeek-V3 / R1 (and checkpoints built like them) -> llama.cpp `deepseek2`.
 
-The family: multi-head latent attention (MLA), where queries go through a low-rank q_a -> norm -> q_b path (or a
-plain q_proj when `q_lora_rank` is null) and keys/values through one compressed latent (`kv_a_proj_with_mqa`,
-`kv_lora_rank` wide plus a shared `qk_rope_head_dim` rotary key) that `kv_b_proj` expands per head; the first
-`first_k_dense_replace` layers have a dense FFN, the rest 256 routed experts plus shared experts, routed by
-sigmoid scores with a selection-only bias (`e_score_correction_bias`), group-limited top-k (`n_group` /
-`topk_group`), optional renormalisation and `routed_scaling_factor`.
+DeepSeek-V2's architecture (deepseek_v2.py: MLA, dense first layers, shared experts) with 256 routed experts
+routed by sigmoid scores with a selection-only bias (`e_score_correction_bias`), group-limited top-k over
+`n_group` groups ranked by their two best scores (`topk_method` "noaux_tc", llama.cpp's own group rule),
+optional renormalisation and `routed_scaling_factor`.
 
-What is non-trivial:
-- llama.cpp runs MLA in its absorbed form, as multi-query attention over the latent: `kv_b_proj` is split per
-  head into `attn_k_b` (the key half, transposed to [head, kv_lora_rank, qk_nope]) and `attn_v_b` (the value
-  half, [head, v_head_dim, kv_lora_rank]); the GGUF says one KV head whose key is kv_lora_rank + rope wide and
-  whose value is kv_lora_rank wide, with the real per-head sizes in the `*_length_mla` keys.
+What differs from DeepSeek-V2 here:
 - `e_score_correction_bias` becomes `exp_probs_b.bias`; the gating function is always sigmoid, as in
   transformers' DeepseekV3 modeling, even when config.json has no `scoring_func` (transformers does not write it).
-- llama.cpp's deepseek2 rotates adjacent pairs, which is DeepSeek's own interleaved layout (transformers'
-  `rope_interleave`, the default). A checkpoint that says `rope_interleave: false` rotates half-split pairs, so
-  the rotary rows of the query and of the shared key are reordered to adjacent pairs.
-- llama.cpp reads `q_lora_rank` unconditionally for all but a few "lite" layer counts, so it is written as 0
-  when the checkpoint has a plain q_proj.
-- Multi-token-prediction layers (`model.layers.61.*` in DeepSeek-V3) are not part of the trunk and are skipped.
+- Multi-token-prediction layers (`model.layers.61.*` in DeepSeek-V3) are skipped (deepseek_v2.py).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import gguf
 import numpy as np
 
-from ..errors import CheckpointError, ConversionError
-from ..weights import Weights
-from .base import Array, ExpertSource, MoeArch, TensorSpec
+from .base import TensorSpec
+from .deepseek_v2 import DeepseekV2
 from .facts import TestModel
-
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
-
-def interleave_rope_rows(w: Array, head_width: int, rope: int) -> Array:
-    """Reorder the last `rope` rows of every `head_width`-row head from half-split pairs (i, i + rope/2) to
-    adjacent pairs (2i, 2i + 1)."""
-    heads = w.reshape(-1, head_width, w.shape[-1]).copy()
-    tail = heads[:, head_width - rope:]
-    heads[:, head_width - rope:] = tail.reshape(-1, 2, rope // 2, w.shape[-1]).transpose(0, 2, 1, 3).reshape(
-        tail.shape)
-    return heads.reshape(w.shape)
-
 
 def _deepseek_extras(model_dir: Path) -> None:
     """The tensors a DeepSeek-V3 release has beyond what transformers saves for a fresh model: a random
@@ -72,9 +46,10 @@ def _deepseek_extras(model_dir: Path) -> None:
     save_file(t, str(path), metadata={"format": "pt"})
 
 
-class DeepseekV3(MoeArch):
+class DeepseekV3(DeepseekV2):
     model_types = ("deepseek_v3",)
-    gguf_arch = gguf.MODEL_ARCH.DEEPSEEK2
+    scoring = "sigmoid"
+    topk_methods = ()          # transformers' DeepseekV3 routes one way ("noaux_tc") whatever config.json says
     # MLA rows (kv_lora_rank, qk_nope_head_dim, ...) are narrower than 256: those fall back to Q8_0 for K-quants.
     test_models = {
         "deepseek_v3": TestModel("deepseek_v3", dict(
@@ -98,138 +73,19 @@ class DeepseekV3(MoeArch):
             post_build=_deepseek_extras),
     }
 
-    def __init__(self, config: dict[str, Any], weights: Weights) -> None:
-        super().__init__(config, weights)
-        self.n_head = int(self.require("num_attention_heads"))
-        q_lora = self.optional("q_lora_rank")
-        self.q_lora_rank = int(q_lora) if q_lora else 0
-        self.kv_lora_rank = int(self.require("kv_lora_rank"))
-        self.qk_nope = int(self.require("qk_nope_head_dim"))
-        self.qk_rope = int(self.require("qk_rope_head_dim"))
-        self.v_head = int(self.require("v_head_dim"))
-        self.n_dense_lead = int(self.optional("first_k_dense_replace", default=0))
-        self.rope_interleaved = bool(self.optional("rope_interleave", default=True))
-        if self.optional("attention_bias", default=False):
-            raise ConversionError("deepseek_v3 with attention_bias: llama.cpp's deepseek2 has no attention biases")
-        if self.qk_rope % 2:
-            raise ConversionError(f"qk_rope_head_dim {self.qk_rope} is odd")
-        scoring = self.optional("scoring_func", default="sigmoid")
-        if scoring != "sigmoid":
-            raise ConversionError(f"deepseek_v3 routes with sigmoid scores (as transformers' modeling does), "
-                                  f"but config.json says scoring_func={scoring!r}")
-        # llama.cpp's absorbed MLA is multi-query attention over the latent: one KV head. transformers' config
-        # also carries head_dim = qk_rope_head_dim, which is not the key length here (set in add_hparams).
-        self.hp = {**self.hp, "num_key_value_heads": 1, "head_dim": None}
-
-    # -- hyperparameters --------------------------------------------------------------------------------
-    def add_hparams(self, w: gguf.GGUFWriter) -> None:
-        super().add_hparams(w)
-        if (n_vocab := self.optional("vocab_size")) is not None:
-            w.add_vocab_size(int(n_vocab))
-        w.add_leading_dense_block_count(self.n_dense_lead)
-        w.add_q_lora_rank(self.q_lora_rank)
-        w.add_kv_lora_rank(self.kv_lora_rank)
-        w.add_key_length(self.kv_lora_rank + self.qk_rope)
-        w.add_value_length(self.kv_lora_rank)
-        w.add_key_length_mla(self.qk_nope + self.qk_rope)
-        w.add_value_length_mla(self.v_head)
-        w.add_rope_dimension_count(self.qk_rope)
-        w.add_expert_shared_count(int(self.optional("n_shared_experts", default=0)))
-        if (scale := self.optional("routed_scaling_factor")) is not None:
-            w.add_expert_weights_scale(float(scale))
-        if self.optional("norm_topk_prob", default=False):
-            w.add_expert_weights_norm(True)
+    def add_routing(self, w: gguf.GGUFWriter) -> None:
         w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
-        if (n_group := self.optional("n_group")) is not None:
-            w.add_expert_group_count(int(n_group))
-        if (topk_group := self.optional("topk_group")) is not None:
-            w.add_expert_group_used_count(int(topk_group))
-        self._add_rope_scaling(w)
-
-    def _add_rope_scaling(self, w: gguf.GGUFWriter) -> None:
-        rp = self.optional("rope_scaling", "rope_parameters", default={})
-        kind = rp.get("rope_type", rp.get("type"))
-        if kind in (None, "default"):
-            return
-        if kind != "yarn":
-            raise ConversionError(f"deepseek_v3: rope scaling {kind!r} is not supported (only yarn)")
-        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        w.add_rope_scaling_factor(float(rp["factor"]))
-        w.add_rope_scaling_orig_ctx_len(int(rp["original_max_position_embeddings"]))
-        if (ext := rp.get("extrapolation_factor")) is not None:
-            w.add_rope_scaling_yarn_ext_factor(float(ext))
-        if (attn := rp.get("attention_factor", rp.get("attn_factor"))) is not None:
-            w.add_rope_scaling_yarn_attn_factor(float(attn))
-        if (fast := rp.get("beta_fast")) is not None:
-            w.add_rope_scaling_yarn_beta_fast(float(fast))
-        if (slow := rp.get("beta_slow")) is not None:
-            w.add_rope_scaling_yarn_beta_slow(float(slow))
-        if (mscale_all := rp.get("mscale_all_dim")) is not None:
-            # llama.cpp's deepseek2 loader divides this key by 0.1 again (its converter stores 0.1 * mscale_all_dim)
-            w.add_rope_scaling_yarn_log_mul(0.1 * float(mscale_all))
-
-    # -- tensors ----------------------------------------------------------------------------------------
-    def is_ignored(self, hf_name: str) -> bool:
-        m = _LAYER.search(hf_name)
-        if m and int(m.group(1)) >= self.n_layers:   # multi-token-prediction layers
-            return True
-        return super().is_ignored(hf_name)
+        n_group, topk_group = self.optional("n_group"), self.optional("topk_group")
+        if n_group is not None and topk_group is not None:
+            self._add_groups(w, int(n_group), int(topk_group))
 
     def tensor(self, hf_name: str) -> Iterable[TensorSpec]:
         if hf_name.endswith(".e_score_correction_bias"):
             name = self.map_name(hf_name[: -len("_bias")] + ".bias")
             yield self.spec(name, self.weights.shape(hf_name), lambda: self.weights.get(hf_name), hf_name)
-        elif hf_name.endswith(".bias"):
-            raise ConversionError(f"{hf_name}: llama.cpp's deepseek2 has no place for this bias")
-        elif hf_name.endswith("kv_b_proj.weight"):
-            yield from self._split_kv_b(hf_name)
-        elif not self.rope_interleaved and hf_name.endswith(("q_b_proj.weight", "self_attn.q_proj.weight")):
-            width = self.qk_nope + self.qk_rope
-            yield self.spec(self.map_name(hf_name), self.weights.shape(hf_name),
-                            lambda: interleave_rope_rows(self.weights.get(hf_name), width, self.qk_rope), hf_name)
-        elif not self.rope_interleaved and hf_name.endswith("kv_a_proj_with_mqa.weight"):
-            width = self.kv_lora_rank + self.qk_rope
-            yield self.spec(self.map_name(hf_name), self.weights.shape(hf_name),
-                            lambda: interleave_rope_rows(self.weights.get(hf_name), width, self.qk_rope), hf_name)
         else:
             yield from super().tensor(hf_name)
 
-    def find_experts(self) -> dict[int, dict[str, ExpertSource]]:
-        found = super().find_experts()
-        want = set(range(self.n_dense_lead, self.n_layers))
-        if set(found) != want:
-            raise CheckpointError(f"routed experts in layers {sorted(found)}, but config.json implies layers "
-                                  f"{self.n_dense_lead}..{self.n_layers - 1} (first_k_dense_replace)")
-        return found
-
-    def _split_kv_b(self, hf_name: str) -> Iterator[TensorSpec]:
-        H, nope, v, r = self.n_head, self.qk_nope, self.v_head, self.kv_lora_rank
-        shape = self.weights.shape(hf_name)
-        if shape != (H * (nope + v), r):
-            raise CheckpointError(f"{hf_name} has shape {list(shape)}, config.json implies {[H * (nope + v), r]}")
-
-        def per_head() -> Array:
-            return self.weights.get(hf_name).reshape(H, nope + v, r)
-
-        k_name = self.map_name(hf_name.replace("kv_b_proj", "k_b_proj"))
-        v_name = self.map_name(hf_name.replace("kv_b_proj", "v_b_proj"))
-        yield self.spec(k_name, (H, r, nope), lambda: np.ascontiguousarray(per_head()[:, :nope].transpose(0, 2, 1)),
-                        hf_name)
-        yield self.spec(v_name, (H, v, r), lambda: np.ascontiguousarray(per_head()[:, nope:]), hf_name)
-
     def expected_shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
         yield from super().expected_shapes()
-        H, n_embd, r, rope = self.n_head, self.n_embd, self.kv_lora_rank, self.qk_rope
-        q_width = H * (self.qk_nope + rope)
-        if self.q_lora_rank:
-            yield r"blk\.\d+\.attn_q_a\.weight", (self.q_lora_rank, n_embd)
-            yield r"blk\.\d+\.attn_q_b\.weight", (q_width, self.q_lora_rank)
-        yield r"blk\.\d+\.attn_q\.weight", (q_width, n_embd)
-        yield r"blk\.\d+\.attn_kv_a_mqa\.weight", (r + rope, n_embd)
-        yield r"blk\.\d+\.attn_kv_a_norm\.weight", (r,)
-        yield r"blk\.\d+\.attn_output\.weight", (n_embd, H * self.v_head)
         yield r"blk\.\d+\.exp_probs_b\.bias", (self.n_experts,)
-        if (n_ff := self.optional("moe_intermediate_size")) is not None:
-            n_sh = int(n_ff) * int(self.optional("n_shared_experts", default=0))
-            yield r"blk\.\d+\.ffn_(gate|up)_shexp\.weight", (n_sh, n_embd)
-            yield r"blk\.\d+\.ffn_down_shexp\.weight", (n_embd, n_sh)

@@ -43,9 +43,11 @@ class TestModel:
     config: dict[str, Any]            # transformers config (vocab_size comes from the tokenizer)
     tokenizer: str = "qwen2"          # vocab GGUF name in the llama.cpp sdist
     tokenizer_kind: str = "bpe"       # "bpe" (byte-level) or "spm" (sentencepiece-style BPE)
-    bpe_regex: str | None = None      # the split regex; "" for a plain GPT-2 byte-level pre-tokenizer
+    # the split regex (or regexes, applied in turn); "" for a plain GPT-2 byte-level pre-tokenizer
+    bpe_regex: str | tuple[str, ...] | None = None
     dtype: str = "float32"
     weight_std: float = 0.08          # std of random matrices
     expert_std: float | None = None   # std of routed-expert matrices, if different
     # rewrites the saved checkpoint into the layout the family's releases have (extra tensors, stacked experts)
     post_build: Callable[[Path], None] | None = field(default=None, compare=False)
+    default_experts: str = "Q4_K"     # the expert type `convert` picks for it (MXFP4 for MXFP4 experts)
