@@ -22,6 +22,11 @@ from tiny_models import BUILDER_VERSION, TINY, build_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Subprocesses run `python -m flashmoe_gguf.cli` from the repository root (pytest's cwd), and `-m` puts the cwd
+# first on sys.path: without this they would import the source tree (no converter subpackage, no built
+# extension) instead of the installed package that the in-process tests use. Python >= 3.11 honours it.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 
 def _use_extension_build(path: str) -> None:
     import importlib.util
