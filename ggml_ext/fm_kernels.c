@@ -504,16 +504,16 @@ FM_SCALAR_KERNEL(dot_iq4_xs_scalar, dot1_iq4_xs)
 FM_SCALAR_KERNEL(dot_iq4_xs_tiled_scalar, dot1_iq4_xs_tiled)
 FM_SCALAR_KERNEL(dot_mxfp4_scalar, dot1_mxfp4)
 
-static const fm_kernel k_scalar_q4_0 = {"q4_0_scalar", dot_q4_0_scalar, NULL};
-static const fm_kernel k_scalar_q4_1 = {"q4_1_scalar", dot_q4_1_scalar, NULL};
-static const fm_kernel k_scalar_q8_0 = {"q8_0_scalar", dot_q8_0_scalar, NULL};
-static const fm_kernel k_scalar_q2_K = {"q2_K_scalar", dot_q2_K_scalar, dot_q2_K_tiled_scalar};
-static const fm_kernel k_scalar_q4_K = {"q4_K_scalar", dot_q4_K_scalar, dot_q4_K_tiled_scalar};
-static const fm_kernel k_scalar_q3_K = {"q3_K_scalar", dot_q3_K_scalar, dot_q3_K_tiled_scalar};
-static const fm_kernel k_scalar_q5_K = {"q5_K_scalar", dot_q5_K_scalar, dot_q5_K_tiled_scalar};
-static const fm_kernel k_scalar_q6_K = {"q6_K_scalar", dot_q6_K_scalar, dot_q6_K_tiled_scalar};
-static const fm_kernel k_scalar_iq4_xs = {"iq4_xs_scalar", dot_iq4_xs_scalar, dot_iq4_xs_tiled_scalar};
-static const fm_kernel k_scalar_mxfp4 = {"mxfp4_scalar", dot_mxfp4_scalar, NULL};
+static const fm_kernel k_scalar_q4_0 = {"q4_0_scalar", dot_q4_0_scalar, NULL, NULL};
+static const fm_kernel k_scalar_q4_1 = {"q4_1_scalar", dot_q4_1_scalar, NULL, NULL};
+static const fm_kernel k_scalar_q8_0 = {"q8_0_scalar", dot_q8_0_scalar, NULL, NULL};
+static const fm_kernel k_scalar_q2_K = {"q2_K_scalar", dot_q2_K_scalar, dot_q2_K_tiled_scalar, NULL};
+static const fm_kernel k_scalar_q4_K = {"q4_K_scalar", dot_q4_K_scalar, dot_q4_K_tiled_scalar, NULL};
+static const fm_kernel k_scalar_q3_K = {"q3_K_scalar", dot_q3_K_scalar, dot_q3_K_tiled_scalar, NULL};
+static const fm_kernel k_scalar_q5_K = {"q5_K_scalar", dot_q5_K_scalar, dot_q5_K_tiled_scalar, NULL};
+static const fm_kernel k_scalar_q6_K = {"q6_K_scalar", dot_q6_K_scalar, dot_q6_K_tiled_scalar, NULL};
+static const fm_kernel k_scalar_iq4_xs = {"iq4_xs_scalar", dot_iq4_xs_scalar, dot_iq4_xs_tiled_scalar, NULL};
+static const fm_kernel k_scalar_mxfp4 = {"mxfp4_scalar", dot_mxfp4_scalar, NULL, NULL};
 
 static const fm_kernel *scalar_kernel(int type) {
     switch (type) {
@@ -620,6 +620,10 @@ void fm_kernel_matmul(const fm_kernel *k, int type, int tiled, int n, const void
     const int vdt = fm_kernel_vec_dot_type(type);
     const fm_dot_fn dot = tiled ? k->dot_tiled : k->dot;
     if (n_rows <= 0 || n_act <= 0 || vdt < 0 || !dot) return;
+    if (tiled && k->mm_tiled) { /* the kernel's own matrix-level code (it does its own cache blocking) */
+        k->mm_tiled(n, w, w_stride, n_rows, act, act_stride, n_act, dst, dst_stride);
+        return;
+    }
     const size_t rb = (size_t)(n / fm_kernel_block_size(type)) * fm_kernel_type_size(type);
     const size_t ab = (size_t)(n / fm_kernel_block_size(vdt)) * fm_kernel_type_size(vdt);
     int chunk = ab ? (int)(FM_ACT_TILE_BYTES / ab) : 4;
@@ -663,6 +667,8 @@ void fm_kernels_init(void) {
 /* ------------------------------------------------------------------------------------------------------ */
 /* dispatch                                                                                                */
 
+#define FM_VNNI_BIT 0x100 /* in detect_isa's result: AVX512_VNNI too */
+
 #if FM_X86
 /* OS support for the AVX (ymm) and AVX-512 (opmask, zmm) register state, from XCR0 */
 static uint64_t xgetbv0(void) {
@@ -671,6 +677,8 @@ static uint64_t xgetbv0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+/* the instruction set (FM_ISA_*), and in bit 8 whether AVX512_VNNI is there too (CPUID 7.0 ECX bit 11; it uses
+   the AVX-512 register state, which the FM_ISA_AVX512 check covers) */
 static int detect_isa(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return FM_ISA_SCALAR;
@@ -680,45 +688,51 @@ static int detect_isa(void) {
     if ((xcr0 & 0x6) != 0x6) return FM_ISA_SCALAR; /* xmm + ymm state */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return FM_ISA_SCALAR;
     const int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+    const int vnni = (c >> 11) & 1;
     if (!avx2) return FM_ISA_SCALAR;
 #if defined(FM_AVX512_SIMDE)
-    /* a test build whose AVX-512 kernels run on SIMDe's emulation (with AVX2 + FMA underneath) */
-    (void)avx512f, (void)avx512bw, (void)avx512vl;
-    return FM_ISA_AVX512;
+    /* a test build whose AVX-512 kernels, VNNI ones included, run on SIMDe's emulation (with AVX2 + FMA
+       underneath) */
+    (void)avx512f, (void)avx512bw, (void)avx512vl, (void)vnni;
+    return FM_ISA_AVX512 | FM_VNNI_BIT;
 #else
-    if (avx512f && avx512bw && avx512vl && (xcr0 & 0xe6) == 0xe6) return FM_ISA_AVX512;
+    if (avx512f && avx512bw && avx512vl && (xcr0 & 0xe6) == 0xe6) return FM_ISA_AVX512 | (vnni ? FM_VNNI_BIT : 0);
     return FM_ISA_AVX2;
 #endif
 }
 #endif
 
-int fm_kernel_best_isa(void) {
+/* detect_isa's result, computed once (a race only makes two threads compute the same value) */
+static int cpu_features(void) {
 #if FM_X86
-    /* computed once; a race only makes two threads compute the same value */
     static atomic_int cached = 0;
-    int isa = atomic_load_explicit(&cached, memory_order_relaxed);
-    if (isa == 0) {
-        isa = detect_isa();
-        atomic_store_explicit(&cached, isa, memory_order_relaxed);
+    int f = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (f == 0) {
+        f = detect_isa();
+        atomic_store_explicit(&cached, f, memory_order_relaxed);
     }
-    return isa;
+    return f;
 #else
     return FM_ISA_SCALAR;
 #endif
 }
+
+int fm_kernel_has_vnni(void) { return (cpu_features() & FM_VNNI_BIT) != 0; }
+
+int fm_kernel_best_isa(void) { return cpu_features() & ~FM_VNNI_BIT; }
 
 const fm_kernel *fm_kernel_get(int type, int isa) {
     fm_kernels_init();
     const int best = fm_kernel_best_isa();
     if (isa == FM_ISA_BEST) { /* the best instruction set that has a kernel for the type */
         const fm_kernel *k = NULL;
-        if (best >= FM_ISA_AVX512) k = fm_kernel_get_avx512(type);
+        if (best >= FM_ISA_AVX512) k = fm_kernel_get_avx512(type, fm_kernel_has_vnni());
         if (!k && best >= FM_ISA_AVX2) k = fm_kernel_get_avx2(type);
         return k ? k : scalar_kernel(type);
     }
     if (isa < FM_ISA_SCALAR || isa > best) return NULL;
     switch (isa) {
-    case FM_ISA_AVX512: return fm_kernel_get_avx512(type);
+    case FM_ISA_AVX512: return fm_kernel_get_avx512(type, fm_kernel_has_vnni());
     case FM_ISA_AVX2: return fm_kernel_get_avx2(type);
     default: return scalar_kernel(type);
     }

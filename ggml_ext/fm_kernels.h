@@ -62,10 +62,18 @@ enum { FM_TYPE_Q8_1 = 9, FM_TYPE_Q8_K = 15 };
    (vec_dot_type)), j < n_act */
 typedef void (*fm_dot_fn)(int n, const void *w, const void *act, size_t act_stride, int n_act, float *s,
                           size_t s_stride);
+/* dst[j * dst_stride + r] = dot_tiled(weight row r at w + r * w_stride, activation row j at act + j * act_stride)
+   for r < n_rows, j < n_act: a whole tiled matrix product at once (see fm_kernel_matmul) */
+typedef void (*fm_mm_fn)(int n, const void *w, size_t w_stride, int n_rows, const void *act, size_t act_stride,
+                         int n_act, float *dst, size_t dst_stride);
 typedef struct {
     const char *name;
     fm_dot_fn dot;       /* ggml's vec_dot arithmetic */
     fm_dot_fn dot_tiled; /* ggml's tiled K-quant arithmetic, or NULL where ggml has no tiled path for the type */
+    fm_mm_fn mm_tiled;   /* optional (NULL: none): the whole matrix product in dot_tiled's arithmetic, bitwise
+                            dot_tiled's result for every (weight row, activation row) pair, for any n_rows, n_act
+                            >= 1; faster where it reuses decoded weights across activation rows better than
+                            dot_tiled's groups (the AVX-512 VNNI kernels) */
 } fm_kernel;
 
 /* the kernel for the weight type on instruction set isa (FM_ISA_BEST: the best this CPU has; NULL if the CPU
@@ -87,6 +95,9 @@ int fm_kernel_ggml_tiled(int ggml_type);
 /* the instruction set fm_kernel_get(type, 0) picks on this CPU (FM_ISA_SCALAR, _AVX2 or _AVX512) */
 int fm_kernel_best_isa(void);
 
+/* whether this CPU's AVX-512 kernels are the VNNI ones (AVX512_VNNI present; always in the SIMDe test build) */
+int fm_kernel_has_vnni(void);
+
 /* ggml's vec_dot_type for a weight type we handle (FM_TYPE_Q8_0, _Q8_1 or _Q8_K), or -1 */
 int fm_kernel_vec_dot_type(int ggml_type);
 
@@ -105,7 +116,9 @@ void fm_kernels_init(void);
    for a type it does not handle, and when the file was compiled for a non-x86 target. They do not check
    the CPU: call them only through fm_kernel_get. */
 const fm_kernel *fm_kernel_get_avx2(int ggml_type);
-const fm_kernel *fm_kernel_get_avx512(int ggml_type);
+/* vnni: the CPU has AVX512_VNNI too; then the tiled types get their VNNI kernels (name ..._avx512vnni, with
+   mm_tiled), else the plain AVX-512 ones */
+const fm_kernel *fm_kernel_get_avx512(int ggml_type, int vnni);
 /* fp16 bits -> float, filled by fm_kernels_init */
 extern float fm_fp16_table[1 << 16];
 /* the non-linear 4-bit value tables of IQ4_NL/IQ4_XS and of MXFP4 (doubled e2m1 values) */

@@ -616,16 +616,16 @@ FM_GROUPED(dot_mxfp4_avx2, mxfp4_rows)
 #pragma GCC pop_options
 #endif
 
-static const fm_kernel k_q4_0 = {"q4_0_avx2", dot_q4_0_avx2, NULL};
-static const fm_kernel k_q4_1 = {"q4_1_avx2", dot_q4_1_avx2, NULL};
-static const fm_kernel k_q8_0 = {"q8_0_avx2", dot_q8_0_avx2, NULL};
-static const fm_kernel k_q2_K = {"q2_K_avx2", dot_q2_K_avx2, dot_q2_K_tiled_avx2};
-static const fm_kernel k_q4_K = {"q4_K_avx2", dot_q4_K_avx2, dot_q4_K_tiled_avx2};
-static const fm_kernel k_q3_K = {"q3_K_avx2", dot_q3_K_avx2, dot_q3_K_tiled_avx2};
-static const fm_kernel k_q5_K = {"q5_K_avx2", dot_q5_K_avx2, dot_q5_K_tiled_avx2};
-static const fm_kernel k_q6_K = {"q6_K_avx2", dot_q6_K_avx2, dot_q6_K_tiled_avx2};
-static const fm_kernel k_iq4_xs = {"iq4_xs_avx2", dot_iq4_xs_avx2, dot_iq4_xs_tiled_avx2};
-static const fm_kernel k_mxfp4 = {"mxfp4_avx2", dot_mxfp4_avx2, NULL};
+static const fm_kernel k_q4_0 = {"q4_0_avx2", dot_q4_0_avx2, NULL, NULL};
+static const fm_kernel k_q4_1 = {"q4_1_avx2", dot_q4_1_avx2, NULL, NULL};
+static const fm_kernel k_q8_0 = {"q8_0_avx2", dot_q8_0_avx2, NULL, NULL};
+static const fm_kernel k_q2_K = {"q2_K_avx2", dot_q2_K_avx2, dot_q2_K_tiled_avx2, NULL};
+static const fm_kernel k_q4_K = {"q4_K_avx2", dot_q4_K_avx2, dot_q4_K_tiled_avx2, NULL};
+static const fm_kernel k_q3_K = {"q3_K_avx2", dot_q3_K_avx2, dot_q3_K_tiled_avx2, NULL};
+static const fm_kernel k_q5_K = {"q5_K_avx2", dot_q5_K_avx2, dot_q5_K_tiled_avx2, NULL};
+static const fm_kernel k_q6_K = {"q6_K_avx2", dot_q6_K_avx2, dot_q6_K_tiled_avx2, NULL};
+static const fm_kernel k_iq4_xs = {"iq4_xs_avx2", dot_iq4_xs_avx2, dot_iq4_xs_tiled_avx2, NULL};
+static const fm_kernel k_mxfp4 = {"mxfp4_avx2", dot_mxfp4_avx2, NULL, NULL};
 
 const fm_kernel *fm_kernel_get_avx2(int type) {
     switch (type) {

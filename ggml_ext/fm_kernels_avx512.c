@@ -76,17 +76,13 @@ FM_INLINE float hsum8(__m256 v) {
 }
 
 /* a shuffle_epi8 control that fills 128-bit lane L with int16 copies of bytes (b[L], b[L]+1) when pair,
-   or of byte b[L] zero-extended */
-FM_INLINE __m512i pick16x4(int b0, int b1, int b2, int b3, int pair) {
-    const int b[4] = {b0, b1, b2, b3};
-    long long e[4];
-    for (int l = 0; l < 4; ++l) {
-        const uint64_t hi = pair ? (uint64_t)(b[l] + 1) : 0x80u;
-        const uint64_t rep = ((hi << 8) | (uint64_t)b[l]) * 0x0001000100010001ull;
-        memcpy(&e[l], &rep, sizeof rep);
-    }
-    return _mm512_set_epi64(e[3], e[3], e[2], e[2], e[1], e[1], e[0], e[0]);
-}
+   or of byte b[L] zero-extended. A plain constant expression (a loop here was not folded by GCC, which then
+   rebuilt the control through the stack for every block) */
+#define FM_PICK16(b, pair) \
+    ((long long)(((((uint64_t)((pair) ? (b) + 1 : 0x80)) << 8) | (uint64_t)(b)) * 0x0001000100010001ull))
+#define pick16x4(b0, b1, b2, b3, pair)                                                                     \
+    _mm512_set_epi64(FM_PICK16(b3, pair), FM_PICK16(b3, pair), FM_PICK16(b2, pair), FM_PICK16(b2, pair),   \
+                     FM_PICK16(b1, pair), FM_PICK16(b1, pair), FM_PICK16(b0, pair), FM_PICK16(b0, pair))
 
 /* 16 int32 lanes -> ggml's 8: lane l + lane l+8 (the two halves hold the same lanes of two vectors) */
 FM_INLINE __m256i fold8(__m512i v) {
@@ -830,33 +826,534 @@ FM_GROUPED(dot_mxfp4_avx512, mxfp4_rows)
 #if !defined(FM_AVX512_SIMDE)
 #if defined(__clang__)
 #pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")
+#endif
+#endif
+
+/* ==================================================================================================== */
+/* AVX-512 VNNI: whole tiled products (fm_kernel.mm_tiled) for the types of ggml's tiled path.
+ *
+ * Layout: 16 weight rows at a time, one zmm lane (4 bytes) per row. A weight block of 16 rows is decoded once
+ * into 64 vectors w[kg] (lane r: the 4 unsigned codes of values 4kg..4kg+3 of row r), and the 4 activation bytes
+ * of the same values, signed, come straight from each Q8_K row as a broadcast operand of _mm512_dpbusd_epi32:
+ * one instruction adds 4 products for 16 rows, and each decoded vector serves every activation row routed to the
+ * expert. The activation rows need no repacking, and an accumulator holds 16 consecutive outputs of one
+ * activation row (dst is row-major in the weight rows). The decode works on the packed bytes: 16 rows' 64-byte
+ * (16-byte) pieces are transposed into dword columns (cols16, cols4), and each type's bit fields are then
+ * extracted from the columns with plain vector operations, since every code sits at a fixed bit position of
+ * its byte.
+ *
+ * The integer sums of a block are exact (int32 wraps, but every result and partial sum fits), so any
+ * decomposition gives ggml's s1 and s2; per type:
+ *   Q4_K, Q5_K  codes 0..15 / 0..31; s1 = sum over the 8 sub-blocks of scale x (dpbusd sum), s2 (mins x pairs of
+ *               16-value activation sums, Q8_K's bsums) with _mm512_dpwssd_epi32;
+ *   Q6_K        codes 0..63 (ggml's 6-bit code, value + 32): s1 = sum of scale x dpbusd sum over 16 sub-blocks of
+ *               16, minus 32 x scale x bsum (dpwssd with -32 x scale pairs);
+ *   IQ4_XS      codes = table value + 128 (1..241): s1 = sum of scale x dpbusd sum over 8 sub-blocks, minus
+ *               128 x scale x (16-value sum pairs);
+ *   Q2_K        the scale is folded into the code (2-bit value x 4-bit scale <= 45, a per-row pshufb table):
+ *               s1 is the dpbusd sum itself; s2 as Q4_K's;
+ *   Q3_K        the code is 128 - value x scale (value -4..3, scale -32..31: 0..252, two per-row pshufb tables
+ *               chosen by the hmask bit), so s1 = 128 x (sum of the block's activations) - dpbusd sum.
+ * Q8_K's bsums are the sums of its 16-value groups (ggml's from_float writes them so; ggml's tiled path relies
+ * on them too). The float epilogue is tiled_step's, per block in block order, for 16 rows at once; the running
+ * sums live in dst itself (written after every block, the first block adding to 0.0f as ggml's zeroed buffer).
+ */
+
+#if defined(FM_AVX512_SIMDE)
+#define FM_UNROLL_ALL
+#elif defined(__clang__)
+#define FM_UNROLL_ALL _Pragma("unroll")
+#else
+#define FM_UNROLL_ALL _Pragma("GCC unroll 16")
+#endif
+
+/* ternary-logic truth table of (a & b) | c */
+#define FM_AB_OR_C 0xEA
+
+enum { FM_VK_Q2K, FM_VK_Q3K, FM_VK_Q4K, FM_VK_Q5K, FM_VK_Q6K, FM_VK_IQ4XS };
+
+#ifndef FM_VJ
+#define FM_VJ 6 /* activation rows per register tile */
+#endif
+#ifndef FM_VG
+#define FM_VG 2 /* groups of 16 weight rows per register tile */
+#endif
+#ifndef FM_VPF
+#define FM_VPF 2 /* weight blocks prefetched ahead */
+#endif
+
+/* one block of 16 weight rows, decoded */
+typedef struct {
+    __m512i w[64];  /* lane r: the codes of values 4kg..4kg+3 of row r */
+    __m512i sc[16]; /* the int32 scale of each sub-block (Q4_K, Q5_K, IQ4_XS: 8; Q6_K: 16) */
+    __m512i pr[8];  /* int16 pairs (one per 16-value group 2p, 2p+1) for dpwssd with the activation sums */
+    __m512 d, dm;   /* d and dmin of the rows */
+} fm_vgrp;
+
+FM_INLINE uint32_t ld32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* the dword at p in every lane (the broadcast operand of dpbusd / dpwssd) */
+FM_INLINE __m512i bc32(const uint8_t *p) { return _mm512_set1_epi32((int)ld32(p)); }
+
+/* the floats of lanes in m from/to p, the others untouched (and not read: they may lie past the buffer). SIMDe's
+   emulation of the masked loads and stores reads and writes all 16 lanes, so that build goes lane by lane. */
+#if defined(FM_AVX512_SIMDE)
+FM_INLINE __m512 load_m(__mmask16 m, const float *p) {
+    float v[16] = {0};
+    for (int i = 0; i < 16; ++i)
+        if (m >> i & 1) v[i] = p[i];
+    return _mm512_loadu_ps(v);
+}
+FM_INLINE void store_m(float *p, __mmask16 m, __m512 x) {
+    float v[16];
+    _mm512_storeu_ps(v, x);
+    for (int i = 0; i < 16; ++i)
+        if (m >> i & 1) p[i] = v[i];
+}
+#else
+FM_INLINE __m512 load_m(__mmask16 m, const float *p) { return _mm512_maskz_loadu_ps(m, p); }
+FM_INLINE void store_m(float *p, __mmask16 m, __m512 x) { _mm512_mask_storeu_ps(p, m, x); }
+#endif
+
+/* acc + dpbusd(w, the dword at p in every lane) */
+FM_INLINE __m512i dpbusd_bc(__m512i acc, __m512i w, const uint8_t *p) { return _mm512_dpbusd_epi32(acc, w, bc32(p)); }
+
+/* a 4x4 transpose of dwords within each 128-bit lane */
+FM_INLINE void tr4(__m512i *a, __m512i *b, __m512i *c, __m512i *d) {
+    const __m512i t0 = _mm512_unpacklo_epi32(*a, *b), t1 = _mm512_unpackhi_epi32(*a, *b);
+    const __m512i t2 = _mm512_unpacklo_epi32(*c, *d), t3 = _mm512_unpackhi_epi32(*c, *d);
+    *a = _mm512_unpacklo_epi64(t0, t2);
+    *b = _mm512_unpackhi_epi64(t0, t2);
+    *c = _mm512_unpacklo_epi64(t1, t3);
+    *d = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* q[m] lane r = dword m of the 64 bytes at rp[r] + off, m < 16 */
+FM_INLINE void cols16(const uint8_t *const *rp, size_t off, __m512i *q) {
+    __m512i v[16];
+    FM_UNROLL_ALL for (int r = 0; r < 16; ++r) v[r] = ld512(rp[r] + off);
+    /* v[4G + m] lane L: dword 4L + m of rows 4G..4G+3 */
+    FM_UNROLL_ALL for (int g = 0; g < 4; ++g) tr4(&v[4 * g], &v[4 * g + 1], &v[4 * g + 2], &v[4 * g + 3]);
+    /* then 128-bit lane L of v[4G + m] is lane G of q[4L + m]: a 4x4 transpose of lanes */
+    FM_UNROLL_ALL for (int m = 0; m < 4; ++m) {
+        const __m512i x0 = _mm512_shuffle_i32x4(v[m], v[4 + m], 0x44), x1 = _mm512_shuffle_i32x4(v[m], v[4 + m], 0xEE);
+        const __m512i x2 = _mm512_shuffle_i32x4(v[8 + m], v[12 + m], 0x44), x3 = _mm512_shuffle_i32x4(v[8 + m], v[12 + m], 0xEE);
+        q[m] = _mm512_shuffle_i32x4(x0, x2, 0x88);
+        q[4 + m] = _mm512_shuffle_i32x4(x0, x2, 0xDD);
+        q[8 + m] = _mm512_shuffle_i32x4(x1, x3, 0x88);
+        q[12 + m] = _mm512_shuffle_i32x4(x1, x3, 0xDD);
+    }
+}
+
+/* q[m] lane r = dword m of the 16 bytes at rp[r] + off, m < 4 */
+FM_INLINE void cols4(const uint8_t *const *rp, size_t off, __m512i *q) {
+    FM_UNROLL_ALL for (int k = 0; k < 4; ++k) /* lane L of q[k]: row k + 4L */
+        q[k] = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(zext128(ld128(rp[k] + off)), ld128(rp[k + 4] + off), 1),
+                                                     ld128(rp[k + 8] + off), 2),
+                                  ld128(rp[k + 12] + off), 3);
+    tr4(&q[0], &q[1], &q[2], &q[3]);
+}
+
+/* the fp16 numbers in the low and high halves of the dwords of v, as floats (exact) */
+static const uint16_t fm_even_odd16[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30,
+                                           1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+FM_INLINE void halves(__m512i v, __m512 *lo, __m512 *hi) {
+    const __m512i p = _mm512_permutexvar_epi16(ld512((const uint8_t *)fm_even_odd16), v);
+    *lo = _mm512_cvtph_ps(_mm512_castsi512_si256(p));
+    *hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(p, 1));
+}
+
+/* the fp16 number at rp[r] + off of each row, as floats */
+FM_INLINE __m512 fp16col(const uint8_t *const *rp, size_t off) {
+    uint16_t h[16];
+    FM_UNROLL_ALL for (int r = 0; r < 16; ++r) memcpy(&h[r], rp[r] + off, 2);
+    return _mm512_cvtph_ps(ld256((const uint8_t *)h));
+}
+
+/* the dword at rp[r] + off of each row */
+FM_INLINE __m512i col32(const uint8_t *const *rp, size_t off) {
+    uint32_t v[16];
+    FM_UNROLL_ALL for (int r = 0; r < 16; ++r) v[r] = ld32(rp[r] + off);
+    return ld512((const uint8_t *)v);
+}
+
+FM_INLINE __m512i set32(uint32_t v) { return _mm512_set1_epi32((int)v); }
+
+/* a pshufb index part: 4 * (dword index within the 128-bit lane) in each byte, selecting that row's 4 entries */
+FM_INLINE __m512i rowpos(void) { return _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0x04040404, 0x08080808, 0x0C0C0C0C)); }
+
+/* the bit of each byte at position k (0..7), moved to position 4 (other bits: garbage, mask with 0x10); the
+   same with 2-bit fields: bits k, k+1 to 4, 5 */
+FM_INLINE __m512i to_bit4(__m512i x, const int k) { return k <= 4 ? _mm512_slli_epi16(x, 4 - k) : _mm512_srli_epi16(x, k - 4); }
+
+/* Q4_K and Q5_K: scales, mins, d, dmin from the first 16 bytes */
+FM_INLINE void vdec_q45k_scales(const uint8_t *const *rp, fm_vgrp *t) {
+    __m512i u[4];
+    cols4(rp, 0, u);
+    const __m512i m3f = set32(0x3f3f3f3f), m0f = set32(0x0f0f0f0f), m30 = set32(0x30303030), mff = set32(0xff);
+    /* bytes: scales 0..3, 4..7, mins 0..3, 4..7 (q4k_scales_mins) */
+    const __m512i sc_lo = _mm512_and_si512(u[1], m3f);
+    const __m512i sc_hi = _mm512_ternarylogic_epi32(_mm512_srli_epi32(u[1], 2), m30, _mm512_and_si512(u[3], m0f), FM_AB_OR_C);
+    const __m512i mn_lo = _mm512_and_si512(u[2], m3f);
+    const __m512i mn_hi = _mm512_ternarylogic_epi32(_mm512_srli_epi32(u[2], 2), m30,
+                                                    _mm512_and_si512(_mm512_srli_epi32(u[3], 4), m0f), FM_AB_OR_C);
+    FM_UNROLL_ALL for (int s = 0; s < 4; ++s) {
+        t->sc[s] = _mm512_and_si512(_mm512_srli_epi32(sc_lo, 8 * s), mff);
+        t->sc[4 + s] = _mm512_and_si512(_mm512_srli_epi32(sc_hi, 8 * s), mff);
+        const __m512i a = _mm512_and_si512(_mm512_srli_epi32(mn_lo, 8 * s), mff);
+        const __m512i b = _mm512_and_si512(_mm512_srli_epi32(mn_hi, 8 * s), mff);
+        t->pr[s] = _mm512_or_si512(a, _mm512_slli_epi32(a, 16)); /* (min, min) x (bsum 2s, bsum 2s+1) */
+        t->pr[4 + s] = _mm512_or_si512(b, _mm512_slli_epi32(b, 16));
+    }
+    halves(u[0], &t->d, &t->dm);
+}
+
+FM_INLINE void vdec_q4k(const uint8_t *const *rp, fm_vgrp *t) {
+    vdec_q45k_scales(rp, t);
+    const __m512i m0f = set32(0x0f0f0f0f);
+    FM_UNROLL_ALL for (int h = 0; h < 2; ++h) {
+        __m512i q[16];
+        cols16(rp, 16 + 64 * (size_t)h, q);
+        FM_UNROLL_ALL for (int m = 0; m < 16; ++m) { /* qs dword 16h + m = 8c + i: values 64c + 4i (low), +32 (high) */
+            const int c = (16 * h + m) / 8, i = m % 8;
+            t->w[16 * c + i] = _mm512_and_si512(q[m], m0f);
+            t->w[16 * c + 8 + i] = _mm512_and_si512(_mm512_srli_epi16(q[m], 4), m0f);
+        }
+    }
+}
+
+FM_INLINE void vdec_q5k(const uint8_t *const *rp, fm_vgrp *t) {
+    vdec_q45k_scales(rp, t);
+    const __m512i m0f = set32(0x0f0f0f0f), m10 = set32(0x10101010);
+    __m512i qh[8]; /* qh dword i: the high bits of values 64c + 4i.. (bit 2c) and 64c + 32 + 4i.. (bit 2c+1) */
+    cols4(rp, 16, qh);
+    cols4(rp, 32, qh + 4);
+    FM_UNROLL_ALL for (int h = 0; h < 2; ++h) {
+        __m512i q[16];
+        cols16(rp, 48 + 64 * (size_t)h, q);
+        FM_UNROLL_ALL for (int m = 0; m < 16; ++m) {
+            const int c = (16 * h + m) / 8, i = m % 8;
+            t->w[16 * c + i] = _mm512_ternarylogic_epi32(to_bit4(qh[i], 2 * c), m10, _mm512_and_si512(q[m], m0f), FM_AB_OR_C);
+            t->w[16 * c + 8 + i] = _mm512_ternarylogic_epi32(to_bit4(qh[i], 2 * c + 1), m10,
+                                                            _mm512_and_si512(_mm512_srli_epi16(q[m], 4), m0f), FM_AB_OR_C);
+        }
+    }
+}
+
+FM_INLINE void vdec_q6k(const uint8_t *const *rp, fm_vgrp *t) {
+    const __m512i m0f = set32(0x0f0f0f0f), m30 = set32(0x30303030);
+    __m512i qh[16], s[4];
+    cols16(rp, 128, qh); /* qh dword 8h + i: bits 2k, 2k+1 are the high bits of values 128h + 32k + 4i.. */
+    FM_UNROLL_ALL for (int h = 0; h < 2; ++h) {
+        __m512i ql[16];
+        cols16(rp, 64 * (size_t)h, ql); /* ql dword 8kk + i of half h: values 128h + 32kk + 4i (low), +64 (high) */
+        FM_UNROLL_ALL for (int k = 0; k < 4; ++k)
+            FM_UNROLL_ALL for (int i = 0; i < 8; ++i) {
+                const __m512i src = ql[8 * (k & 1) + i];
+                const __m512i nib = _mm512_and_si512(k < 2 ? src : _mm512_srli_epi16(src, 4), m0f);
+                t->w[32 * h + 8 * k + i] = _mm512_ternarylogic_epi32(to_bit4(qh[8 * h + i], 2 * k), m30, nib, FM_AB_OR_C);
+            }
+    }
+    cols4(rp, 192, s); /* the 16 int8 scales, 4 per dword */
+    const __m512i m32 = _mm512_set1_epi16(-32);
+    FM_UNROLL_ALL for (int j = 0; j < 16; ++j) t->sc[j] = _mm512_srai_epi32(_mm512_slli_epi32(s[j / 4], 24 - 8 * (j % 4)), 24);
+    FM_UNROLL_ALL for (int q = 0; q < 4; ++q) {
+        const __m512i e = _mm512_srai_epi16(_mm512_slli_epi16(s[q], 8), 8), o = _mm512_srai_epi16(s[q], 8);
+        /* (scale 4q, 4q+1) and (4q+2, 4q+3) as int16 pairs, times -32 */
+        t->pr[2 * q] = _mm512_mullo_epi16(_mm512_mask_blend_epi16(0xAAAAAAAAu, e, _mm512_slli_epi32(o, 16)), m32);
+        t->pr[2 * q + 1] = _mm512_mullo_epi16(_mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_srli_epi32(e, 16), o), m32);
+    }
+    t->d = fp16col(rp, 208);
+    t->dm = _mm512_setzero_ps();
+}
+
+FM_INLINE void vdec_q3k(const uint8_t *const *rp, fm_vgrp *t) {
+    __m512i hm[8], qs[16], dd[4], tab0[16], tab1[16];
+    cols4(rp, 0, hm);  /* hmask dword i: bit 4c + k is the high bit of values 128c + 32k + 4i.. */
+    cols4(rp, 16, hm + 4);
+    cols16(rp, 32, qs); /* qs dword 8c + i: bits 2k, 2k+1 are the low bits of values 128c + 32k + 4i.. */
+    cols4(rp, 94, dd);  /* bytes 94..109: 2 bytes of qs, the 12 scale bytes, d */
+    __m512i sb[3];      /* the scale bytes 0..3, 4..7, 8..11 */
+    FM_UNROLL_ALL for (int k = 0; k < 3; ++k) sb[k] = _mm512_or_si512(_mm512_srli_epi32(dd[k], 16), _mm512_slli_epi32(dd[k + 1], 16));
+    __m512 junk;
+    halves(dd[3], &junk, &t->d);
+    t->dm = _mm512_setzero_ps();
+    const __m512i m0f = set32(15), m3 = set32(3);
+    FM_UNROLL_ALL for (int j = 0; j < 16; ++j) {
+        const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(sb[(j % 8) / 4], 8 * (j % 4) + 4 * (j / 8)), m0f);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(sb[2], 8 * (j % 4) + 2 * (j / 4)), m3);
+        const __m512i sc = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), set32(32));
+        /* the row's 4 codes 128 - v x scale for v = 0..3 (high bit set) and v = -4..-1 (clear) */
+        tab1[j] = _mm512_sub_epi32(set32(0x80808080u), _mm512_mullo_epi32(sc, set32(0x03020100)));
+        tab0[j] = _mm512_add_epi32(tab1[j], _mm512_mullo_epi32(sc, set32(0x04040404)));
+    }
+    const __m512i pos = rowpos(), m3b = set32(0x03030303);
+    FM_UNROLL_ALL for (int c = 0; c < 2; ++c)
+        FM_UNROLL_ALL for (int k = 0; k < 4; ++k)
+            FM_UNROLL_ALL for (int i = 0; i < 8; ++i) {
+                const int j = 8 * c + 2 * k + i / 4; /* the sub-block of values 128c + 32k + 4i.. */
+                const __m512i idx = _mm512_ternarylogic_epi32(_mm512_srli_epi16(qs[8 * c + i], 2 * k), m3b, pos, FM_AB_OR_C);
+                const __mmask64 hb = _mm512_test_epi8_mask(hm[i], _mm512_set1_epi8((char)(1 << (4 * c + k))));
+                t->w[32 * c + 8 * k + i] = _mm512_mask_shuffle_epi8(_mm512_shuffle_epi8(tab0[j], idx), hb, tab1[j], idx);
+            }
+}
+
+FM_INLINE void vdec_q2k(const uint8_t *const *rp, fm_vgrp *t) {
+    __m512i qs[16], s[4], tab[16];
+    cols16(rp, 16, qs); /* qs dword 8c + i: bits 2k, 2k+1 are values 128c + 32k + 4i.. */
+    cols4(rp, 0, s);    /* the 16 scale bytes: scale (low nibble) and min (high) of each 16 values */
+    halves(col32(rp, 80), &t->d, &t->dm);
+    const __m512i m0f = set32(15);
+    FM_UNROLL_ALL for (int j = 0; j < 16; ++j) /* the row's 4 codes v x scale, v = 0..3 */
+        tab[j] = _mm512_mullo_epi32(_mm512_and_si512(_mm512_srli_epi32(s[j / 4], 8 * (j % 4)), m0f), set32(0x03020100));
+    FM_UNROLL_ALL for (int p = 0; p < 8; ++p) { /* (min 2p, min 2p+1) */
+        const __m512i v = _mm512_srli_epi32(s[p / 2], 16 * (p % 2));
+        t->pr[p] = _mm512_ternarylogic_epi32(_mm512_slli_epi32(v, 4), set32(0x000f0000), _mm512_and_si512(_mm512_srli_epi32(v, 4), m0f),
+                                             FM_AB_OR_C);
+    }
+    const __m512i pos = rowpos(), m3b = set32(0x03030303);
+    FM_UNROLL_ALL for (int c = 0; c < 2; ++c)
+        FM_UNROLL_ALL for (int k = 0; k < 4; ++k)
+            FM_UNROLL_ALL for (int i = 0; i < 8; ++i) {
+                const __m512i idx = _mm512_ternarylogic_epi32(_mm512_srli_epi16(qs[8 * c + i], 2 * k), m3b, pos, FM_AB_OR_C);
+                t->w[32 * c + 8 * k + i] = _mm512_shuffle_epi8(tab[8 * c + 2 * k + i / 4], idx);
+            }
+}
+
+FM_INLINE void vdec_iq4xs(const uint8_t *const *rp, fm_vgrp *t) {
+    __m512i u[4];
+    cols4(rp, 0, u); /* d | scales_h << 16, scales_l */
+    __m512 sh;
+    halves(u[0], &t->d, &sh);
+    t->dm = _mm512_setzero_ps();
+    const __m512i m0f = set32(0x0f0f0f0f);
+    FM_UNROLL_ALL for (int s = 0; s < 8; ++s) {
+        const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(u[1], 8 * (s / 2) + 4 * (s % 2)), set32(15));
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(u[0], 16 + 2 * s), set32(3));
+        const __m512i sc = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), set32(32));
+        t->sc[s] = sc;
+        const __m512i b = _mm512_and_si512(_mm512_mullo_epi32(sc, set32((uint32_t)-128)), set32(0xffff));
+        t->pr[s] = _mm512_or_si512(b, _mm512_slli_epi32(b, 16)); /* (-128 scale, -128 scale) */
+    }
+    /* the table values + 128, unsigned */
+    const __m512i tab = _mm512_broadcast_i32x4(_mm_xor_si128(ld128((const uint8_t *)fm_iq4nl_values), _mm_set1_epi8((char)0x80)));
+    FM_UNROLL_ALL for (int h = 0; h < 2; ++h) {
+        __m512i q[16];
+        cols16(rp, 8 + 64 * (size_t)h, q);
+        FM_UNROLL_ALL for (int m = 0; m < 16; ++m) { /* qs dword 4s + i: values 32s + 4i (low), 32s + 16 + 4i (high) */
+            const int s = (16 * h + m) / 4, i = m % 4;
+            t->w[8 * s + i] = _mm512_shuffle_epi8(tab, _mm512_and_si512(q[m], m0f));
+            t->w[8 * s + 4 + i] = _mm512_shuffle_epi8(tab, _mm512_and_si512(_mm512_srli_epi16(q[m], 4), m0f));
+        }
+    }
+}
+
+FM_INLINE void vdec(const int kind, const uint8_t *const *rp, fm_vgrp *t) {
+    switch (kind) {
+    case FM_VK_Q2K: vdec_q2k(rp, t); break;
+    case FM_VK_Q3K: vdec_q3k(rp, t); break;
+    case FM_VK_Q4K: vdec_q4k(rp, t); break;
+    case FM_VK_Q5K: vdec_q5k(rp, t); break;
+    case FM_VK_Q6K: vdec_q6k(rp, t); break;
+    default: vdec_iq4xs(rp, t); break;
+    }
+}
+
+/* G groups of 16 decoded rows (t[g]) against J activation rows (block y[j]): the block's s1, s2 and the epilogue
+   into o[j] + 16 g (the first block adds to 0; mask: the valid rows of the last group) */
+FM_INLINE void vnni_tile(const int kind, const int G, const int J, const fm_vgrp *t, const uint8_t *const *y,
+                         float *const *o, const int first, const __mmask16 mask) {
+    const int nsb = kind == FM_VK_Q6K ? 16 : kind == FM_VK_Q2K || kind == FM_VK_Q3K ? 0 : 8;
+    const int mins = kind == FM_VK_Q2K || kind == FM_VK_Q4K || kind == FM_VK_Q5K;
+    __m512i s1[2 * FM_VJ], s2[2 * FM_VJ];
+    FM_UNROLL_ALL for (int q = 0; q < G * J; ++q) s1[q] = _mm512_setzero_si512();
+    if (nsb == 0) {
+        FM_UNROLL for (int kg = 0; kg < 64; ++kg)
+            FM_UNROLL_ALL for (int g = 0; g < G; ++g) {
+                const __m512i wv = t[g].w[kg];
+                FM_UNROLL_ALL for (int j = 0; j < J; ++j) s1[g * J + j] = dpbusd_bc(s1[g * J + j], wv, y[j] + 4 + 4 * kg);
+            }
+    } else {
+        const int per = 64 / nsb; /* dword columns per sub-block */
+        for (int s = 0; s < nsb; ++s) {
+            __m512i raw[2 * FM_VJ];
+            FM_UNROLL_ALL for (int q = 0; q < G * J; ++q) raw[q] = _mm512_setzero_si512();
+            FM_UNROLL_ALL for (int i = 0; i < per; ++i)
+                FM_UNROLL_ALL for (int g = 0; g < G; ++g) {
+                    const __m512i wv = t[g].w[per * s + i];
+                    FM_UNROLL_ALL for (int j = 0; j < J; ++j)
+                        raw[g * J + j] = dpbusd_bc(raw[g * J + j], wv, y[j] + 4 + 4 * (per * s + i));
+                }
+            FM_UNROLL_ALL for (int g = 0; g < G; ++g)
+                FM_UNROLL_ALL for (int j = 0; j < J; ++j) {
+                    s1[g * J + j] = _mm512_add_epi32(s1[g * J + j], _mm512_mullo_epi32(raw[g * J + j], t[g].sc[s]));
+                }
+        }
+    }
+    if (kind == FM_VK_Q6K || kind == FM_VK_IQ4XS) /* the code bias, scale x bias x activation sums */
+        FM_UNROLL_ALL for (int p = 0; p < 8; ++p)
+            FM_UNROLL_ALL for (int g = 0; g < G; ++g)
+                FM_UNROLL_ALL for (int j = 0; j < J; ++j) s1[g * J + j] = _mm512_dpwssd_epi32(s1[g * J + j], t[g].pr[p], bc32(y[j] + 260 + 4 * p));
+    if (mins) {
+        FM_UNROLL_ALL for (int q = 0; q < G * J; ++q) s2[q] = _mm512_setzero_si512();
+        FM_UNROLL_ALL for (int p = 0; p < 8; ++p)
+            FM_UNROLL_ALL for (int g = 0; g < G; ++g)
+                FM_UNROLL_ALL for (int j = 0; j < J; ++j) s2[g * J + j] = _mm512_dpwssd_epi32(s2[g * J + j], t[g].pr[p], bc32(y[j] + 260 + 4 * p));
+    }
+    if (kind == FM_VK_Q3K) /* s1 = 128 x (sum of the activations) - the dpbusd sum */
+        FM_UNROLL_ALL for (int j = 0; j < J; ++j) {
+            const __m256i b = _mm256_madd_epi16(ld256(y[j] + 260), _mm256_set1_epi16(1));
+            __m128i x = _mm_add_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+            x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+            x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+            const __m512i y128 = _mm512_slli_epi32(_mm512_broadcastd_epi32(x), 7);
+            FM_UNROLL_ALL for (int g = 0; g < G; ++g) s1[g * J + j] = _mm512_sub_epi32(y128, s1[g * J + j]);
+        }
+    /* res = d * s1, res -= dmin * s2 (fused), acc += res * y.d (fused) */
+    FM_UNROLL_ALL for (int j = 0; j < J; ++j) {
+        const __m512 yd = _mm512_set1_ps(f32(y[j]));
+        FM_UNROLL_ALL for (int g = 0; g < G; ++g) {
+            __m512 res = _mm512_mul_ps(t[g].d, _mm512_cvtepi32_ps(s1[g * J + j]));
+            if (mins) res = _mm512_fnmadd_ps(t[g].dm, _mm512_cvtepi32_ps(s2[g * J + j]), res);
+            float *p = o[j] + 16 * g;
+            const __mmask16 m = g == G - 1 ? mask : (__mmask16)0xFFFF;
+            if (m == 0xFFFF) {
+                const __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(p);
+                _mm512_storeu_ps(p, _mm512_fmadd_ps(res, yd, acc));
+            } else {
+                const __m512 acc = first ? _mm512_setzero_ps() : load_m(m, p);
+                store_m(p, m, _mm512_fmadd_ps(res, yd, acc));
+            }
+        }
+    }
+}
+
+/* the product of one expert's rows and activation rows, dst[j * ds + r] (see fm_kernel_matmul) */
+FM_INLINE void vnni_mm(const int kind, int n, const void *w, size_t ws, int n_rows, const void *act, size_t as,
+                       int n_act, float *dst, size_t ds) {
+    const size_t bs = kind == FM_VK_Q2K ? 84 : kind == FM_VK_Q3K ? 110 : kind == FM_VK_Q4K ? 144 : kind == FM_VK_Q5K ? 176
+                      : kind == FM_VK_Q6K ? 210 : 136;
+    const int nb = n / 256;
+    if (n_rows <= 0 || n_act <= 0 || nb <= 0) return;
+    const uint8_t *wp = (const uint8_t *)w, *ap = (const uint8_t *)act;
+    /* activation rows per pass over the weight rows: those stay in L2 (each weight block is decoded once per pass) */
+    int jc = (int)((384u << 10) / ((size_t)nb * 292));
+    if (jc < 4 * FM_VJ) jc = 4 * FM_VJ;
+    fm_vgrp t[2];
+    for (int j0 = 0; j0 < n_act; j0 += jc) {
+        const int j1 = n_act - j0 < jc ? n_act : j0 + jc;
+        for (int r0 = 0; r0 < n_rows; r0 += 16 * FM_VG) {
+            const int nr = n_rows - r0 < 16 * FM_VG ? n_rows - r0 : 16 * FM_VG, G = nr > 16 ? 2 : 1;
+            const int last = nr - 16 * (G - 1); /* valid rows of the last group */
+            const __mmask16 mask = (__mmask16)(last == 16 ? 0xFFFF : (1u << last) - 1);
+            const uint8_t *rp[32]; /* rows past the end repeat the last one (their results are not stored) */
+            for (int r = 0; r < 16 * G; ++r) rp[r] = wp + (size_t)(r0 + (r < nr ? r : nr - 1)) * ws;
+            for (int b = 0; b < nb; ++b) {
+                const uint8_t *bp[32];
+                for (int r = 0; r < 16 * G; ++r) bp[r] = rp[r] + (size_t)b * bs;
+                if (b + FM_VPF < nb) /* the rows' block FM_VPF ahead: 32 strided streams outrun the prefetchers */
+                    for (int r = 0; r < 16 * G; ++r)
+                        for (size_t o = 0; o < bs; o += 64) _mm_prefetch((const char *)bp[r] + FM_VPF * bs + o, _MM_HINT_T0);
+                for (int g = 0; g < G; ++g) vdec(kind, bp + 16 * g, &t[g]);
+                for (int j = j0; j < j1;) {
+                    const int left = j1 - j;
+                    /* tiles of FM_VJ rows; the last two share what is left when it is less than two tiles */
+                    const int jj = left <= FM_VJ ? left : left < 2 * FM_VJ ? (left + 1) / 2 : FM_VJ;
+                    const uint8_t *y[FM_VJ];
+                    float *o[FM_VJ];
+                    for (int q = 0; q < jj; ++q) {
+                        y[q] = ap + (size_t)(j + q) * as + (size_t)b * 292;
+                        o[q] = dst + (size_t)(j + q) * ds + r0;
+                    }
+#define FM_VCASE(g_, j_) \
+    case 16 * (g_) + (j_): vnni_tile(kind, g_, j_, t, y, o, b == 0, mask); break;
+#define FM_VCASES(g_) FM_VCASE(g_, 1) FM_VCASE(g_, 2) FM_VCASE(g_, 3) FM_VCASE(g_, 4) FM_VCASES5(g_)
+#if FM_VJ >= 8
+#define FM_VCASES5(g_) FM_VCASE(g_, 5) FM_VCASE(g_, 6) FM_VCASE(g_, 7) FM_VCASE(g_, 8) FM_VCASES9(g_)
+#elif FM_VJ >= 6
+#define FM_VCASES5(g_) FM_VCASE(g_, 5) FM_VCASE(g_, 6)
+#else
+#define FM_VCASES5(g_)
+#endif
+#if FM_VJ >= 12
+#define FM_VCASES9(g_) FM_VCASE(g_, 9) FM_VCASE(g_, 10) FM_VCASE(g_, 11) FM_VCASE(g_, 12)
+#else
+#define FM_VCASES9(g_)
+#endif
+                    switch (16 * G + jj) {
+                        FM_VCASES(1)
+#if FM_VG == 2
+                        FM_VCASES(2)
+#endif
+                    default: break;
+                    }
+#undef FM_VCASE
+                    j += jj;
+                }
+            }
+        }
+    }
+}
+
+#define FM_VNNI_MM(fname, kind)                                                                              \
+    static void fname(int n, const void *w, size_t ws, int n_rows, const void *act, size_t as, int n_act,    \
+                      float *dst, size_t ds) {                                                               \
+        vnni_mm(kind, n, w, ws, n_rows, act, as, n_act, dst, ds);                                            \
+    }
+
+FM_VNNI_MM(mm_q2_K_vnni, FM_VK_Q2K)
+FM_VNNI_MM(mm_q3_K_vnni, FM_VK_Q3K)
+FM_VNNI_MM(mm_q4_K_vnni, FM_VK_Q4K)
+FM_VNNI_MM(mm_q5_K_vnni, FM_VK_Q5K)
+FM_VNNI_MM(mm_q6_K_vnni, FM_VK_Q6K)
+FM_VNNI_MM(mm_iq4_xs_vnni, FM_VK_IQ4XS)
+
+#if !defined(FM_AVX512_SIMDE)
+#if defined(__clang__)
+#pragma clang attribute pop
 #else
 #pragma GCC pop_options
 #endif
 #endif
 
-static const fm_kernel k_q4_0 = {"q4_0_avx512", dot_q4_0_avx512, NULL};
-static const fm_kernel k_q4_1 = {"q4_1_avx512", dot_q4_1_avx512, NULL};
-static const fm_kernel k_q8_0 = {"q8_0_avx512", dot_q8_0_avx512, NULL};
-static const fm_kernel k_q2_K = {"q2_K_avx512", dot_q2_K_avx512, dot_q2_K_tiled_avx512};
-static const fm_kernel k_q4_K = {"q4_K_avx512", dot_q4_K_avx512, dot_q4_K_tiled_avx512};
-static const fm_kernel k_q3_K = {"q3_K_avx512", dot_q3_K_avx512, dot_q3_K_tiled_avx512};
-static const fm_kernel k_q5_K = {"q5_K_avx512", dot_q5_K_avx512, dot_q5_K_tiled_avx512};
-static const fm_kernel k_q6_K = {"q6_K_avx512", dot_q6_K_avx512, dot_q6_K_tiled_avx512};
-static const fm_kernel k_iq4_xs = {"iq4_xs_avx512", dot_iq4_xs_avx512, dot_iq4_xs_tiled_avx512};
-static const fm_kernel k_mxfp4 = {"mxfp4_avx512", dot_mxfp4_avx512, NULL};
+static const fm_kernel k_q4_0 = {"q4_0_avx512", dot_q4_0_avx512, NULL, NULL};
+static const fm_kernel k_q4_1 = {"q4_1_avx512", dot_q4_1_avx512, NULL, NULL};
+static const fm_kernel k_q8_0 = {"q8_0_avx512", dot_q8_0_avx512, NULL, NULL};
+static const fm_kernel k_q2_K = {"q2_K_avx512", dot_q2_K_avx512, dot_q2_K_tiled_avx512, NULL};
+static const fm_kernel k_q4_K = {"q4_K_avx512", dot_q4_K_avx512, dot_q4_K_tiled_avx512, NULL};
+static const fm_kernel k_q3_K = {"q3_K_avx512", dot_q3_K_avx512, dot_q3_K_tiled_avx512, NULL};
+static const fm_kernel k_q5_K = {"q5_K_avx512", dot_q5_K_avx512, dot_q5_K_tiled_avx512, NULL};
+static const fm_kernel k_q6_K = {"q6_K_avx512", dot_q6_K_avx512, dot_q6_K_tiled_avx512, NULL};
+static const fm_kernel k_iq4_xs = {"iq4_xs_avx512", dot_iq4_xs_avx512, dot_iq4_xs_tiled_avx512, NULL};
+static const fm_kernel k_mxfp4 = {"mxfp4_avx512", dot_mxfp4_avx512, NULL, NULL};
+/* with VNNI: the same dot and dot_tiled, and the whole tiled product in mm_tiled */
+static const fm_kernel k_q2_K_vnni = {"q2_K_avx512vnni", dot_q2_K_avx512, dot_q2_K_tiled_avx512, mm_q2_K_vnni};
+static const fm_kernel k_q4_K_vnni = {"q4_K_avx512vnni", dot_q4_K_avx512, dot_q4_K_tiled_avx512, mm_q4_K_vnni};
+static const fm_kernel k_q3_K_vnni = {"q3_K_avx512vnni", dot_q3_K_avx512, dot_q3_K_tiled_avx512, mm_q3_K_vnni};
+static const fm_kernel k_q5_K_vnni = {"q5_K_avx512vnni", dot_q5_K_avx512, dot_q5_K_tiled_avx512, mm_q5_K_vnni};
+static const fm_kernel k_q6_K_vnni = {"q6_K_avx512vnni", dot_q6_K_avx512, dot_q6_K_tiled_avx512, mm_q6_K_vnni};
+static const fm_kernel k_iq4_xs_vnni = {"iq4_xs_avx512vnni", dot_iq4_xs_avx512, dot_iq4_xs_tiled_avx512, mm_iq4_xs_vnni};
 
-const fm_kernel *fm_kernel_get_avx512(int type) {
+const fm_kernel *fm_kernel_get_avx512(int type, int vnni) {
     switch (type) {
     case FM_TYPE_Q4_0: return &k_q4_0;
     case FM_TYPE_Q4_1: return &k_q4_1;
     case FM_TYPE_Q8_0: return &k_q8_0;
-    case FM_TYPE_Q2_K: return &k_q2_K;
-    case FM_TYPE_Q4_K: return &k_q4_K;
-    case FM_TYPE_Q3_K: return &k_q3_K;
-    case FM_TYPE_Q5_K: return &k_q5_K;
-    case FM_TYPE_Q6_K: return &k_q6_K;
-    case FM_TYPE_IQ4_XS: return &k_iq4_xs;
+    case FM_TYPE_Q2_K: return vnni ? &k_q2_K_vnni : &k_q2_K;
+    case FM_TYPE_Q4_K: return vnni ? &k_q4_K_vnni : &k_q4_K;
+    case FM_TYPE_Q3_K: return vnni ? &k_q3_K_vnni : &k_q3_K;
+    case FM_TYPE_Q5_K: return vnni ? &k_q5_K_vnni : &k_q5_K;
+    case FM_TYPE_Q6_K: return vnni ? &k_q6_K_vnni : &k_q6_K;
+    case FM_TYPE_IQ4_XS: return vnni ? &k_iq4_xs_vnni : &k_iq4_xs;
     case FM_TYPE_MXFP4: return &k_mxfp4;
     default: return NULL;
     }
@@ -864,8 +1361,8 @@ const fm_kernel *fm_kernel_get_avx512(int type) {
 
 #else /* not x86 with GCC or Clang */
 
-const fm_kernel *fm_kernel_get_avx512(int type) {
-    (void)type;
+const fm_kernel *fm_kernel_get_avx512(int type, int vnni) {
+    (void)type, (void)vnni;
     return NULL;
 }
 

@@ -56,9 +56,12 @@ GGML_ERROR_BOUND = 1e-6   # ggml's own float error against the exact value, rela
 KERNEL_CDEF = """
 typedef void (*fm_dot_fn)(int n, const void *w, const void *act, size_t act_stride, int n_act, float *s,
                           size_t s_stride);
-typedef struct { const char *name; fm_dot_fn dot; fm_dot_fn dot_tiled; } fm_kernel;
+typedef void (*fm_mm_fn)(int n, const void *w, size_t w_stride, int n_rows, const void *act, size_t act_stride,
+                         int n_act, float *dst, size_t dst_stride);
+typedef struct { const char *name; fm_dot_fn dot; fm_dot_fn dot_tiled; fm_mm_fn mm_tiled; } fm_kernel;
 const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 int fm_kernel_best_isa(void);
+int fm_kernel_has_vnni(void);
 int fm_kernel_vec_dot_type(int ggml_type);
 int fm_kernel_block_size(int ggml_type);
 int fm_kernel_n_multiple(int ggml_type);
@@ -69,7 +72,7 @@ void fm_kernel_matmul(const fm_kernel *k, int type, int tiled, int n, const void
                       const void *act, size_t act_stride, int n_act, float *dst, size_t dst_stride);
 """
 EMULATED_CDEF = KERNEL_CDEF.split("const fm_kernel *fm_kernel_get(")[0] + \
-    "const fm_kernel *fm_kernel_get_avx512(int ggml_type);\nvoid fm_kernels_init(void);\n"
+    "const fm_kernel *fm_kernel_get_avx512(int ggml_type, int vnni);\nvoid fm_kernels_init(void);\n"
 
 COMPILE_ARGS = ["-std=c11", "-O2", "-ffp-contract=off", "-Wall", "-Wextra"]
 
@@ -423,24 +426,30 @@ def ggml():
         pytest.skip(f"ggml CPU library not usable: {exc}")
 
 
-def kernels_under_test(kern, emulated, gtype: int):
+def kernels_under_test(kern, emulated, gtype: int, whole: bool = False):
     """(label, kernel struct, module) for every instruction set this machine can run, and the AVX-512 kernels
     through SIMDe (so that AVX2-only machines test them too, and AVX-512 machines test the emulated build
-    that AVX2-only machines use for the runtime tests)."""
+    that AVX2-only machines use for the runtime tests). On a CPU with AVX512_VNNI the native "avx512" kernels
+    are the VNNI ones (fm_kernel_get). `whole`: also the emulated VNNI kernel where it differs from the plain
+    AVX-512 one, which is only in mm_tiled (its dot and dot_tiled are the same functions, tested as
+    "avx512-emulated"): for the tests of whole products (fm_kernel_matmul, mm_tiled)."""
     out = []
     for isa in (1, 2, 3):
         k = kern.lib.fm_kernel_get(gtype, isa)
         if k != kern.ffi.NULL:
             out.append((ISA_NAMES[isa], k, kern))
     if emulated is not None:
-        k = emulated.lib.fm_kernel_get_avx512(gtype)
+        k = emulated.lib.fm_kernel_get_avx512(gtype, 0)
         if k != emulated.ffi.NULL:
             out.append(("avx512-emulated", k, emulated))
+        kv = emulated.lib.fm_kernel_get_avx512(gtype, 1)
+        if whole and kv != emulated.ffi.NULL and kv.mm_tiled != emulated.ffi.NULL:
+            out.append(("avx512vnni-emulated", kv, emulated))
     return out
 
 
-def expected_kernel_labels(emulated) -> list[str] | None:
-    """the labels kernels_under_test must give for every type on this machine (None off x86 Linux)"""
+def expected_kernel_labels(emulated, gtype: int, whole: bool = False) -> list[str] | None:
+    """the labels kernels_under_test must give for the type on this machine (None off x86 Linux)"""
     flags = cpu_flags()
     if not flags:
         return None
@@ -449,17 +458,32 @@ def expected_kernel_labels(emulated) -> list[str] | None:
         want.append("avx2")
         if {"avx512f", "avx512bw", "avx512vl"} <= flags:
             want.append("avx512")
-    return want + (["avx512-emulated"] if emulated is not None else [])
+    if emulated is not None:
+        want.append("avx512-emulated")
+        if whole and gtype in TILED_TYPES:
+            want.append("avx512vnni-emulated")
+    return want
 
 
-def required_kernels(kern, emulated, gtype: int):
+def required_kernels(kern, emulated, gtype: int, whole: bool = False):
     """kernels_under_test, failing (not passing vacuously) where the type lacks a kernel this machine runs"""
-    kernels = kernels_under_test(kern, emulated, gtype)
+    kernels = kernels_under_test(kern, emulated, gtype, whole)
     labels = [lbl for lbl, _, _ in kernels]
-    want = expected_kernel_labels(emulated)
+    want = expected_kernel_labels(emulated, gtype, whole)
     assert labels and labels[0] == "scalar", f"no scalar kernel for {TYPE_NAMES[gtype]} (fm_kernel_get)"
     assert want is None or labels == want, f"{TYPE_NAMES[gtype]}: kernels {labels}, want {want}"
     return kernels
+
+
+def mm_kernels(kern, emulated, gtype: int):
+    """the kernels with a matrix-level tiled product (mm_tiled) this machine runs: the AVX-512 VNNI ones, native
+    where the CPU has AVX512_VNNI, and emulated (SIMDe); failing where one of them is missing"""
+    out = [(lbl, k, mod) for lbl, k, mod in kernels_under_test(kern, emulated, gtype, whole=True)
+           if k.mm_tiled != mod.ffi.NULL]
+    want = (["avx512"] if kern.lib.fm_kernel_best_isa() >= 3 and kern.lib.fm_kernel_has_vnni() else []) + \
+        (["avx512vnni-emulated"] if emulated is not None else [])
+    assert [lbl for lbl, _, _ in out] == want, (TYPE_NAMES[gtype], [lbl for lbl, _, _ in out], want)
+    return out
 
 
 _cases = {}
@@ -733,7 +757,7 @@ def test_matmul_as_the_runtime_feeds_it(kern, emulated, ggml, mmid, gtype):
             ids = np.stack([rng.choice(n_exp, n_used, replace=False) for _ in range(n_tok)]).astype(np.int32)
         ref = mmid(gtype, n, wq, x[:, None, :], ids)                       # [n_tok, n_used, rows]
         aq = ggml.quantize_activations(gtype, x)
-        for label, k, mod in required_kernels(kern, emulated, gtype):
+        for label, k, mod in required_kernels(kern, emulated, gtype, whole=True):
             got = np.full((n_tok, n_used, rows), np.nan, np.float32)
             for e in range(n_exp):
                 pairs = [(t, j) for t in range(n_tok) for j in range(n_used) if ids[t, j] == e]
@@ -785,6 +809,103 @@ def test_matmul_is_dot_tiled(kern, ggml, gtype):
             assert np.all(dst[:, n_rows:] == -1.0)
 
 
+def run_mm(mod, k, n: int, wq: np.ndarray, aq: np.ndarray, *, w_off: int = 0, w_pad: int = 0, a_off: int = 0,
+           a_pad: int = 0, d_off: int = 0, d_pad: int = 0) -> np.ndarray:
+    """k.mm_tiled on weight rows wq [n_rows, row bytes] and activation rows aq [n_act, row bytes], each in its own
+    buffer at an offset (unaligned) with padded strides (the padding filled with junk); returns float32
+    [n_act, n_rows], after checking that nothing outside dst[j * d_stride + r] was written"""
+    ffi = mod.ffi
+    n_rows, n_act = wq.shape[0], aq.shape[0]
+    ws, as_, ds = wq.shape[1] + w_pad, aq.shape[1] + a_pad, n_rows + d_pad
+    wbuf = np.full(w_off + ws * n_rows + 64, 0xA5, np.uint8)
+    wbuf[w_off: w_off + ws * n_rows].reshape(n_rows, ws)[:, :wq.shape[1]] = wq
+    abuf = np.full(a_off + as_ * n_act + 64, 0x5A, np.uint8)
+    abuf[a_off: a_off + as_ * n_act].reshape(n_act, as_)[:, :aq.shape[1]] = aq
+    sentinel = np.float32(-12345.0)
+    out = np.full(d_off + ds * n_act + 16, sentinel, np.float32)
+    k.mm_tiled(n, ffi.from_buffer("char[]", wbuf) + w_off, ws, n_rows, ffi.from_buffer("char[]", abuf) + a_off, as_,
+               n_act, ffi.from_buffer("float[]", out) + d_off, ds)
+    res = out[d_off: d_off + ds * n_act].reshape(n_act, ds)
+    assert np.all(out[:d_off] == sentinel) and np.all(out[d_off + ds * n_act:] == sentinel)
+    assert np.all(res[:, n_rows:] == sentinel), "mm_tiled wrote outside dst[j * d_stride + r]"
+    return res[:, :n_rows].copy()
+
+
+def dot_tiled_matrix(kern, n: int, wq: np.ndarray, aq: np.ndarray) -> np.ndarray:
+    """the scalar dot_tiled (the specification) for every pair: float32 [n_act, n_rows]"""
+    ffi = kern.ffi
+    k = kern.lib.fm_kernel_get(int(_mm_type[0]), 1)
+    out = np.empty((aq.shape[0], wq.shape[0]), np.float32)
+    pa = ffi.from_buffer("char[]", aq)
+    col = np.empty(aq.shape[0], np.float32)
+    for r in range(wq.shape[0]):
+        k.dot_tiled(n, ffi.from_buffer("char[]", wq[r]), pa, aq.shape[1], aq.shape[0], ffi.from_buffer("float[]", col), 1)
+        out[:, r] = col
+    return out
+
+
+_mm_type = [0]
+
+# (n, weight rows, activation rows): rows around and past the 16- and 32-row tiles, activation rows around the
+# 6-row register tiles, 1..7 (GGML_CPU_TILED_MM_FORCE) and past a pass of activation rows (8192: 42 rows a pass)
+MM_SHAPES = [(256, 1, 1), (256, 5, 8), (512, 16, 8), (512, 17, 9), (256, 31, 13), (512, 32, 12), (256, 33, 7),
+             (768, 48, 25), (512, 61, 19), (256, 100, 64), (512, 300, 11), (256, 8, 300), (2304, 40, 33),
+             (8192, 20, 100), (256, 3, 2), (512, 47, 6)]
+
+
+@pytest.mark.parametrize("gtype", TILED_TYPES, ids=[TYPE_NAMES[t] for t in TILED_TYPES])
+def test_mm_tiled_is_dot_tiled(kern, emulated, ggml, gtype):
+    """mm_tiled gives bitwise the scalar dot_tiled's result for every (weight row, activation row) pair, for
+    1..300 weight rows and 1..300 activation rows (not multiples of the kernel's tiles too), weight rows of random
+    bytes (every bit pattern of values, scales and mins) and of quantized data, unaligned buffers and padded
+    strides, and writes nothing else"""
+    kernels = mm_kernels(kern, emulated, gtype)
+    if not kernels:
+        pytest.skip("no mm_tiled on this machine (no AVX512_VNNI, no SIMDe)")
+    _mm_type[0] = gtype
+    rng = np.random.default_rng(40 + gtype)
+    for i, (n, n_rows, n_act) in enumerate(MM_SHAPES):
+        wq = random_blocks(rng, gtype, n_rows, n)
+        quant = ggml.quantize_weights(gtype, np.concatenate([weight_rows(rng, n) for _ in range(n_rows // 9 + 1)]))
+        wq[1::2] = quant[: n_rows // 2]
+        a = np.concatenate([activation_rows(rng, n, 10) for _ in range(n_act // 10 + 1)])[:n_act]
+        aq = ggml.quantize_activations(gtype, a)
+        want = dot_tiled_matrix(kern, n, wq, aq)
+        layout = dict(w_off=i % 5, w_pad=(0, 3, 17)[i % 3], a_off=(0, 1, 5)[i % 3], a_pad=(0, 7, 64)[(i + 1) % 3],
+                      d_off=i % 3, d_pad=(0, 5)[i % 2])
+        for label, k, mod in kernels:
+            got = run_mm(mod, k, n, wq, aq, **layout)
+            bad = np.argwhere(got.view(np.uint32) != want.view(np.uint32))
+            assert len(bad) == 0, (f"{label} {TYPE_NAMES[gtype]} n={n} rows={n_rows} acts={n_act}: {len(bad)} differ, "
+                                   f"first (act, row) {bad[:3].tolist()}")
+
+
+@pytest.mark.parametrize("gtype", TILED_TYPES, ids=[TYPE_NAMES[t] for t in TILED_TYPES])
+def test_mm_tiled_matches_ggml_mul_mat_id(kern, emulated, ggml, mmid, gtype):
+    """mm_tiled == ggml's MUL_MAT_ID (its tiled path: 8..16 rows narrow, more standard) bitwise, on quantized
+    rows of varied character, on random-byte blocks, and on rows whose every pair has near-maximal block sums
+    (correlated_rows), through fm_kernel_matmul as the runtime calls it"""
+    kernels = mm_kernels(kern, emulated, gtype)
+    if not kernels:
+        pytest.skip("no mm_tiled on this machine (no AVX512_VNNI, no SIMDe)")
+    rng = np.random.default_rng(90 + gtype)
+    n = 2048
+    wq_plain = ggml.quantize_weights(gtype, np.concatenate([weight_rows(rng, n) for _ in range(5)])[:37])
+    a_plain = np.concatenate([activation_rows(rng, n, 10) for _ in range(7)])
+    a_rand, wq_rand, _, _ = random_case(ggml, gtype, n)
+    w_big, a_big = correlated_rows(rng, 512, 16, 20)
+    cases = [("quantized", n, wq_plain, a_plain, (8, 16, 17, 64)),
+             ("random bytes", n, wq_rand, a_rand, (9, 20)),
+             ("large sums", 512, ggml.quantize_weights(gtype, w_big), a_big, (12, 20))]
+    for what, nn, wq, a, n_toks in cases:
+        for n_tok in n_toks:
+            ref = mmid(gtype, nn, wq[None], a[:n_tok, None, :], np.zeros((n_tok, 1), np.int32))[:, 0, :]
+            aq = ggml.quantize_activations(gtype, a[:n_tok])
+            for label, k, mod in kernels:
+                got = run_mm(mod, k, nn, wq, aq, w_off=1, a_off=3, d_off=1, d_pad=2)
+                assert same_bits(got, ref), f"{label} {TYPE_NAMES[gtype]} {what}, {n_tok} rows"
+
+
 def test_ggml_tiled_types(ggml, mmid):
     """Independently of our kernels, the table TILED_TYPES is ggml's: for an expert with >= 8 activation rows
     ggml's MUL_MAT_ID gives other results than vec_dot for the types with a tiled path, and exactly vec_dot's
@@ -804,16 +925,25 @@ def test_ggml_tiled_types(ggml, mmid):
                 assert same_bits(ref, vd), f"{name} {n_tok} rows: MUL_MAT_ID is not vec_dot"
 
 
-def test_tiled_only_for_ggml_tiled_types(kern):
+def test_tiled_only_for_ggml_tiled_types(kern, emulated):
     """ggml's tiled path covers the K-quants and IQ4_XS (and other IQ types), not the 32-value block types
-    (Q4_0, Q4_1, Q8_0, MXFP4): a dot_tiled exists exactly where ggml has one, on every instruction set"""
+    (Q4_0, Q4_1, Q8_0, MXFP4): a dot_tiled exists exactly where ggml has one, on every instruction set, and an
+    mm_tiled only there too (the AVX-512 VNNI kernels). A VNNI kernel is the plain AVX-512 one (the same dot and
+    dot_tiled functions) plus mm_tiled, so a CPU with AVX-512 but without VNNI computes the same."""
     assert set(TILED_TYPES) == set(TYPE_NAMES) - {Q4_0, Q4_1, Q8_0, MXFP4}
     for gtype, name in TYPE_NAMES.items():
         assert kern.lib.fm_kernel_get(gtype, 1) != kern.ffi.NULL, f"no scalar kernel for {name}"
-        for isa in (1, 2, 3):
-            k = kern.lib.fm_kernel_get(gtype, isa)
-            if k != kern.ffi.NULL:
-                assert (k.dot_tiled != kern.ffi.NULL) == (gtype in TILED_TYPES), (name, ISA_NAMES[isa])
+        for label, k, mod in kernels_under_test(kern, emulated, gtype, whole=True):
+            assert (k.dot_tiled != mod.ffi.NULL) == (gtype in TILED_TYPES), (name, label)
+            if k.mm_tiled != mod.ffi.NULL:
+                assert gtype in TILED_TYPES and "avx512" in label, (name, label)
+        if emulated is not None:
+            lib, ffi = emulated.lib, emulated.ffi
+            plain, vnni = lib.fm_kernel_get_avx512(gtype, 0), lib.fm_kernel_get_avx512(gtype, 1)
+            assert plain.mm_tiled == ffi.NULL and ffi.string(plain.name).decode() == f"{name}_avx512"
+            assert vnni.dot == plain.dot and vnni.dot_tiled == plain.dot_tiled
+            assert (vnni.mm_tiled != ffi.NULL) == (gtype in TILED_TYPES)
+            assert ffi.string(vnni.name).decode() == f"{name}_avx512" + ("vnni" if gtype in TILED_TYPES else "")
 
 
 def test_n_act_zero_writes_nothing(kern):
@@ -827,6 +957,10 @@ def test_n_act_zero_writes_nothing(kern):
             w = np.zeros(row_bytes(gtype, n), dtype=np.uint8)
             for fn in (k.dot, k.dot_tiled) if k.dot_tiled != kern.ffi.NULL else (k.dot,):
                 fn(n, kern.ffi.from_buffer("char[]", w), kern.ffi.NULL, 0, 0, kern.ffi.from_buffer("float[]", out), 1)
+            if k.mm_tiled != kern.ffi.NULL:
+                for n_rows, n_act in ((1, 0), (0, 1), (0, 0)):
+                    k.mm_tiled(n, kern.ffi.from_buffer("char[]", w), w.size, n_rows, kern.ffi.NULL, 0, n_act,
+                               kern.ffi.from_buffer("float[]", out), 1)
             assert np.all(out == 7.0)
 
 
@@ -838,10 +972,18 @@ def test_dispatch(kern):
     expect = "avx512" if has_avx512 else "avx2" if has_avx2 else "scalar"
     if flags:  # on x86 Linux
         assert ISA_NAMES[lib.fm_kernel_best_isa()] == expect
+        # VNNI: CPUID 7.0 ECX bit 11, used only with the AVX-512 kernels
+        assert lib.fm_kernel_has_vnni() == int(has_avx512 and "avx512_vnni" in flags)
+    vnni = lib.fm_kernel_best_isa() >= 3 and lib.fm_kernel_has_vnni()
     for gtype, name in TYPE_NAMES.items():
         best = lib.fm_kernel_get(gtype, 0)
         assert best != ffi.NULL, f"no kernel for {name}"
-        assert ffi.string(best.name).decode() == f"{name}_{ISA_NAMES[lib.fm_kernel_best_isa()]}"
+        # the VNNI kernels (tiled types) say so in their name
+        isa_name = ISA_NAMES[lib.fm_kernel_best_isa()] + ("vnni" if vnni and gtype in TILED_TYPES else "")
+        assert ffi.string(best.name).decode() == f"{name}_{isa_name}"
+        assert (best.mm_tiled != ffi.NULL) == (vnni and gtype in TILED_TYPES)
+        if lib.fm_kernel_best_isa() >= 3:
+            assert lib.fm_kernel_get(gtype, 3) == best
         assert ffi.string(lib.fm_kernel_get(gtype, 1).name).decode() == f"{name}_scalar"
         assert (lib.fm_kernel_get(gtype, 2) != ffi.NULL) == (lib.fm_kernel_best_isa() >= 2)
         assert (lib.fm_kernel_get(gtype, 3) != ffi.NULL) == (lib.fm_kernel_best_isa() >= 3)

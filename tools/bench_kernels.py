@@ -99,6 +99,7 @@ double bench_ggml(void *vec_dot_ptr, int n, int rows, const uint8_t *W, size_t e
 """
 
 BENCH_CDEF = """
+const fm_kernel *fm_kernel_get_avx512(int ggml_type, int vnni);
 double bench_ours(const fm_kernel *k, int type, int n, int rows, const uint8_t *W, size_t expert_bytes, size_t rb,
                   const int *experts, const int *off, const int *tok, int n_steps, int per_step,
                   const uint8_t *act, size_t act_stride, uint8_t *gather, float *out, float *tmp);
@@ -215,8 +216,13 @@ def main() -> int:
         vec_dot = int(ggml.ffi.cast("uintptr_t", ggml.traits(gtype).vec_dot))
         out = np.zeros(max_batch * ROWS, np.float32)
         tmp = np.zeros(max_batch * ROWS, np.float32)
-        kernels = [(ISA_NAMES[i], lib.fm_kernel_get(gtype, i)) for i in (1, 2, 3)]
-        kernels = [(nm, k) for nm, k in kernels if k != ffi.NULL and not (args.no_scalar and nm == "scalar")]
+        kernels = [lib.fm_kernel_get(gtype, i) for i in (1, 2, 3)]
+        if lib.fm_kernel_best_isa() >= 3 and lib.fm_kernel_has_vnni():  # the AVX-512 kernels without VNNI too
+            kernels.insert(2, lib.fm_kernel_get_avx512(gtype, 0))
+        # labelled by the name's last part: its instruction set (avx512vnni: AVX-512 with VNNI)
+        kernels = [(ffi.string(k.name).decode().rsplit("_", 1)[-1], k) for k in kernels if k != ffi.NULL]
+        kernels = [(nm, k) for i, (nm, k) in enumerate(kernels)
+                   if nm not in [m for m, _ in kernels[:i]] and not (args.no_scalar and nm == "scalar")]
         best = lib.fm_kernel_get(gtype, 0)  # the kernel the runtime picks: its name ends in its instruction set
         best_label = ffi.string(best.name).decode().rsplit("_", 1)[-1] if best != ffi.NULL else None
         mmid = MulMatIdBench(ggml, gtype, W, ROWS, n, act_f32) if args.mul_mat_id else None
