@@ -24,6 +24,8 @@ def experts_only_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import gguf
     path = tmp_path_factory.mktemp("policy") / "experts.gguf"
     w = gguf.GGUFWriter(str(path), "qwen3moe")
+    w.add_expert_count(EXPERTS)      # as every MoE GGUF has them (the model reader checks them)
+    w.add_expert_used_count(K)
     rng = np.random.default_rng(0)
     for layer in range(LAYERS):
         for kind in KINDS:
