@@ -39,6 +39,7 @@ class ConversionReport:
     fallbacks: list[str] = field(default_factory=list)
     transcoded_experts: int = 0
     transcode_max_error: float = 0.0
+    mxfp4_experts: int = 0
     requantized_experts: int = 0
     requant_rms_error: float = 0.0
 
@@ -51,6 +52,8 @@ class ConversionReport:
         if self.transcoded_experts:
             lines.append(f"transcoded {self.transcoded_experts} MLX 4-bit experts to Q4_1 directly "
                          f"(max |error| {self.transcode_max_error:.3g})")
+        if self.mxfp4_experts:
+            lines.append(f"copied {self.mxfp4_experts} MXFP4 experts into ggml's MXFP4 blocks bit for bit")
         if self.requantized_experts:
             lines.append(f"re-quantized {self.requantized_experts} MLX experts to {self.expert_type} (no exact "
                          f"mapping): worst RMS error {self.requant_rms_error:.3%} of the MLX weights' RMS")
@@ -103,7 +106,8 @@ def convert(src: str | Path, output: str | Path, *, experts: str | T | None = No
             revision: str | None = None) -> ConversionReport:
     """Convert SRC (a model directory or a Hugging Face repo id) into a streaming GGUF at OUTPUT.
 
-    experts: routed experts' type (default Q4_K; Q4_1 for an MLX 4-bit checkpoint, an exact transcode), or one of
+    experts: routed experts' type (default Q4_K; Q4_1 for an MLX 4-bit checkpoint and MXFP4 for MXFP4 experts
+    (GPT-OSS), exact transcodes), or one of
     llama.cpp's mixes Q3_K_M, Q4_K_M, Q5_K_M (per-layer expert types as llama-quantize chooses them, mixes.py);
     dense: attention, shared experts, embeddings, output (default Q8_0); router: routers and shared-expert
     gates (F32, F16 or BF16); align: general.alignment, a power of two (default 16 KiB).
@@ -141,9 +145,11 @@ def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path
     ggml = Ggml.load()
     arch = arch_cls(config, weights)
     specs = arch.specs()
-    if experts_t is None:
-        mlx4 = all(s.load_expert_mlx is not None for s in specs if s.is_expert) and weights.mlx_bits == 4
-        experts_t = T.Q4_1 if mlx4 else T.Q4_K
+    if experts_t is None:   # an exact copy where the checkpoint's experts have one, else Q4_K
+        expert_specs = [s for s in specs if s.is_expert]
+        mlx4 = all(s.load_expert_mlx is not None for s in expert_specs) and weights.mlx_bits == 4
+        mxfp4 = bool(expert_specs) and all(s.load_expert_mxfp4 is not None for s in expert_specs)
+        experts_t = T.Q4_1 if mlx4 else T.MXFP4 if mxfp4 else T.Q4_K
     mix = parse_mix(experts) if isinstance(experts, str) else None
     recipe = Recipe(experts=experts_t, dense=dense_t, router=router_t, mix=mix, n_layer=arch.n_layers)
     experts_name = mix.name if mix else experts_t.name
@@ -177,7 +183,7 @@ def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path
             bar.close()
     return ConversionReport(output, arch.arch_name, stats.tensors, bytes_in, stats.bytes_out,
                             stats.seconds, _peak_rss(), experts_name, list(recipe.fallbacks) + arch.notes,
-                            stats.transcoded_experts, stats.transcode_max_error,
+                            stats.transcoded_experts, stats.transcode_max_error, stats.mxfp4_experts,
                             stats.requantized_experts, stats.requant_rms_error)
 
 

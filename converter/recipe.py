@@ -16,7 +16,7 @@ from .errors import RecipeError
 from .mixes import ExpertMix
 
 SUPPORTED_TYPES: tuple[T, ...] = (T.F32, T.F16, T.BF16, T.Q8_0, T.Q6_K, T.Q5_K, T.Q5_0, T.Q5_1, T.Q4_K,
-                                  T.Q4_1, T.Q4_0, T.Q3_K, T.Q2_K)
+                                  T.Q4_1, T.Q4_0, T.Q3_K, T.Q2_K, T.MXFP4)
 ROUTER_TYPES: tuple[T, ...] = (T.F32, T.F16, T.BF16)
 # When a row length is not a multiple of the chosen type's block size (e.g. 576-wide MLA tensors for a
 # K-quant), the tensor gets the first type of this chain that fits; the conversion summary lists each case.

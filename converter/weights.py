@@ -1,5 +1,6 @@
 """Logical float weights over a checkpoint, whatever their storage: bf16/fp16/fp32, FP8 with block scales
-(`weight_scale_inv`, DeepSeek-V3 and Qwen FP8 releases) or MLX affine 4/8-bit (`scales`, `biases`).
+(`weight_scale_inv`, DeepSeek-V3 and Qwen FP8 releases), MLX affine 4/8-bit (`scales`, `biases`) or MXFP4
+(`X_blocks` + `X_scales`, GPT-OSS: one logical tensor `X`).
 
 Every accessor can take an index on the first axis, so a stacked expert tensor is read one expert at a time.
 """
@@ -15,6 +16,28 @@ from .checkpoint import FLOAT_DTYPES, Checkpoint, decode_float
 from .errors import CheckpointError
 
 _AUX_SUFFIXES = (".scales", ".biases", ".weight_scale_inv", ".weight_scale", ".input_scale")
+_MXFP4_BLOCKS, _MXFP4_SCALES = "_blocks", "_scales"
+
+
+@dataclass(frozen=True)
+class Mxfp4Quant:
+    """MXFP4 (OCP microscaling FP4) of one matrix or a stack, as GPT-OSS stores it: per 32 consecutive weights of a
+    row, one E8M0 scale byte and 16 bytes of E2M1 codes, element 2k in the low nibble of byte k, 2k+1 in the high."""
+    blocks: np.ndarray   # uint8 [..., rows, groups, 16]
+    scales: np.ndarray   # uint8 [..., rows, groups]
+
+
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+                      dtype=np.float32)
+
+
+def dequantize_mxfp4(m: Mxfp4Quant) -> np.ndarray:
+    """float32 [..., rows, groups * 32]: code value x 2^(scale - 127)"""
+    codes = np.empty((*m.blocks.shape[:-1], 32), dtype=np.uint8)
+    codes[..., 0::2] = m.blocks & 0x0F
+    codes[..., 1::2] = m.blocks >> 4
+    vals = np.ldexp(FP4_VALUES[codes], m.scales.astype(np.int32)[..., None] - 127)
+    return vals.reshape(*m.blocks.shape[:-2], m.blocks.shape[-2] * 32).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -60,7 +83,28 @@ class Weights:
 
     # -- discovery --------------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        return [n for n in self.ckpt.names() if not (n.endswith(_AUX_SUFFIXES) and self._is_aux(n))]
+        out = []
+        for n in self.ckpt.names():
+            if n.endswith(_AUX_SUFFIXES) and self._is_aux(n):
+                continue
+            if n.endswith(_MXFP4_SCALES) and self._mxfp4_pair(n[: -len(_MXFP4_SCALES)]):
+                continue
+            if n.endswith(_MXFP4_BLOCKS) and self._mxfp4_pair(n[: -len(_MXFP4_BLOCKS)]):
+                n = n[: -len(_MXFP4_BLOCKS)]
+            out.append(n)
+        return out
+
+    def _mxfp4_pair(self, base: str) -> bool:
+        """`base_blocks` (uint8 [..., groups, 16]) and `base_scales` (uint8 [..., groups]) are one MXFP4 tensor"""
+        b, s = base + _MXFP4_BLOCKS, base + _MXFP4_SCALES
+        if b not in self.ckpt or s not in self.ckpt or base in self.ckpt:
+            return False
+        eb, es = self.ckpt.entry(b), self.ckpt.entry(s)
+        return (eb.dtype == es.dtype == "U8" and len(eb.shape) >= 2 and eb.shape[-1] == 16
+                and es.shape == eb.shape[:-1])
+
+    def is_mxfp4(self, name: str) -> bool:
+        return name not in self.ckpt and self._mxfp4_pair(name)
 
     def _is_aux(self, name: str) -> bool:
         for suf in _AUX_SUFFIXES:
@@ -69,13 +113,16 @@ class Weights:
         return False
 
     def __contains__(self, name: str) -> bool:
-        return name in self.ckpt
+        return name in self.ckpt or self.is_mxfp4(name)
 
     def is_mlx_quantized(self, name: str) -> bool:
         base = name[: -len(".weight")] if name.endswith(".weight") else name
-        return self.ckpt.entry(name).dtype == "U32" and f"{base}.scales" in self.ckpt
+        return name in self.ckpt and self.ckpt.entry(name).dtype == "U32" and f"{base}.scales" in self.ckpt
 
     def shape(self, name: str) -> tuple[int, ...]:
+        if self.is_mxfp4(name):
+            b = self.ckpt.entry(name + _MXFP4_BLOCKS).shape
+            return (*b[:-2], b[-2] * 32)
         e = self.ckpt.entry(name)
         if self.is_mlx_quantized(name):
             bits = self._mlx_bits_of(name)
@@ -83,6 +130,8 @@ class Weights:
         return e.shape
 
     def source_dtype(self, name: str) -> str:
+        if self.is_mxfp4(name):
+            return "MXFP4"
         if self.is_mlx_quantized(name):
             return f"MLX{self._mlx_bits_of(name)}"
         return self.ckpt.entry(name).dtype
@@ -112,6 +161,12 @@ class Weights:
                                   f"do not match weight {q.shape}")
         return MlxQuant(q, scales, biases, bits, group)
 
+    def mxfp4(self, name: str, index: int | None = None) -> Mxfp4Quant:
+        """An MXFP4 tensor's blocks and scales as stored (its `index`-th slice along the first axis)."""
+        if not self.is_mxfp4(name):
+            raise CheckpointError(f"{name}: not an MXFP4 tensor ({name}{_MXFP4_BLOCKS} + {name}{_MXFP4_SCALES})")
+        return Mxfp4Quant(self.ckpt.raw(name + _MXFP4_BLOCKS, index), self.ckpt.raw(name + _MXFP4_SCALES, index))
+
     def _float_raw(self, name: str, index: int | None, rows: tuple[int, int] | None = None) -> np.ndarray:
         e = self.ckpt.entry(name)
         if e.dtype not in FLOAT_DTYPES + ("F8_E4M3", "F8_E5M2"):
@@ -120,6 +175,8 @@ class Weights:
 
     def get_rows(self, name: str, r0: int, r1: int) -> np.ndarray:
         """Rows [r0, r1) of a matrix as float32, reading only those rows where the storage allows it."""
+        if self.is_mxfp4(name):
+            return self.get(name)[r0:r1]
         e = self.ckpt.entry(name)
         if e.dtype in FLOAT_DTYPES and not self.is_mlx_quantized(name):
             return np.ascontiguousarray(self._float_raw(name, None, (r0, r1)), dtype=np.float32)
@@ -127,6 +184,8 @@ class Weights:
 
     def get(self, name: str, index: int | None = None) -> np.ndarray:
         """The tensor (or its `index`-th slice along axis 0) as a float32 array."""
+        if self.is_mxfp4(name):
+            return dequantize_mxfp4(self.mxfp4(name, index))
         e = self.ckpt.entry(name)
         if self.is_mlx_quantized(name):
             return dequantize_mlx(self.mlx(name, index))

@@ -27,7 +27,7 @@ from flashmoe_gguf.layout import FORMAT_VERSION, IndexEntry, StreamingLayout
 from .archs.base import TensorSpec
 from .errors import ConversionError
 from .recipe import Recipe, tensor_nbytes
-from .transcode import transcode_q4_1
+from .transcode import transcode_mxfp4, transcode_q4_1
 
 
 @dataclass
@@ -45,6 +45,7 @@ class WriteStats:
     tensors: int = 0
     transcoded_experts: int = 0
     transcode_max_error: float = 0.0
+    mxfp4_experts: int = 0                # MXFP4 experts copied into ggml's MXFP4 blocks bit for bit
     requantized_experts: int = 0          # MLX experts that had no exact mapping to the chosen type
     requant_rms_error: float = 0.0        # worst per-expert RMS error / RMS of the MLX weights
     fallbacks: list[str] = field(default_factory=list)
@@ -233,6 +234,13 @@ class StreamingWriter:
     def _encode_expert(self, p: PlannedTensor, i: int, stats: WriteStats) -> np.ndarray:
         s = p.spec
         assert s.load_expert is not None
+        if p.gtype == T.MXFP4 and s.load_expert_mxfp4 is not None:
+            data = transcode_mxfp4(s.load_expert_mxfp4(i))
+            if data.shape != (s.shape[1], s.shape[2] // 32 * 17):
+                raise ConversionError(f"{s.name}: MXFP4 expert {i} has shape {list(data.shape)}")
+            with self._lock:
+                stats.mxfp4_experts += 1
+            return data.reshape(-1)
         if p.gtype == T.Q4_1 and s.load_expert_mlx is not None:
             m = s.load_expert_mlx(i)
             if m.bits == 4 and m.group % 32 == 0:

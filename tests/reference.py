@@ -15,10 +15,17 @@ GGML_TYPE_F32 = 0
 
 
 def hf_model(model_dir: Path):  # type: ignore[no-untyped-def]
+    import json
+
     import torch
     from transformers import AutoModelForCausalLM
     torch.manual_seed(0)
-    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    kw = {}
+    quant = json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config") or {}
+    if quant.get("quant_method") == "mxfp4":   # GPT-OSS's MXFP4 experts: dequantized to float32 on load (CPU)
+        from transformers import Mxfp4Config
+        kw["quantization_config"] = Mxfp4Config(dequantize=True)
+    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **kw)
     m.eval()
     return m
 

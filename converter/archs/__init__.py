@@ -13,8 +13,10 @@ from .qwen3_moe import Qwen3Moe
 from .qwen3_5_moe import Qwen35Moe
 from .deepseek_v2 import DeepseekV2
 from .deepseek_v3 import DeepseekV3
+from .gpt_oss import GptOss
 
-ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe, DeepseekV2, DeepseekV3, Qwen35Moe)
+ARCHITECTURES: tuple[type[MoeArch], ...] = (Qwen3Moe, Qwen2Moe, Mixtral, Olmoe, DeepseekV2, DeepseekV3, Qwen35Moe,
+                                               GptOss)
 
 
 def supported() -> list[tuple[str, str]]:

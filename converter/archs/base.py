@@ -26,7 +26,7 @@ from flashmoe_gguf.experts import FUSED_GATE_UP_ARCHS, expert_tensor_name, parse
 
 from ..errors import CheckpointError, ConversionError
 from ..recipe import Role
-from ..weights import MlxQuant, Weights
+from ..weights import MlxQuant, Mxfp4Quant, Weights
 from .facts import Release, TensorInit, TestModel
 
 Array = np.ndarray
@@ -40,6 +40,7 @@ class TensorSpec:
     load: Callable[[], Array] | None = None     # whole tensor, float32 (non-expert tensors)
     load_expert: Callable[[int], Array] | None = None        # expert i: [rows, cols] float32
     load_expert_mlx: Callable[[int], MlxQuant] | None = None  # expert i, as stored by MLX (for transcoding)
+    load_expert_mxfp4: Callable[[int], Mxfp4Quant] | None = None  # expert i, as stored in MXFP4 (copied as is)
     load_rows: Callable[[int, int], Array] | None = None      # rows [r0, r1) of an untransformed matrix
     expert_kind: str | None = None              # "gate_up", "gate", "up" or "down"
     source: str = ""                            # what it was made from, for messages
