@@ -32,8 +32,8 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_convert_disk_full(small_disk: Path) -> None:
-    from converter import convert
-    from converter.errors import ConversionError
+    from flashmoe_gguf.converter import convert
+    from flashmoe_gguf.converter.errors import ConversionError
     out = small_disk / "m.gguf"
     with pytest.raises(ConversionError, match=f"cannot write {out}: No space left on device"):
         convert(checkpoint("qwen3_moe"), out, experts="Q4_K", align=4096)

@@ -29,7 +29,7 @@ def expert_types(path: Path) -> dict[tuple[int, str], str]:
 @pytest.mark.parametrize("mix", ["Q4_K_M", "Q3_K_M", "Q5_K_M"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mix_is_llama_cpp_quantizer_choice(tmp_path: Path, arch: str, mix: str) -> None:
-    from converter import convert
+    from flashmoe_gguf.converter import convert
     ours = tmp_path / "m.gguf"
     report = convert(checkpoint(arch), ours, experts=mix, dense="Q8_0", align=4096)
     assert report.expert_type == mix
@@ -42,7 +42,7 @@ def test_mix_is_llama_cpp_quantizer_choice(tmp_path: Path, arch: str, mix: str) 
 def test_mix_on_a_real_depth() -> None:
     """At Qwen3-30B-A3B's 48 layers, Q4_K_M gives half the layers Q6_K down experts (layers 0-5, 42-47 and every
     third from 8 to 41), as the hub's Q4_K_M files of it have"""
-    from converter.mixes import MIXES
+    from flashmoe_gguf.converter.mixes import MIXES
     m = MIXES["Q4_K_M"]
     q6 = [i for i in range(48) if m.type_for(f"blk.{i}.ffn_down_exps.weight", 48) == T.Q6_K]
     assert q6 == [*range(6), *range(8, 42, 3), *range(42, 48)]
@@ -50,7 +50,7 @@ def test_mix_on_a_real_depth() -> None:
 
 
 def test_unknown_mix_names_the_choices() -> None:
-    from converter import convert
-    from converter.errors import RecipeError
+    from flashmoe_gguf.converter import convert
+    from flashmoe_gguf.converter.errors import RecipeError
     with pytest.raises(RecipeError, match="Q4_K_M"):
         convert(checkpoint("qwen3_moe"), "/nonexistent/x.gguf", experts="Q4_K_X")
