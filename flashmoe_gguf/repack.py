@@ -188,14 +188,20 @@ def _headers(model: GGUFModel, shards: list[list[OutTensor]], align: int, layout
     return heads
 
 
-def _copy(src_fds: list[int], dst: Any, t: OutTensor, buf: bytearray, progress: Callable[[int], None] | None) -> None:
+def _copy(src_fds: list[int], src_paths: list[Path], dst: Any, t: OutTensor, buf: bytearray,
+          progress: Callable[[int], None] | None) -> None:
     mv = memoryview(buf)
     for file, off, length in t.sources:
         done = 0
         while done < length:
-            n = os.preadv(src_fds[file], [mv[: min(len(buf), length - done)]], off + done)
+            try:
+                n = os.preadv(src_fds[file], [mv[: min(len(buf), length - done)]], off + done)
+            except OSError as exc:       # not the output's error: said apart from the writes' OSErrors
+                raise RepackError(f"cannot read {src_paths[file]}: {exc.strerror or exc} "
+                                  "(nothing was left behind)") from exc
             if n <= 0:
-                raise RepackError(f"input file {file + 1} is shorter than its tensor table says ({t.name})")
+                raise RepackError(f"{src_paths[file]} is shorter than its tensor table says ({t.name}): truncated "
+                                  "while repacking? (nothing was left behind)")
             dst.write(mv[:n])
             done += n
             if progress:
@@ -249,7 +255,7 @@ def repack(src: str | Path, out: str | Path, align: int = DEFAULT_ALIGN, split_m
             with open(tmp, "wb") as f:
                 f.write(head)
                 for t in shard:
-                    _copy(fds, f, t, buf, bar.update if bar else None)
+                    _copy(fds, list(model.paths), f, t, buf, bar.update if bar else None)
                     f.write(b"\0" * (_align(t.nbytes, align) - t.nbytes))
                 f.flush()
                 os.fsync(f.fileno())

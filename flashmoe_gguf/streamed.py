@@ -21,7 +21,7 @@ from .runtime_errors import FlashMoeError
 from .units import parse_size
 
 LOAD_MODE_NONE = 0   # llama.cpp's load mode that reads tensors through the FILE* (no mmap)
-CACHE_POLICIES = ("lfu", "lru", "os")
+CACHE_POLICIES = ("lfu", "lru", "os", "lrfu")
 
 
 def cache_mode(name: str) -> int:
@@ -146,10 +146,11 @@ class StreamedModel:
             raise FlashMoeError(str(exc)) from exc
         counter = self.ffi.new("uint64_t *")
         err = self.ffi.new("char[1024]")
+        read_err = self.ffi.new("char[1024]")     # why a read of the FILE* failed: llama.cpp only says it failed
         paths = [self.ffi.new("char[]", str(p).encode()) for p in self.model.paths]
         segs = self.ffi.new("uint64_t[]", [x for seg in plan.segments for x in seg])
         fp = self.lib.fm_open_segments(self.ffi.new("char *[]", paths), len(paths), plan.blob, len(plan.blob), segs,
-                                       len(plan.segments), counter, err, 1024)
+                                       len(plan.segments), counter, read_err, 1024, err, 1024)
         if fp == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         params.load_mode = LOAD_MODE_NONE
@@ -169,6 +170,8 @@ class StreamedModel:
         if model is not None and rc != 0:
             llama_cpp.llama_cpp.llama_model_free(model)
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        if model is None and read_err[0] != b"\0":
+            raise FlashMoeError(self.ffi.string(read_err).decode(errors="replace"))
         return model
 
     def error(self) -> str | None:

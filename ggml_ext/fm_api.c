@@ -191,15 +191,30 @@ typedef struct {
     int n;
     uint64_t pos, size;
     uint64_t *bytes_read; /* caller's counter */
+    char **paths;         /* owned copies, for read_err */
+    char *read_err;       /* caller's buffer: the first read error, "" while none */
+    size_t read_err_len;
 } seg_file;
 
-static int seg_pread(int fd, char *dst, uint64_t len, uint64_t off) {
+/* [off, off + len) of file src into dst; on failure, -1 with the first failure described in f->read_err (llama.cpp
+   only sees a failed fread, and its message does not reach the user) */
+static int seg_pread(seg_file *f, int src, char *dst, uint64_t len, uint64_t off) {
     uint64_t done = 0;
     while (done < len) {
-        ssize_t n = pread(fd, dst + done, (size_t) (len - done), (off_t) (off + done));
+        ssize_t n = pread(f->fds[src], dst + done, (size_t) (len - done), (off_t) (off + done));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            if (n == 0) errno = EIO; /* the file is shorter than when it was indexed */
+            const int e = errno;
+            if (f->read_err && f->read_err_len && !f->read_err[0]) {
+                if (n == 0)
+                    snprintf(f->read_err, f->read_err_len,
+                             "%s: the file ended at byte %llu while loading (truncated or rewritten on disk?)",
+                             f->paths[src], (unsigned long long) (off + done));
+                else
+                    snprintf(f->read_err, f->read_err_len, "%s: read error while loading (at byte %llu): %s",
+                             f->paths[src], (unsigned long long) (off + done), strerror(e));
+            }
+            errno = n == 0 ? EIO : e; /* n == 0: the file is shorter than when it was indexed */
             return -1;
         }
         done += (uint64_t) n;
@@ -215,7 +230,7 @@ static int seg_copy(seg_file *f, const segment *s, char *dst, uint64_t p, uint64
     case FM_SEG_ZERO: memset(dst, 0, (size_t) len); return 0;
     case FM_SEG_SKIP: return 0;
     default:
-        if (seg_pread(f->fds[s->src], dst, len, s->src_off + in) != 0) return -1;
+        if (seg_pread(f, s->src, dst, len, s->src_off + in) != 0) return -1;
         if (f->bytes_read) *f->bytes_read += len;
         return 0;
     }
@@ -259,9 +274,11 @@ static int sf_close(void *cookie) {
     seg_file *f = cookie;
     int rc = 0;
     for (int i = 0; i < f->n_fds; i++) {
-        if (f->fds[i] >= 0 && close(f->fds[i]) != 0) rc = -1;
+        if (f->fds && f->fds[i] >= 0 && close(f->fds[i]) != 0) rc = -1;
+        if (f->paths) free(f->paths[i]);
     }
     free(f->fds);
+    free(f->paths);
     free((void *) f->blob);
     free(f->segs);
     free(f);
@@ -289,7 +306,8 @@ static int check_segments(seg_file *f, const struct stat *st, char *err, size_t 
 }
 
 void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t blob_len, const uint64_t *segs,
-                       int n_segs, uint64_t *bytes_read, char *err, size_t err_len) {
+                       int n_segs, uint64_t *bytes_read, char *read_err, size_t read_err_len, char *err,
+                       size_t err_len) {
     seg_file *f = calloc(1, sizeof *f);
     struct stat *st = calloc((size_t) (n_paths > 0 ? n_paths : 1), sizeof *st);
     if (!f || !st || n_paths < 1 || n_segs < 1) {
@@ -299,15 +317,24 @@ void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t
         return NULL;
     }
     f->fds = malloc((size_t) n_paths * sizeof *f->fds);
+    f->paths = calloc((size_t) n_paths, sizeof *f->paths);
     f->segs = malloc((size_t) n_segs * sizeof *f->segs);
     f->blob = malloc(blob_len ? blob_len : 1);
-    if (!f->fds || !f->segs || !f->blob) {
+    if (f->fds)
+        for (int i = 0; i < n_paths; i++) f->fds[i] = -1;
+    f->n_fds = n_paths;
+    if (!f->fds || !f->paths || !f->segs || !f->blob) {
         snprintf(err, err_len, "out of memory");
         goto fail;
     }
-    f->n_fds = n_paths;
-    for (int i = 0; i < n_paths; i++) f->fds[i] = -1;
+    f->read_err = read_err;
+    f->read_err_len = read_err_len;
+    if (read_err && read_err_len) read_err[0] = '\0';
     for (int i = 0; i < n_paths; i++) {
+        if (!(f->paths[i] = strdup(paths[i]))) {
+            snprintf(err, err_len, "out of memory");
+            goto fail;
+        }
         f->fds[i] = open(paths[i], O_RDONLY | O_CLOEXEC);
         if (f->fds[i] < 0 || fstat(f->fds[i], &st[i]) != 0) {
             snprintf(err, err_len, "cannot open %s: %s", paths[i], strerror(errno));

@@ -54,9 +54,12 @@ int fm_model_access(fm_model *m, const char *tensor, const int *experts, int n, 
 /* A FILE* reading a stream of segments (flashmoe_gguf/load_plan.py): segs holds n_segs rows of 5 numbers
    (stream start, length, kind (enum fm_segment_kind), file index into paths, offset in the file or the blob),
    contiguous from 0. FM_SEG_SKIP ranges are never read (the loader's copy of those bytes, routed experts, is
-   discarded anyway). bytes_read counts what it read from the files. Close it with fm_close_file. */
+   discarded anyway). bytes_read counts what it read from the files; the first read that fails (an I/O error, or
+   the file ending early) is described in read_err (read_err_len bytes, "" while none; NULL: not wanted), which
+   must outlive the FILE*. Close it with fm_close_file. */
 void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t blob_len, const uint64_t *segs,
-                       int n_segs, uint64_t *bytes_read, char *err, size_t err_len);
+                       int n_segs, uint64_t *bytes_read, char *read_err, size_t read_err_len, char *err,
+                       size_t err_len);
 int fm_close_file(void *file);
 
 #endif
