@@ -9,6 +9,7 @@ a tensor (or one expert's slice of a stacked tensor) with pread only when asked 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ _STORAGE = {
 }
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 _MAX_HEADER = 100 * 1024 * 1024
+_MAX_DIM = 1 << 48   # per dimension, and for the product of the non-zero ones (numpy refuses far larger shapes even
+                     # when a zero dimension makes them empty)
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -81,6 +84,48 @@ class TensorEntry:
     end: int
 
 
+def _short(v: object) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_json(raw: bytes, what: str) -> object:
+    """JSON from a checkpoint file: any malformed, deeply nested or oversized document is a CheckpointError."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise CheckpointError(f"{what}: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:   # JSONDecodeError, and int() digit limits, are ValueErrors
+        raise CheckpointError(f"{what}: {exc}") from None
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _entry(path: Path, name: str, info: object, data_start: int, size: int) -> TensorEntry:
+    """One header entry, every field type- and bounds-checked with Python ints (no numpy wrap-around)."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: header entry is {_short(info)}, not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _STORAGE:
+        raise CheckpointError(f"{where} has unsupported dtype {_short(dtype)}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and 0 <= d <= _MAX_DIM for d in shape):
+        raise CheckpointError(f"{where}: bad shape {_short(shape)} (a list of at most 8 integers in 0..2^48)")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(x) and x >= 0 for x in offsets):
+        raise CheckpointError(f"{where}: bad data_offsets {_short(offsets)}")
+    b, e = offsets
+    nbytes = math.prod(shape) * _STORAGE[dtype].itemsize
+    if math.prod(d for d in shape if d) * _STORAGE[dtype].itemsize > _MAX_DIM:   # numpy's limit counts these
+        raise CheckpointError(f"{where}: bad shape {_short(shape)}: implausibly large")
+    if e - b != nbytes:
+        raise CheckpointError(f"{where}: offsets {b}..{e} do not match {dtype}{shape}")
+    if data_start + e > size:
+        raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + e}, file has {size}")
+    return TensorEntry(name, dtype, tuple(shape), path, data_start + b, data_start + e)
+
+
 class SafetensorsFile:
     """One .safetensors file: its header, validated, and a read-only mapping of its data."""
 
@@ -98,32 +143,17 @@ class SafetensorsFile:
             (hlen,) = struct.unpack("<Q", head)
             if hlen > _MAX_HEADER or 8 + hlen > size:
                 raise CheckpointError(f"{path}: corrupt or truncated safetensors header (length {hlen}, file {size})")
-            try:
-                header = json.loads(fh.read(hlen))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{path}: corrupt safetensors header: {exc}") from exc
+            header = _parse_json(fh.read(hlen), f"{path}: corrupt safetensors header")
             if not isinstance(header, dict):
-                raise CheckpointError(f"{path}: corrupt safetensors header")
+                raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
             data_start = 8 + hlen
-            self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            meta = header.pop("__metadata__", None) or {}
+            if not isinstance(meta, dict):
+                raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ is {_short(meta)}")
+            self.metadata: dict[str, str] = meta
             self.entries: dict[str, TensorEntry] = {}
             for name, info in header.items():
-                try:
-                    dtype = info["dtype"]
-                    shape = tuple(int(d) for d in info["shape"])
-                    b, e = (int(x) for x in info["data_offsets"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise CheckpointError(f"{path}: bad header entry for {name!r}") from exc
-                if dtype not in _STORAGE:
-                    raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-                nbytes = int(np.prod(shape, dtype=np.int64)) * _STORAGE[dtype].itemsize
-                if any(d < 0 for d in shape) or b < 0 or e - b != nbytes:
-                    raise CheckpointError(f"{path}: tensor {name!r}: offsets {b}..{e} do not match "
-                                          f"{dtype}{list(shape)}")
-                if data_start + e > size:
-                    raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + e}, "
-                                          f"file has {size}")
-                self.entries[name] = TensorEntry(name, dtype, shape, path, data_start + b, data_start + e)
+                self.entries[name] = _entry(path, name, info, data_start, size)
             self._size = size
 
     def raw(self, entry: TensorEntry, index: int | None = None,
@@ -172,6 +202,31 @@ class SafetensorsFile:
         pass
 
 
+_MAX_INDEX = 64 * 1024 * 1024
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """model.safetensors.index.json's weight_map: tensor name -> shard file name (a plain name in the directory)."""
+    try:
+        with open(index, "rb") as fh:
+            raw = fh.read(_MAX_INDEX + 1)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {index}: {exc.strerror}") from exc
+    if len(raw) > _MAX_INDEX:
+        raise CheckpointError(f"{index}: implausibly large safetensors index (over {_MAX_INDEX} bytes)")
+    doc = _parse_json(raw, f"{index}: not a valid safetensors index")
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: not a valid safetensors index: weight_map is "
+                              f"{_short(weight_map)}, not an object of tensor name -> shard file")
+    for name, shard in weight_map.items():
+        if (not isinstance(shard, str) or not shard or "\0" in shard or "/" in shard or "\\" in shard
+                or shard in (".", "..")):
+            raise CheckpointError(f"{index}: tensor {name!r} maps to shard {_short(shard)}, "
+                                  f"not a file name in the model directory")
+    return weight_map
+
+
 class Checkpoint:
     """All safetensors shards of a model directory, addressed by tensor name."""
 
@@ -181,13 +236,9 @@ class Checkpoint:
         files: list[Path]
         expected: dict[str, str] = {}
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index}: not a valid safetensors index: {exc}") from exc
-            expected = dict(weight_map)
+            expected = _read_weight_map(index)
             names = sorted(set(expected.values()))
-            missing = [n for n in names if not (model_dir / n).exists()]
+            missing = [n for n in names if not (model_dir / n).is_file()]
             if missing:
                 raise CheckpointError(f"{model_dir}: missing shard(s) listed in the index: {', '.join(missing)}")
             files = [model_dir / n for n in names]

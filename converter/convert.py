@@ -13,12 +13,12 @@ import gguf
 from gguf import GGMLQuantizationType as T
 
 from flashmoe_gguf.ggml_lib import Ggml, default_threads
-from .archs import arch_for
 from .checkpoint import Checkpoint
 from .errors import ConversionError, RecipeError
 from .mixes import MIXES, parse_mix
 from .recipe import ROUTER_TYPES, Recipe, Role, parse_type
 from .source import resolve_source
+from .validate import check_tensors, validated_arch
 from .vocab import load_vocab
 from .weights import Weights
 from .writer import StreamingWriter, plan_tensors, streaming_layout
@@ -77,9 +77,11 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     if not cfg.exists():
         raise ConversionError(f"{model_dir}: no config.json (is this a Hugging Face model directory?)")
     try:
-        data = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConversionError(f"{cfg}: not valid JSON: {exc}") from exc
+        data = json.loads(cfg.read_bytes())
+    except RecursionError:
+        raise ConversionError(f"{cfg}: not valid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:   # JSONDecodeError, and int() digit limits, are ValueErrors
+        raise ConversionError(f"{cfg}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConversionError(f"{cfg}: not a JSON object")
     return data
@@ -115,7 +117,7 @@ def convert(src: str | Path, output: str | Path, *, experts: str | T | None = No
     _check_options(experts, dense, router, align)
     model_dir = resolve_source(src, revision=revision)
     config = read_config(model_dir)
-    arch_for(config)
+    validated_arch(config)
     Ggml.load()
     ckpt = Checkpoint(model_dir)
     try:
@@ -141,10 +143,11 @@ def convert_loaded(config: dict[str, Any], weights: Weights, tokenizer_dir: Path
     """
     experts_t, dense_t, router_t = _check_options(experts, dense, router, align)
     output = Path(output)
-    arch_cls = arch_for(config)
+    arch_cls = validated_arch(config)
     ggml = Ggml.load()
     arch = arch_cls(config, weights)
     specs = arch.specs()
+    check_tensors(arch, specs)
     if experts_t is None:   # an exact copy where the checkpoint's experts have one, else Q4_K
         expert_specs = [s for s in specs if s.is_expert]
         mlx4 = all(s.load_expert_mlx is not None for s in expert_specs) and weights.mlx_bits == 4

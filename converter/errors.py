@@ -15,3 +15,7 @@ class UnsupportedArchitectureError(ConversionError):
 
 class RecipeError(ConversionError):
     """A requested tensor type is unknown or not allowed for that role."""
+
+
+class ConfigError(ConversionError):
+    """config.json has a value of the wrong type, out of range, or inconsistent with another value."""

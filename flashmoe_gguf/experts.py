@@ -34,6 +34,9 @@ def parse_expert_name(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
+MAX_LAYER = 1 << 16
+
+
 class ExpertTableError(ValueError):
     """A tensor named as a routed expert does not have a routed expert's shape."""
 
@@ -65,6 +68,8 @@ def expert_tensors(model: GGUFModel | GGUFIndex | str | Path) -> list[ExpertTens
             continue
         if len(t.shape) != 3 or t.shape[2] <= 0 or t.nbytes % t.shape[2]:
             raise ExpertTableError(f"{idx.path}: {t.name} has shape {list(t.shape)}, not [cols, rows, experts]")
+        if parsed[0] >= MAX_LAYER:   # the index stores layers as u32; llama.cpp allows 512
+            raise ExpertTableError(f"{idx.path}: {t.name}: layer {parsed[0]} is implausible")
         out.append(ExpertTensor(t.name, parsed[0], parsed[1], t.offset, t.nbytes // t.shape[2], t.shape[2], t.gtype,
                                 t.shape[0], t.shape[1], t.shard))
     return out

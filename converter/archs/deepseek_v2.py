@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 import gguf
 import numpy as np
 
-from ..errors import CheckpointError, ConversionError
+from ..errors import CheckpointError, ConfigError, ConversionError
 from ..pretokenizers import RULES
 from ..weights import Weights
 from .base import Array, ExpertSource, MoeArch, TensorSpec
@@ -104,6 +104,32 @@ class DeepseekV2(MoeArch):
             max_position_embeddings=512, tie_word_embeddings=False),
             tokenizer="deepseek-llm", bpe_regex=RULES["deepseek-llm"], post_build=_group_aligned_router),
     }
+
+    @classmethod
+    def validate_config(cls, hp: dict[str, Any]) -> None:
+        family = cls.model_types[0]
+        for k in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            if hp.get(k) is None:
+                raise ConfigError(f"config.json lacks {k} ({family}'s latent attention sizes)")
+        n_dense, n_layers = hp.get("first_k_dense_replace") or 0, hp["num_hidden_layers"]
+        if n_dense >= n_layers:
+            raise ConfigError(f"config.json: first_k_dense_replace is {n_dense}, but there are only {n_layers} "
+                              f"layers: no layer would have routed experts")
+        if hp.get("topk_method") == "group_limited_greedy" and (hp.get("n_group") is None
+                                                                or hp.get("topk_group") is None):
+            raise ConfigError(f"config.json: {family} topk_method group_limited_greedy without n_group / topk_group")
+
+    def required_tensors(self, layer: int, moe: bool) -> tuple[str, ...]:
+        """what llama.cpp's deepseek2 loader requires of a layer (validate.check_tensors)"""
+        attn = ("attn_kv_a_mqa.weight", "attn_kv_a_norm.weight", "attn_k_b.weight", "attn_v_b.weight",
+                "attn_output.weight", "ffn_norm.weight")
+        query = ("attn_q_a.weight", "attn_q_a_norm.weight", "attn_q_b.weight") if self.q_lora_rank else \
+            ("attn_q.weight",)
+        if not moe:
+            return attn + query + ("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
+        shared = ("ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight") \
+            if int(self.optional("n_shared_experts", default=0)) else ()
+        return attn + query + shared
 
     def __init__(self, config: dict[str, Any], weights: Weights) -> None:
         super().__init__(config, weights)

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Iterator
 import gguf
 import numpy as np
 
+from ..errors import ConfigError
+from ..validate import attention_shapes, head_dim
 from .base import MoeArch, TensorSpec, plain_release_tensors
 from .facts import Release, TensorInit, TestModel
 
@@ -47,6 +49,16 @@ class Mixtral(MoeArch):
         tokenizer="llama-spm", tokenizer_kind="spm")}
 
     @classmethod
+    def validate_config(cls, hp: dict[str, Any]) -> None:
+        if head_dim(hp) % 2:   # rope_permute pairs the two halves of each head
+            raise ConfigError(f"config.json: mixtral head size {head_dim(hp)} is odd (rotary pairs need it even)")
+        if hp.get("intermediate_size") is None:
+            raise ConfigError("config.json lacks intermediate_size (mixtral's expert width)")
+
+    def required_tensors(self, layer: int, moe: bool) -> tuple[str, ...]:
+        return ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_norm.weight")
+
+    @classmethod
     def release_tensors(cls, config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], TensorInit]]:
         return plain_release_tensors(config, "block_sparse_moe", ("w1", "w3", "w2"), qk_norm=False)
 
@@ -73,8 +85,9 @@ class Mixtral(MoeArch):
         else:
             yield from super().tensor(hf_name)
 
-    def expected_shapes(self):  # type: ignore[no-untyped-def]
+    def expected_shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
         yield from super().expected_shapes()
+        yield from attention_shapes(self.hp)
         n_ff = int(self.require("intermediate_size"))
         H, E = self.n_embd, self.n_experts
         yield r"blk\.\d+\.ffn_down_exps\.weight", (E, H, n_ff)

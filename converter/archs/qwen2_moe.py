@@ -6,8 +6,11 @@ Attention with q/k/v biases; routed experts plus one shared expert whose output 
 
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 import gguf
 
+from ..validate import attention_shapes, head_dim
 from .base import MoeArch
 from .facts import TestModel
 
@@ -20,6 +23,27 @@ class Qwen2Moe(MoeArch):
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=False, max_position_embeddings=512, tie_word_embeddings=False, use_sliding_window=False,
         decoder_sparse_step=1, mlp_only_layers=[]))}
+
+    required_top = ("output.weight",)   # llama.cpp's qwen2moe loader has no tied-embedding fallback
+
+    @classmethod
+    def validate_config(cls, hp: dict[str, Any]) -> None:
+        head_dim(hp, hidden_is_heads=True)
+
+    def required_tensors(self, layer: int, moe: bool) -> tuple[str, ...]:
+        attn = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_norm.weight")
+        if moe and self.optional("shared_expert_intermediate_size") is not None:
+            return attn + ("ffn_gate_inp_shexp.weight", "ffn_gate_shexp.weight", "ffn_up_shexp.weight",
+                           "ffn_down_shexp.weight")
+        return attn
+
+    def expected_shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        yield from super().expected_shapes()
+        yield from attention_shapes(self.hp, hidden_is_heads=True)
+        if (n := self.optional("shared_expert_intermediate_size")) is not None:
+            yield r"blk\.\d+\.ffn_gate_inp_shexp\.weight", (1, self.n_embd)
+            yield r"blk\.\d+\.ffn_(gate|up)_shexp\.weight", (int(n), self.n_embd)
+            yield r"blk\.\d+\.ffn_down_shexp\.weight", (self.n_embd, int(n))
 
     def add_hparams(self, w: gguf.GGUFWriter) -> None:
         super().add_hparams(w)

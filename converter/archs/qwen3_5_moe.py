@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterable, Iterator
 import gguf
 import numpy as np
 
-from ..errors import CheckpointError, ConversionError
+from ..errors import CheckpointError, ConfigError, ConversionError
+from ..validate import attention_shapes, head_dim
 from ..recipe import Role
 from ..vocab import SPLIT_REGEX
 from ..weights import Weights
@@ -203,6 +204,44 @@ class Qwen35Moe(MoeArch):
         yield root + "norm.weight", (H,), zero
         yield "lm_head.weight", (V, H), proj(H)
 
+    @classmethod
+    def validate_config(cls, hp: dict[str, Any]) -> None:
+        for k in ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+                  "linear_conv_kernel_dim"):
+            if hp.get(k) is None:
+                raise ConfigError(f"config.json lacks {k} (qwen3_5_moe's linear attention)")
+        head_dim(hp)
+        n = hp["num_hidden_layers"]
+        types = hp.get("layer_types")
+        if types is not None:
+            bad = [t for t in types if t not in ("linear_attention", "full_attention")]
+            if bad:
+                raise ConfigError(f"config.json: layer_types holds {bad[0]!r} (linear_attention or full_attention)")
+            full = "full_attention" in types[:n]
+        else:
+            full = (hp.get("full_attention_interval") or 4) <= n
+        if not full:
+            # llama.cpp's hybrid memory aborts in decode (GGML_ASSERT(buffer)) when no layer has a KV cache
+            raise ConfigError("config.json: qwen3_5_moe without a full-attention layer (layer_types / "
+                              "full_attention_interval): llama.cpp cannot run it")
+
+    def is_full_attention(self, layer: int) -> bool:
+        if self.layer_types is not None:
+            return self.layer_types[layer] == "full_attention"
+        return (layer + 1) % int(self.optional("full_attention_interval", default=4)) == 0
+
+    def required_tensors(self, layer: int, moe: bool) -> tuple[str, ...]:
+        """what llama.cpp's qwen35moe loader requires of a layer (validate.check_tensors)"""
+        common = ("post_attention_norm.weight",)
+        if self.optional("shared_expert_intermediate_size") is not None:
+            common += ("ffn_gate_inp_shexp.weight", "ffn_gate_shexp.weight", "ffn_up_shexp.weight",
+                       "ffn_down_shexp.weight")
+        if self.is_full_attention(layer):
+            return common + ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                             "attn_q_norm.weight", "attn_k_norm.weight")
+        return common + ("attn_qkv.weight", "attn_gate.weight", "ssm_a", "ssm_alpha.weight", "ssm_beta.weight",
+                         "ssm_conv1d.weight", "ssm_dt.bias", "ssm_norm.weight", "ssm_out.weight")
+
     def __init__(self, config: dict[str, Any], weights: Weights) -> None:
         super().__init__(config, weights)
         if weights.mlx_bits is not None:
@@ -345,6 +384,8 @@ class Qwen35Moe(MoeArch):
         yield r"blk\.\d+\.ssm_norm\.weight", (self.d_v,)
         yield r"blk\.\d+\.ssm_out\.weight", (H, value_dim)
         yield r"blk\.\d+\.ffn_gate_inp_shexp\.weight", (1, H)
+        yield from attention_shapes(self.hp, q_factor=2)   # the query projection also yields the output gate
+        yield r"blk\.\d+\.attn_(q|k)_norm\.weight", (head_dim(self.hp),)
         if (n_ff_sh := self.optional("shared_expert_intermediate_size")) is not None:
             yield r"blk\.\d+\.ffn_(gate|up)_shexp\.weight", (int(n_ff_sh), H)
             yield r"blk\.\d+\.ffn_down_shexp\.weight", (H, int(n_ff_sh))

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import gguf
 
+from ..validate import attention_shapes, head_dim
 from .base import MoeArch, plain_release_tensors
 from .facts import Release, TensorInit, TestModel
 
@@ -39,6 +40,22 @@ class Qwen3Moe(MoeArch):
         hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=True, max_position_embeddings=512, rope_theta=1000000.0, tie_word_embeddings=False))}
+
+    # what llama.cpp's qwen3moe loader requires of every layer (validate.check_tensors)
+    layer_tensors = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "attn_q_norm.weight",
+                     "attn_k_norm.weight", "ffn_norm.weight")
+
+    @classmethod
+    def validate_config(cls, hp: dict[str, Any]) -> None:
+        head_dim(hp)
+
+    def required_tensors(self, layer: int, moe: bool) -> tuple[str, ...]:
+        return self.layer_tensors
+
+    def expected_shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        yield from super().expected_shapes()
+        yield from attention_shapes(self.hp)
+        yield r"blk\.\d+\.attn_(q|k)_norm\.weight", (head_dim(self.hp),)
 
     @classmethod
     def release_tensors(cls, config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], TensorInit]]:
