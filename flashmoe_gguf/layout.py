@@ -60,15 +60,31 @@ class StreamingLayout:
 
     @classmethod
     def from_kv(cls, kv: dict[str, Any]) -> "StreamingLayout | None":
-        """From a {key: python value} dict (e.g. read back with gguf-py); None if the file has no block."""
+        """From a {key: python value} dict (e.g. read back with gguf-py); None if the file has no block. A value
+        of the wrong type (a float, a string, a scalar where an array belongs) is a ValueError naming the key."""
         if "flashmoe.format_version" not in kv:
             return None
-        version = int(kv["flashmoe.format_version"])
+        version = _int(kv, "flashmoe.format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"flashmoe layout version {version} is not supported (expected {FORMAT_VERSION})")
-        cols = [kv[f"flashmoe.expert.{k}"] for k in ("tensors", "layers", "kinds", "offsets", "stride")]
+        cols = [_list(kv, f"flashmoe.expert.{k}", t) for k, t in (("tensors", str), ("layers", int), ("kinds", str),
+                                                                   ("offsets", int), ("stride", int))]
         if len({len(c) for c in cols}) != 1:
             raise ValueError("flashmoe.expert.* arrays have different lengths")
-        tensors = tuple(IndexEntry(str(n), int(layer), str(k), int(o), int(s)) for n, layer, k, o, s in zip(*cols))
-        return cls(version, int(kv["flashmoe.expert_count"]), tensors, int(kv["flashmoe.expert_bytes"]),
-                   int(kv["flashmoe.resident_bytes"]))
+        tensors = tuple(IndexEntry(n, layer, k, o, s) for n, layer, k, o, s in zip(*cols))
+        return cls(version, _int(kv, "flashmoe.expert_count"), tensors, _int(kv, "flashmoe.expert_bytes"),
+                   _int(kv, "flashmoe.resident_bytes"))
+
+
+def _int(kv: dict[str, Any], key: str) -> int:
+    v = kv.get(key)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{key} is {v!r:.60}, not an integer")
+    return v
+
+
+def _list(kv: dict[str, Any], key: str, kind: type) -> list[Any]:
+    v = kv.get(key)
+    if not isinstance(v, list) or not all(isinstance(x, kind) and not isinstance(x, bool) for x in v):
+        raise ValueError(f"{key} is {v!r:.60}, not a list of {kind.__name__}")
+    return v
