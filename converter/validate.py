@@ -96,14 +96,14 @@ def _show(v: object) -> str:
 
 def check_number(where: str, v: object, rule: Num) -> None:
     """v is an integer (a finite int or float for a real rule) within the rule's range, else ConfigError."""
-    if rule.real:
-        ok_type = (_is_int(v) or isinstance(v, float)) and math.isfinite(float(v))  # type: ignore[arg-type]
+    if rule.real:   # an int stays an int: float() of a huge one would overflow
+        ok_type = _is_int(v) or (isinstance(v, float) and math.isfinite(v))
         what = "a finite number"
     else:
         ok_type, what = _is_int(v), "an integer"
     if not ok_type:
         raise ConfigError(f"config.json: {where} is {_show(v)}, not {what}")
-    x = float(v) if rule.real else v  # type: ignore[arg-type]
+    x = v
     below = x <= rule.lo if rule.lo_open else x < rule.lo  # type: ignore[operator]
     if below or x > rule.hi:  # type: ignore[operator]
         lo = f"> {rule.lo:g}" if rule.lo_open else f">= {rule.lo:g}"

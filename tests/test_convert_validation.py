@@ -160,6 +160,8 @@ INCONSISTENT = [
     ("qwen3_moe", dict(rms_norm_eps=0), "rms_norm_eps is 0; it must be > 0"),
     ("qwen3_moe", dict(rms_norm_eps=math.nan), "rms_norm_eps is nan, not a finite number"),
     ("qwen3_moe", dict(rms_norm_eps=math.inf), "rms_norm_eps is inf, not a finite number"),
+    ("qwen3_moe", dict(rms_norm_eps=10 ** 400), "rms_norm_eps is 1000000"),
+    ("qwen3_moe", dict(rope_theta=-(10 ** 400)), "rope_theta is -1000000"),
     ("qwen3_moe", dict(num_key_value_heads=3), "num_attention_heads (4) is not a multiple of num_key_value_heads (3)"),
     ("qwen3_moe", dict(hidden_size=0), "hidden_size is 0; it must be >= 1"),
     ("qwen3_moe", dict(moe_intermediate_size=-256), "moe_intermediate_size is -256"),
