@@ -5,6 +5,12 @@ that name gets a dispatcher: on a thread that is inside `loading(model)`, it cal
 file without its experts, see StreamedModel.load); on any other thread, llama.cpp's own function. So a stock
 llama_cpp.Llama created on another thread while a flashmoe model loads gets its own file, and flashmoe models
 load on several threads at once. The C side keeps the model being loaded per thread too (fm_model_begin_load).
+
+llama-cpp-python silences llama.cpp during a load with verbose=False by pointing file descriptors 1 and 2 (and
+sys.stdout/stderr) at /dev/null and back (`_utils.suppress_stdout_stderr`). That is process-wide state: two loads on
+two threads restore each other's saved descriptors, and the process's stdout and stderr stay at /dev/null for good
+(seen with four threads loading stock and flashmoe models). So the same install swaps in `_SharedSuppress`: the
+first thread to enter redirects, the last to leave restores.
 """
 
 from __future__ import annotations
@@ -33,6 +39,41 @@ class _Dispatch:
         return target.load(params)
 
 
+class _SharedSuppress:
+    """llama_cpp._utils.suppress_stdout_stderr counted across threads: while any thread is inside, stdout and
+    stderr go to /dev/null; the last one out puts back what the first one in saved."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _saved: Any = None
+
+    def __init__(self, disable: bool = True) -> None:
+        self.disable = disable
+
+    def __enter__(self) -> "_SharedSuppress":
+        if self.disable:
+            return self
+        cls = _SharedSuppress
+        with cls._lock:
+            if cls._depth == 0:
+                from llama_cpp import _utils
+                inner = _utils.suppress_stdout_stderr(disable=False)
+                inner.__enter__()
+                cls._saved = inner
+            cls._depth += 1
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.disable:
+            return
+        cls = _SharedSuppress
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0:
+                inner, cls._saved = cls._saved, None
+                inner.__exit__(None, None, None)
+
+
 _install_lock = threading.Lock()
 
 
@@ -43,7 +84,23 @@ def _dispatcher() -> _Dispatch:
         if not isinstance(current, _Dispatch):
             current = _Dispatch(current)
             lc.llama_model_load_from_file = current
+            _share_suppress()
         return current
+
+
+def _share_suppress() -> None:
+    """_SharedSuppress where llama-cpp-python's modules look the name up (each imported it by name)"""
+    import importlib
+    for name in ("llama_cpp.llama", "llama_cpp._internals", "llama_cpp.llama_chat_format"):
+        mod = importlib.import_module(name)
+        if getattr(mod, "suppress_stdout_stderr", None) is not None:
+            mod.suppress_stdout_stderr = _SharedSuppress  # type: ignore[attr-defined]
+
+
+def install() -> None:
+    """The dispatcher and the shared silencing, now (at import of flashmoe_gguf.runtime: before any load, so that no
+    load on another thread is inside llama-cpp-python's own silencing while it is swapped)."""
+    _dispatcher()
 
 
 @contextlib.contextmanager

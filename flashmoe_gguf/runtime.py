@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .loader import loading
+from .loader import install, loading
 from .runtime_errors import FlashMoeError
 from .streamed import StreamedModel
 
@@ -21,6 +21,9 @@ __all__ = ["FlashMoeError", "Llama"]
 def _llama_base() -> type:
     import llama_cpp
     return llama_cpp.Llama
+
+
+install()
 
 
 class Llama(_llama_base()):  # type: ignore[misc]

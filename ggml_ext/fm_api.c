@@ -109,6 +109,12 @@ int fm_model_begin_load(fm_model *m, char *err, size_t err_len) {
 
 int fm_model_end_load(fm_model *m, char *err, size_t err_len) {
     fm_backend_end_load();
+    /* first, a file rewritten while llama.cpp read it: what it loaded may mix two files, and whatever else went
+       wrong follows from that (the store keeps the error) */
+    if (fm_store_check_file(m->store) != 0) {
+        fm_store_error(m->store, err, err_len);
+        return -1;
+    }
     const char *unbound = fm_store_unbound(m->store);
     if (unbound) {
         snprintf(err, err_len, "expert tensor %s was not placed on the flashmoe device "
@@ -295,6 +301,11 @@ static int check_segments(seg_file *f, const struct stat *st, char *err, size_t 
                         (file && (s->src < 0 || s->src >= f->n_fds ||
                                   s->src_off + s->len > (uint64_t) st[s->src].st_size || s->src_off + s->len < s->len)) ||
                         (s->kind == FM_SEG_BLOB && (s->src_off > f->blob_len || s->len > f->blob_len - s->src_off));
+        if (bad && file && s->src >= 0 && s->src < f->n_fds && s->src_off + s->len > (uint64_t) st[s->src].st_size) {
+            snprintf(err, err_len, "%s: the file is shorter than when it was indexed (truncated or rewritten on disk?)",
+                     f->paths[s->src]);
+            return -1;
+        }
         if (bad) {
             snprintf(err, err_len, "bad load segment %d (the model files changed since they were indexed?)", i);
             return -1;

@@ -144,3 +144,154 @@ def test_inconsistent_expert_counts_are_errors_not_aborts(model_copy: Path, key:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("ERR ") and message in r.stdout, r.stdout
+
+
+# --- concurrent loads ----------------------------------------------------------------------------------------------
+
+CONCURRENT = """
+import sys, threading
+import numpy as np
+import llama_cpp
+sys.path.insert(0, sys.argv[1])
+from flashmoe_gguf import Llama as FlashMoeLlama
+from flashmoe_gguf.stock import no_extra_buffer_types
+from test_runtime import BATCH, gguf_for
+
+# (kind, file): stock with extra buffer types off and stock as llama-cpp-python loads it by default (CPU_REPACK on:
+# other logits for this file) on the same file, flashmoe with every expert read from disk, flashmoe with everything
+# cached
+MODELS = [("stock-norepack", gguf_for("mixtral", "Q4_K")), ("stock-default", gguf_for("mixtral", "Q4_K")),
+          ("flashmoe", gguf_for("qwen3_moe", "Q4_K")), ("flashmoe-cached", gguf_for("mixtral", "Q8_0"))]
+KW = dict(n_ctx=128, n_batch=128, logits_all=True, verbose=False, seed=0, n_threads=1, type_k=0, type_v=0)
+
+def load(kind, path):
+    if kind == "stock-norepack":
+        with no_extra_buffer_types():
+            return llama_cpp.Llama(model_path=str(path), **KW)
+    if kind == "stock-default":
+        return llama_cpp.Llama(model_path=str(path), **KW)
+    return FlashMoeLlama(model_path=str(path), ram_budget=1 if kind == "flashmoe" else "64M", **KW)
+
+def run(kind, path):
+    llm = load(kind, path)
+    try:
+        llm.eval(BATCH)
+        return (llm.n_vocab(), llm.metadata.get("general.architecture"),
+                np.array(llm.scores[:len(BATCH)], dtype=np.float32), type(llm).__module__)
+    finally:
+        llm.close()
+
+ref = [run(k, p) for k, p in MODELS]          # one at a time
+assert not np.array_equal(ref[0][2], ref[1][2]), "stock's default (repack) logits must differ from repack-off"
+rounds = int(sys.argv[2])
+barrier = threading.Barrier(len(MODELS))
+failures = []
+
+def worker(i):
+    kind, path = MODELS[i]
+    for r in range(rounds):
+        try:
+            barrier.wait(timeout=600)          # every round's loads start together
+            got = run(kind, path)
+        except Exception as exc:
+            failures.append(f"{kind} round {r}: {type(exc).__name__}: {exc}")
+            continue
+        want = ref[i]
+        if got[:2] != want[:2] or got[3] != want[3]:
+            failures.append(f"{kind} round {r}: n_vocab/arch/class {got[:2]} {got[3]}, want {want[:2]} {want[3]}")
+        elif not np.array_equal(got[2].view(np.uint32), want[2].view(np.uint32)):
+            failures.append(f"{kind} round {r}: logits differ by {np.abs(got[2] - want[2]).max():.3g}")
+
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(MODELS))]
+for t in threads: t.start()
+for t in threads: t.join()
+print("\\n".join(failures) or "ok")
+print("stderr still here", file=sys.stderr)   # llama-cpp-python's silencing of loads did not keep them at /dev/null
+"""
+
+
+def test_concurrent_stock_and_flashmoe_loads() -> None:
+    """Four threads load and run models at the same time, round after round: two stock llama_cpp.Llama (one with
+    extra buffer types off through flashmoe_gguf.stock, one with llama.cpp's defaults) and two flashmoe ones
+    (streaming every expert, and all cached), on two files. Each gets its own file, configuration and class, and
+    the logits it got alone, bit for bit, and the process's stdout and stderr still work afterwards
+    (flashmoe_gguf.loader._SharedSuppress). In a child process with a timeout: a crash or a deadlock fails the
+    test."""
+    for name, experts in (("mixtral", "Q4_K"), ("mixtral", "Q8_0"), ("qwen3_moe", "Q4_K")):
+        gguf_for(name, experts)           # converted here, not in four threads at once
+    r = subprocess.run([sys.executable, "-c", CONCURRENT, str(Path(__file__).parent), "3"], capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, OMP_WAIT_POLICY="passive"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "ok", r.stdout
+    assert r.stderr.strip().endswith("stderr still here"), r.stderr[-3000:]
+
+
+# --- a model file rewritten while it loads -------------------------------------------------------------------------
+
+REWRITE_DURING_LOAD = """
+import os, shutil, sys
+import numpy as np
+import llama_cpp
+sys.path.insert(0, sys.argv[1])
+from flashmoe_gguf import FlashMoeError
+from flashmoe_gguf import streamed as sm
+from test_runtime import BATCH, logits, streamed
+
+path, how, when, other = sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
+size = os.path.getsize(path)
+done = []
+
+def rewrite():
+    done.append(how)
+    if how == "truncate":
+        os.truncate(path, size // 2)
+    elif how == "overwrite":               # the same size, in place, where llama.cpp has already read
+        with open(path, "r+b") as f:
+            f.seek(size // 8)
+            f.write(os.urandom(4096))
+    elif how == "replace":                 # another file renamed over it (what a download or a converter does)
+        shutil.copy(other, path + ".new")
+        os.replace(path + ".new", path)
+
+@llama_cpp.llama_progress_callback
+def progress(p, user_data):
+    if p >= when and not done:
+        rewrite()
+    return True
+
+real_load = sm.StreamedModel.load
+
+def load(self, params):
+    if when < 0:
+        rewrite()                          # after the index and the store opened the file, before llama.cpp
+    else:
+        params.progress_callback = progress
+    return real_load(self, params)
+
+sm.StreamedModel.load = load
+try:
+    llm = streamed(path, 1)
+    out = logits(llm, BATCH, batch=True)
+    np.save(path + ".npy", out)
+    print("LOADED", done)
+except (FlashMoeError, ValueError) as e:
+    print("ERR", type(e).__name__, e, done)
+"""
+
+
+@pytest.mark.parametrize("when", [-1.0, 0.5], ids=["before-llama-load", "mid-llama-load"])
+@pytest.mark.parametrize("how", ["truncate", "overwrite", "replace"])
+def test_rewritten_during_load(model_copy: Path, how: str, when: float) -> None:
+    """The file is truncated, overwritten in place or replaced while the model loads (after our index is read,
+    before llama.cpp reads the weights, or halfway through them): the load fails with a FlashMoeError naming the
+    file and what happened, in a child process (no crash, no SIGBUS); never a model that computes from two files.
+    (During decode: test_truncated_while_loaded_raises, test_replaced_while_loaded_raises.)"""
+    other = gguf_for("qwen3_moe", "Q8_0")
+    r = subprocess.run([sys.executable, "-c", REWRITE_DURING_LOAD, str(Path(__file__).parent), str(model_copy), how,
+                        str(when), str(other)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("ERR FlashMoeError ") and str(model_copy) in r.stdout, r.stdout
+    assert f"['{how}']" in r.stdout, r.stdout         # the rewrite happened
+    want = {"truncate": "changed size|ended at byte|shorter than when it was indexed", "overwrite": "modified", "replace": "replaced"}[how]
+    import re
+    assert re.search(want, r.stdout), r.stdout
