@@ -167,11 +167,13 @@ class StreamedModel:
             rc = self.lib.fm_model_end_load(self.handle, err, 1024)
             self.lib.fm_close_file(fp)
             self.load_bytes_read = int(counter[0])
-        if model is not None and rc != 0:
-            llama_cpp.llama_cpp.llama_model_free(model)
-            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        # a failed read first (llama.cpp then failed, and the file may also have changed: the read says where)
         if model is None and read_err[0] != b"\0":
             raise FlashMoeError(self.ffi.string(read_err).decode(errors="replace"))
+        if rc != 0:             # an expert tensor not placed on our device, or a file changed during the load
+            if model is not None:
+                llama_cpp.llama_cpp.llama_model_free(model)
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         return model
 
     def error(self) -> str | None:
