@@ -8,6 +8,7 @@ const fm_policy_ops *fm_policy_get(int mode) {
     case FM_CACHE_LFU: return &fm_policy_lfu;
     case FM_CACHE_LRU: return &fm_policy_lru;
     case FM_CACHE_OS: return &fm_policy_os;
+    case FM_CACHE_LRFU: return &fm_policy_lrfu;
     default: return NULL;
     }
 }

@@ -56,4 +56,4 @@ static int lfu_admit(const void *state, size_t key, int prefetch, size_t victim_
     return (unsigned) p->count[key] + (prefetch ? 1u : 0u) >= p->count[victim_key];
 }
 
-const fm_policy_ops fm_policy_lfu = {"lfu", 1, lfu_create, lfu_destroy, lfu_on_use, lfu_rank, lfu_admit};
+const fm_policy_ops fm_policy_lfu = {"lfu", 1, lfu_create, lfu_destroy, lfu_on_use, lfu_rank, lfu_admit, NULL};

@@ -253,6 +253,12 @@ int fm_store_acquire(fm_store *s, int tensor, const int *experts, int n, int *ou
         pthread_mutex_unlock(&s->mu);
         return -1;
     }
+    if (!s->slot_of && init_tables_locked(s) != 0) {
+        set_error_locked(s, "out of memory for the expert cache's tables");
+        pthread_mutex_unlock(&s->mu);
+        return -1;
+    }
+    if (s->policy->on_acquire) s->policy->on_acquire(s->policy_state, tensor);
     for (int i = 0; i < n; i++) {
         const int bad = experts[i] < 0 || experts[i] >= s->tensors[tensor]->info.n_expert;
         const int idx = bad ? -1 : get_slot_locked(s, tensor, experts[i], GET_USE);
