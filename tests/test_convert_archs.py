@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import gguf
 import numpy as np
 import pytest
 from gguf import GGUFReader
@@ -45,3 +52,20 @@ def test_default_recipe_greedy_mostly_agrees_and_routers_stay_f32(arch: str) -> 
     got = llama_logits(gguf, LONG_PROMPT).argmax(-1)
     agree = float((ref == got).mean())
     assert agree >= 0.6, f"greedy agreement {agree:.2f} over {len(LONG_PROMPT)} positions"
+
+
+def test_list_archs_names_every_family_and_the_readme_table_too() -> None:
+    """`flashmoe convert --list-archs` prints every model_type the converter takes with its llama.cpp
+    architecture (deepseek_v2 and gpt_oss included), and the README's table has a row for each family."""
+    from flashmoe_gguf.converter.archs import ARCHITECTURES
+    res = subprocess.run([sys.executable, "-m", "flashmoe_gguf.cli", "convert", "--list-archs"], capture_output=True,
+                         text=True, timeout=120, cwd=tempfile.gettempdir())
+    assert res.returncode == 0, res.stderr
+    listed = [tuple(part.strip() for part in line.split("->")) for line in res.stdout.splitlines() if line.strip()]
+    assert len(listed) == len(set(listed)) and set(listed) == {
+        (mt, gguf.MODEL_ARCH_NAMES[a.gguf_arch]) for a in ARCHITECTURES for mt in a.model_types}
+    assert {("deepseek_v2", "deepseek2"), ("gpt_oss", "gpt-oss")} <= set(listed)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = set(re.findall(r"^\| `(\w+)` \| `([\w-]+)` \|", readme, re.M))
+    missing = {(a.model_types[0], gguf.MODEL_ARCH_NAMES[a.gguf_arch]) for a in ARCHITECTURES} - table
+    assert not missing, f"README's architecture table lacks {sorted(missing)}"
