@@ -18,7 +18,7 @@ from pathlib import Path
 from flashmoe_gguf.sdist import LLAMA_CPP_PYTHON_VERSION, download_sdist
 
 # pre-tokenizer names of the test tokenizers (the vocab GGUFs of tests/tiny_models.py)
-PRE_NAME = {"qwen2": "qwen2", "qwen35": "qwen35", "gpt-2": "gpt-2", "llama-spm": None}
+PRE_NAME = {"qwen2": "qwen2", "qwen35": "qwen35", "gpt-2": "gpt-2", "llama-spm": None, "gpt-4o": "gpt-4o"}
 CONVERTER_PARTS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/")
 
 WRAPPER = r"""

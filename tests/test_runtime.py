@@ -30,8 +30,8 @@ PROMPT = [11, 450, 77, 1203, 9, 3020, 600, 42, 5, 1999, 256, 3333, 17, 80, 2500,
 BATCH = [int(t) for t in np.random.default_rng(0).integers(5, 3900, 48)]
 ARCHS = sorted(TINY)
 TYPES = ["Q4_K", "Q8_0", "F16", "Q4_0", "Q4_1", "Q2_K", "Q6_K", "Q5_K", "Q3_K"]
-# types with kernels of ours (IQ4_XS and MXFP4, which our converter does not write, are run per instruction set
-# on llama.cpp's quantizations in test_hub_gguf.py)
+# types with kernels of ours (IQ4_XS, which our converter does not write, is run per instruction set on llama.cpp's
+# quantizations in test_hub_gguf.py; MXFP4 there too, and on GPT-OSS's own MXFP4 experts in test_gpt_oss.py)
 KERNEL_TYPES = {"Q4_K", "Q8_0", "Q4_0", "Q4_1", "Q2_K", "Q6_K", "Q5_K", "Q3_K"}
 ISAS = ["scalar", "avx2", "avx512", "ggml"]
 

@@ -67,7 +67,7 @@ def quantize_mxfp4(w: Array) -> Mxfp4Quant:
     return Mxfp4Quant(blocks, (exp + 127).astype(np.uint8))
 
 
-def _gpt_oss_release_layout(model_dir: Path) -> None:
+def _gpt_oss_release_files(model_dir: Path) -> None:
     """Rewrite what transformers saved for a fresh GptOssForCausalLM into the layout OpenAI publishes: routed
     experts in MXFP4 (`*_blocks` [E, out, in / 32, 16], `*_scales` [E, out, in / 32]) with a
     quantization_config, the harmony special tokens in the tokenizer and the template in chat_template.jinja.
@@ -96,6 +96,9 @@ def _gpt_oss_release_layout(model_dir: Path) -> None:
     tcfg.update(bos_token="<|startoftext|>", eos_token="<|return|>", pad_token="<|endoftext|>")
     tcfg.pop("chat_template", None)
     (model_dir / "tokenizer_config.json").write_text(json.dumps(tcfg, ensure_ascii=False))
+    ids = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    cfg.update(bos_token_id=ids["<|startoftext|>"], eos_token_id=ids["<|return|>"], pad_token_id=ids["<|endoftext|>"])
+    (model_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     (model_dir / "chat_template.jinja").write_text(HARMONY_TEMPLATE)
 
 
@@ -114,13 +117,17 @@ def _harmony_specials(tok: dict[str, Any]) -> None:
     tok["model"]["merges"] = [" ".join(p) for p in pairs if not (gone & {p[0], p[1], p[0] + p[1]})]
     added += [{"id": tid, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
                "normalized": False, "special": True} for (_, tid), name in zip(victims, extra)]
+    # in id order: the tokenizers library numbers added tokens missing from the vocabulary in list order, so a
+    # list out of id order would give them other ids than tokenizer.json states (and than a GGUF's vocabulary)
+    added.sort(key=lambda t: t["id"])
 
 
 class GptOss(MoeArch):
     model_types = ("gpt_oss",)
     gguf_arch = gguf.MODEL_ARCH.GPT_OSS
     vocab_pre_default = "gpt-4o"
-    # 4 layers alternating sliding (window 8, so the test prompts cross it) and full attention; YaRN with the
+    # 4 layers alternating sliding (window 8, so the test prompts cross it) and full attention (attention wider
+    # than the residual, as in the releases, is a variant in tests/test_gpt_oss.py); YaRN with the
     # release's betas but rounded correction range (truncate: true, what llama.cpp computes: with the release's
     # truncate: false the logits of this small model move by half their range); expert rows of 8 MXFP4 blocks
     # (an even count, which flashmoe's MXFP4 kernels take)
@@ -131,7 +138,7 @@ class GptOss(MoeArch):
         tie_word_embeddings=False,
         rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, original_max_position_embeddings=128,
                              beta_fast=32.0, beta_slow=1.0, truncate=True)),
-        tokenizer="qwen2", bpe_regex=SPLIT_REGEX["gpt-4o"], post_build=_gpt_oss_release_layout,
+        tokenizer="qwen2", bpe_regex=SPLIT_REGEX["gpt-4o"], post_build=_gpt_oss_release_files,
         default_experts="MXFP4")}
 
     def __init__(self, config: dict[str, Any], weights: Weights) -> None:
@@ -141,6 +148,8 @@ class GptOss(MoeArch):
         if (alpha, limit) != (SWIGLU_ALPHA, SWIGLU_LIMIT):
             raise ConversionError(f"gpt_oss: llama.cpp's gpt-oss fixes swiglu_alpha {SWIGLU_ALPHA} and swiglu_limit "
                                   f"{SWIGLU_LIMIT}, config.json has {alpha} and {limit}")
+        if self.optional("attention_bias", default=True) is not True:
+            raise ConversionError("gpt_oss without attention_bias: llama.cpp's gpt-oss requires q/k/v/o biases")
         self.n_ff = int(self.require("intermediate_size"))
         self.layer_types: list[str] | None = self.optional("layer_types")
         if self.layer_types is not None:
@@ -171,8 +180,10 @@ class GptOss(MoeArch):
             if (attn := rp.get("attention_factor")) is not None:
                 w.add_rope_scaling_yarn_attn_factor(float(attn))
             if rp.get("truncate") is False:
-                self.notes.append("YaRN: llama.cpp rounds the correction range to whole dimensions; this model's "
-                                  "config does not (truncate: false), so a few rotary frequencies differ slightly")
+                self.notes.append("YaRN: llama.cpp rounds the correction range to whole dimensions, this model's "
+                                  "config does not (truncate: false): some rotary frequencies differ from "
+                                  "transformers' (for the gpt-oss releases 9 of 32, by up to 43 %), as in every "
+                                  "llama.cpp GGUF of it")
         elif kind not in (None, "default"):
             raise ConversionError(f"gpt_oss: rope scaling {kind!r} is not supported (only yarn)")
 
@@ -230,7 +241,14 @@ class GptOss(MoeArch):
     def expected_shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
         yield from super().expected_shapes()
         E, H, F = self.n_experts, self.n_embd, self.n_ff
-        n_head = int(self.require("num_attention_heads"))
+        n_head, n_kv = int(self.require("num_attention_heads")), int(self.require("num_key_value_heads"))
+        hd = int(self.optional("head_dim", default=H // n_head))
+        yield r"blk\.\d+\.attn_q\.weight", (n_head * hd, H)
+        yield r"blk\.\d+\.attn_(k|v)\.weight", (n_kv * hd, H)
+        yield r"blk\.\d+\.attn_output\.weight", (H, n_head * hd)
+        yield r"blk\.\d+\.attn_q\.bias", (n_head * hd,)
+        yield r"blk\.\d+\.attn_(k|v)\.bias", (n_kv * hd,)
+        yield r"blk\.\d+\.attn_output\.bias", (H,)
         yield r"blk\.\d+\.ffn_(gate|up)_exps\.weight", (E, F, H)
         yield r"blk\.\d+\.ffn_down_exps\.weight", (E, H, F)
         yield r"blk\.\d+\.ffn_(gate|up)_exps\.bias", (E, F)
