@@ -16,6 +16,7 @@ from .budget import auto_budget
 from .experts import ExpertTableError, ExpertTensor, expert_tensors
 from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .isa import IsaError, resolve_isa, tiled_mode
+from .load_checks import check_llama_invariants
 from .load_plan import load_plan
 from .runtime_errors import FlashMoeError
 from .units import parse_size
@@ -39,6 +40,7 @@ def read_moe_model(path: str | Path) -> tuple[GGUFModel, list[ExpertTensor]]:
     except (GGUFIndexError, ExpertTableError) as exc:
         raise FlashMoeError(str(exc)) from exc
     check_expert_counts(model, experts)
+    check_llama_invariants(model)
     return model, experts
 
 

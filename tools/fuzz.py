@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.list or not args.target:
         for name, t in sorted(TARGETS.items()):
-            print(f"{name:12} {t.description}{' (expensive: one child load per input)' if t.expensive else ''}")
+            print(f"{name:12} {t.description}{' (expensive: a model load per input)' if t.expensive else ''}")
         return 0
     seconds = args.seconds if args.seconds is not None or args.inputs is not None else 60.0
     stats = campaign(TARGETS[args.target], seconds=seconds, inputs=args.inputs, seed=args.seed,
