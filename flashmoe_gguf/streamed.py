@@ -199,6 +199,36 @@ class StreamedModel:
             "kernel_isa": self.kernel_isa,
         }
 
+    def set_routing(self, experts: Any | None) -> None:
+        """Benchmarks only: replay a routing trace in place of the router's choice in the streamed expert products.
+
+        experts: integer array [tokens, layers, k] (a `bench.routing.Trace`'s `experts`; -1 = the router's choice
+        for that slot), k equal to the model's experts per token; the model's MoE layer L takes the trace's
+        layer L, every call of a tensor the next rows of the trace (wrapping). None turns it off. The router's
+        weights for its own choice still scale the products, so the outputs are meaningless: use it only on
+        random-weight models, to give the expert cache real routing's reuse and skew. Not while the model
+        computes."""
+        import numpy as np
+        err = self.ffi.new("char[1024]")
+        if experts is None:
+            self.lib.fm_model_set_routing(self.handle, self.ffi.NULL, 0, 0, 0, err, 1024)
+            return
+        ids = np.ascontiguousarray(experts, dtype=np.int32)
+        if ids.ndim != 3:
+            raise ValueError(f"routing trace must be [tokens, layers, k], not {ids.shape}")
+        layers = sorted({e.layer for e in self.experts})
+        if layers[-1] >= ids.shape[1]:
+            raise FlashMoeError(f"routing trace has {ids.shape[1]} layers, the model's MoE layers go up to "
+                                f"{layers[-1]}")
+        if self.lib.fm_model_set_routing(self.handle, self.ffi.from_buffer("int32_t[]", ids), ids.shape[0],
+                                         ids.shape[1], ids.shape[2], err, 1024) != 0:
+            raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        for e in self.experts:
+            if self.lib.fm_model_route_tensor(self.handle, e.name.encode(), e.layer, err, 1024) != 0:
+                msg = self.ffi.string(err).decode(errors="replace")
+                self.lib.fm_model_set_routing(self.handle, self.ffi.NULL, 0, 0, 0, err, 1024)
+                raise FlashMoeError(msg)
+
     def access(self, tensor: str, experts: Sequence[int]) -> None:
         """Replay hook: acquire, read and release experts of one tensor as a MUL_MAT_ID would, without computing."""
         err = self.ffi.new("char[1024]")

@@ -127,7 +127,29 @@ int fm_model_end_load(fm_model *m, char *err, size_t err_len) {
 void fm_model_free(fm_model *m) {
     if (!m) return;
     fm_store_close(m->store);
+    fm_routing_free(m->mm.routing);
     free(m);
+}
+
+int fm_model_set_routing(fm_model *m, const int32_t *ids, int n_tok, int n_layer, int k_used, char *err,
+                         size_t err_len) {
+    fm_routing *r = NULL;
+    if (ids) {
+        r = fm_routing_new(ids, n_tok, n_layer, k_used, fm_store_n_tensors(m->store), err, err_len);
+        if (!r) return -1;
+    }
+    fm_routing_free(m->mm.routing);
+    m->mm.routing = r;
+    return 0;
+}
+
+int fm_model_route_tensor(fm_model *m, const char *tensor, int layer, char *err, size_t err_len) {
+    const int t = fm_store_find(m->store, tensor);
+    if (!m->mm.routing || t < 0) {
+        snprintf(err, err_len, "%s: %s", tensor, m->mm.routing ? "no such expert tensor" : "no routing trace set");
+        return -1;
+    }
+    return fm_routing_set_layer(m->mm.routing, t, layer, fm_store_tensor(m->store, t)->n_expert, err, err_len);
 }
 
 void fm_model_get_stats(fm_model *m, fm_stats *out) {

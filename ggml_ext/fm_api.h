@@ -50,6 +50,13 @@ uint64_t fm_model_dropped_bytes(fm_model *m);
 /* Test and replay hook: what a MUL_MAT_ID does with the store (acquire the experts of a tensor, wait for all,
  * release), without computing. For checking cache policies against an access trace. */
 int fm_model_access(fm_model *m, const char *tensor, const int *experts, int n, char *err, size_t err_len);
+/* Benchmarks only: replay ids[t][l][k] (n_tok x n_layer x k_used, -1 = the router's choice) in place of the
+   router's choice in the streamed MUL_MAT_IDs of the tensors given to fm_model_route_tensor (ggml_ext/fm_routing.h);
+   ids NULL turns it off. Not while the model computes. 0, or -1 with a message. */
+int fm_model_set_routing(fm_model *m, const int32_t *ids, int n_tok, int n_layer, int k_used, char *err,
+                         size_t err_len);
+/* The tensor takes the trace's layer `layer` (after fm_model_set_routing). 0, or -1 with a message. */
+int fm_model_route_tensor(fm_model *m, const char *tensor, int layer, char *err, size_t err_len);
 
 /* A FILE* reading a stream of segments (flashmoe_gguf/load_plan.py): segs holds n_segs rows of 5 numbers
    (stream start, length, kind (enum fm_segment_kind), file index into paths, offset in the file or the blob),

@@ -212,15 +212,24 @@ static void setup(mm_ctx *c, const fm_tensor_info *t, const fm_mm_opts *opts, st
 
 /* the (k, t) pairs grouped by expert, keeping first-seen order of experts: uniq[0..n_uniq) the experts, pairs of
    expert e in pairs[start[e] .. start[e + 1]). Returns n_uniq, or -1 (router chose an expert out of range). */
-static int group_by_expert(fm_store *s, const fm_tensor_info *t, const struct ggml_tensor *ids, int *count, int *start,
-                           int *pairs, int *uniq) {
+static int group_by_expert(fm_store *s, const fm_tensor_info *t, const struct ggml_tensor *ids, fm_routing *routing,
+                           int *count, int *start, int *pairs, int *uniq) {
     const int n_used = (int) ids->ne[0], n_tok = (int) ids->ne[1], n_exp = t->n_expert;
+    const int replay = fm_routing_active(routing, t->index);
+    if (replay && fm_routing_k(routing) != n_used) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s: the routing trace has %d experts per token, the model uses %d", t->name,
+                 fm_routing_k(routing), n_used);
+        fm_store_set_error(s, msg);
+        return -1;
+    }
     int n_uniq = 0;
     for (int pass = 0; pass < 2; pass++) { /* count, then place */
         for (int tk = 0; tk < n_tok; tk++) {
             for (int k = 0; k < n_used; k++) {
-                const int e = *(const int32_t *) ((const char *) ids->data + (size_t) k * ids->nb[0] +
-                                                  (size_t) tk * ids->nb[1]);
+                const int r = replay ? fm_routing_expert(routing, t->index, tk, k) : -1;
+                const int e = r >= 0 ? r : *(const int32_t *) ((const char *) ids->data + (size_t) k * ids->nb[0] +
+                                                               (size_t) tk * ids->nb[1]);
                 if (e < 0 || e >= n_exp) {
                     char msg[256];
                     snprintf(msg, sizeof msg, "%s: router chose expert %d of %d", t->name, e, n_exp);
@@ -236,6 +245,7 @@ static int group_by_expert(fm_store *s, const fm_tensor_info *t, const struct gg
             memset(count, 0, (size_t) n_exp * sizeof *count);
         }
     }
+    if (replay) fm_routing_advance(routing, t->index, n_tok);
     return n_uniq;
 }
 
@@ -317,7 +327,7 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
     int rc = -1, n_uniq;
     if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.th || (c.kernel && !c.act)) {
         fm_store_set_error(s, "out of memory in MUL_MAT_ID");
-    } else if ((n_uniq = group_by_expert(s, t, dst->src[2], count, start, pairs, uniq)) >= 0) {
+    } else if ((n_uniq = group_by_expert(s, t, dst->src[2], opts->routing, count, start, pairs, uniq)) >= 0) {
         /* the activations are quantized once, for all experts (ggml's code quantizes its own) */
         if (c.kernel) fm_pool_run(pool, nth, quantize_task, &c);
         if (alloc_threads(&c, nth, uniq, n_uniq) != 0) fm_store_set_error(s, "out of memory in MUL_MAT_ID");

@@ -4,12 +4,14 @@
 
 #include "fm_ggml.h"
 #include "fm_pool.h"
+#include "fm_routing.h"
 #include "fm_store.h"
 #include "fm_types.h"
 
 typedef struct {
     int isa;   /* our kernels' instruction set (FM_ISA_SCALAR, _AVX2, _AVX512), or FM_ISA_GGML */
     int tiled; /* enum fm_tiled: ggml's tiled K-quant path */
+    fm_routing *routing; /* benchmarks only: a routing trace replayed in place of the router's choice, or NULL */
 } fm_mm_opts;
 
 /* Computes dst (a GGML_OP_MUL_MAT_ID node whose src0 is store tensor `tensor`), bitwise as ggml's CPU backend.

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 
 from flashmoe_gguf.bench import cgroup as cgroup_mod
@@ -550,3 +551,69 @@ def test_a_cap_below_the_resident_weights_skips_flashmoe(tiny: Path, tmp_path: P
     assert r["status"].startswith("skipped") and r["budget_bytes"] < 0 and r["decode_tok_s"] is None
     assert rep["budgets_bytes"] == {str(1 << 20): r["budget_bytes"]} and rep["disk_bandwidth"] == {}
     assert "| cap 0.00G / K=4 / flashmoe-lru | skipped" in (tmp_path / "r" / "report.md").read_text()
+
+
+# -- realistic routing (--routing) ---------------------------------------------------------------------------
+
+def test_routing_specs_resolve_and_are_checked(tmp_path: Path) -> None:
+    from flashmoe_gguf.bench.routing import Trace
+    from flashmoe_gguf.bench.traces import check_fits, routing_trace, save_trace, stored_traces
+    assert routing_trace("router") is None
+    gen = routing_trace("mixtral-8x7b", tokens=64)
+    assert gen is not None and gen.experts.shape == (64, 32, 2) and gen.n_expert == 8
+    real = stored_traces()[0]
+    got = routing_trace(real.name)
+    assert got is not None and got.prompt_tokens == 0                     # its decode part only
+    np.testing.assert_array_equal(got.experts, real.experts[real.prompt_tokens:])
+    path = tmp_path / "t.npz"
+    save_trace(Trace("mine", "test", 16, np.zeros((3, 2, 4), np.int16)), path)
+    assert routing_trace(str(path)).name == "mine"                          # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="not a preset"):
+        routing_trace("no-such-model")
+    check_fits(gen, 8, 2, 32)
+    for args, msg in (((16, 2, 32), "is for 8 experts, the model has 16"),
+                      ((8, 4, 32), "selects 2 experts per token, the model 4 \\(--k 2"),
+                      ((8, 2, 40), "has 32 layers, the model 40")):
+        with pytest.raises(ValueError, match=msg):
+            check_fits(gen, *args)
+
+
+def test_plan_gives_the_routing_to_flashmoe_runs_only(tiny: Path) -> None:
+    opt = BenchPlanOptions(caps=(1 << 30,), warm=True, ks=(None,), configs=("flashmoe-lru", "stock"), tokens=4,
+                           prompt_tokens=8, n_ctx=512, threads=1, headroom=HEADROOM, routing="x.npz")
+    assert {(p.config, p.spec.routing) for p in make_plan(model_info(tiny), opt)} == {
+        ("flashmoe-lru", "x.npz"), ("stock", "router")}
+
+
+def test_e2e_routing_replays_the_trace(tiny: Path, tmp_path: Path) -> None:
+    """A trace in which every token selects experts 0..3 in every layer, with a budget a little above those 4 per
+    tensor: flashmoe reads each once and then nothing per token, while with its router (which spreads tokens over
+    all 16 experts) the same budget keeps reading. A trace for another model is a one-line error."""
+    from flashmoe_gguf.bench.routing import Trace
+    from flashmoe_gguf.bench.traces import save_trace
+    info = model_info(tiny)
+    trace = tmp_path / "same.npz"
+    save_trace(Trace("same-4", "test", info.n_expert,
+                     np.broadcast_to(np.arange(4, dtype=np.int16), (64, info.block_count, 4)).copy()), trace)
+    budget = info.expert_bytes_per_token(4) + (1 << 16)        # experts 0..3 of every tensor, and a little
+    cap = budget + info.resident_bytes + info.kv_cache_bytes(512) + HEADROOM
+    common = ["--ram", str(cap), "--no-warm", "--tokens", "6", "--prompt-tokens", "8", "--cache", "lru",
+              "--compare", "none", "--headroom", str(HEADROOM), "--wait", "0", "--disk-repeats", "0",
+              "--retries", "0", "--probe-pairs", "0"]
+    reps = {}
+    for routing in (str(trace), "router"):
+        out = tmp_path / f"report-{len(reps)}"
+        p = subprocess.run(["flashmoe", "bench", str(tiny), *common, "--routing", routing, "--report", str(out)],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+        reps[routing] = json.loads((out / "report.json").read_text())
+    (replayed,), (routed,) = reps[str(trace)]["runs"], reps["router"]["runs"]
+    assert replayed["status"] == routed["status"] == "ok"
+    assert replayed["budget_bytes"] == routed["budget_bytes"] == budget
+    assert replayed["expert_bytes_per_token"] == 0 and replayed["hit_rate_bytes"] == 1.0
+    assert routed["expert_bytes_per_token"] > 0
+    assert any("replay same-4" in lim for lim in reps[str(trace)]["control"]["limitations"])
+    p = subprocess.run(["flashmoe", "bench", str(tiny), *common, "--routing", "qwen3-30b-a3b", "--report",
+                        str(tmp_path / "bad")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert f"is for 128 experts, the model has {info.n_expert}" in p.stderr

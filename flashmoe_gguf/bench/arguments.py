@@ -94,6 +94,13 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                         "the fixed part of a token's time by a two-point fit (default: the in-run probe only)")
     b.add_argument("--feed", choices=("greedy", "random"), default="greedy",
                    help="decode input: the argmax (default) or seeded random token ids (less expert reuse)")
+    b.add_argument("--routing", default="router",
+                   help="which experts flashmoe's streamed products read: 'router' (the model's own choice, default), "
+                        "a generated trace calibrated to a real model (qwen3-30b-a3b, mixtral-8x7b, deepseek-v2-lite, "
+                        "olmoe-1b-7b, gpt-oss-120b, qwen35-397b-a17b; flashmoe_gguf/bench/routing.py), a stored real "
+                        "trace by name (bench/traces/), or an .npz trace. For random-weight models, whose routers "
+                        "route near uniformly: the cache then sees real routing's reuse and skew. Stock runs keep "
+                        "their router's choice")
     b.add_argument("--probe-pairs", type=int, default=8,
                    help="fixed-part probe steps (with/without output) in every warm run; 0: none")
     b.add_argument("--disk-reads", type=int, default=200, help="expert reads per disk measurement (default 200)")

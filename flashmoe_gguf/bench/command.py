@@ -9,7 +9,7 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,8 @@ from .model import ModelInfo, model_info
 from .plan import BUDGET_DOC, SAFETY, BenchPlanOptions, flashmoe_budget, make_plan
 from .report import build, derive, render_markdown, round_ratios_text, sanitize, write_json
 from .runner import Control, RunPlan, RunResult, run_config
+from .routing import Trace
+from .traces import check_fits, routing_trace, save_trace
 from .worker import is_flashmoe
 
 MB = 1e6
@@ -37,6 +39,7 @@ class Setup:
     limitations: tuple[str, ...]
     report_dir: Path
     second_slice: ModelInfo | None = None
+    trace: Trace | None = None          # --routing: the trace flashmoe's runs replay
 
 
 def setup(args: argparse.Namespace) -> Setup:
@@ -77,8 +80,17 @@ def setup(args: argparse.Namespace) -> Setup:
     control = Control(cgroup=cg_reason is None, drop_caches=drop, timeout_s=args.timeout, stall_s=args.stall,
                       quiet=rule, disk_device=dev, retries=args.retries, max_busy=args.max_busy,
                       safety_limit=int(SAFETY * ram) if ram else None)
+    # long enough that the warm-up and timed runs do not wrap around (prompt rows + decode rows, twice)
+    trace = routing_trace(args.routing, tokens=min(4096, max(256, 2 * (args.prompt_tokens + args.tokens) + 64)))
+    if trace is not None:
+        for k in ks:
+            check_fits(trace, info.n_expert, k or info.n_expert_used, info.block_count)
+        limitations.append(f"routing: flashmoe's streamed expert products replay {trace.name} ({trace.model}) in "
+                           "place of the router's choice; stock runs keep their router's, so only flashmoe's runs "
+                           "see real routing's reuse (and decode outputs differ from stock's)")
     opt = BenchPlanOptions(caps, not args.no_warm, ks, configs, args.tokens, args.prompt_tokens, args.n_ctx,
-                           args.threads, headroom, args.feed, args.probe_pairs, ram, args.rounds)
+                           args.threads, headroom, args.feed, args.probe_pairs, ram, args.rounds,
+                           routing=args.routing)
     second = None
     if args.slice is not None:
         second = model_info(Path(args.slice).resolve(), args.full_layers or info.full_layers)
@@ -92,7 +104,7 @@ def setup(args: argparse.Namespace) -> Setup:
             raise ValueError("--slice needs the warm setting (drop --no-warm)")
     report_dir = Path(args.report) if args.report else \
         Path.cwd() / f"flashmoe-bench-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Setup(info, caps, opt, control, tuple(limitations), report_dir, second)
+    return Setup(info, caps, opt, control, tuple(limitations), report_dir, second, trace)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -126,6 +138,11 @@ def main(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> 
 def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int:
     info, opt, control = st.info, st.plan_options, st.control
     st.report_dir.mkdir(parents=True, exist_ok=True)
+    if st.trace is not None:    # generated once, kept with the report; every flashmoe worker replays this file
+        trace_path = st.report_dir / f"routing-{st.trace.name.replace(':', '-')}.npz"
+        save_trace(st.trace, trace_path)
+        opt = replace(opt, routing=str(trace_path))
+        st = replace(st, plan_options=opt)
     kv = info.kv_cache_bytes(opt.n_ctx)
     say(f"flashmoe bench {info.path}: {info.arch}, {info.block_count} layers, {info.n_expert} experts, K "
         f"{info.n_expert_used}; experts {info.expert_bytes / MB:.0f} MB ({info.bytes_per_expert / MB:.2f} MB each), "

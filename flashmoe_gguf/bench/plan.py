@@ -38,6 +38,7 @@ class BenchPlanOptions:
     probe_pairs: int = 8
     ram_bytes: int | None = None       # this machine's RAM: the no-cap budget never exceeds what fits in it
     rounds: int = 1                    # every configuration this many times, in rounds (see make_plan)
+    routing: str = "router"            # flashmoe runs: a routing trace replayed in place of the router's choice
 
 
 def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int:
@@ -89,7 +90,7 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
                     probe = opt.probe_pairs if setting == "nocap" else 0
                     spec = WorkerSpec(config, info.path, opt.threads, opt.tokens, opt.prompt_tokens, opt.n_ctx,
                                       budget, warmup=setting == "nocap", feed=opt.feed, kv_overrides=overrides,
-                                      probe_pairs=probe)
+                                      probe_pairs=probe, routing=opt.routing if fm else "router")
                     where = _label(cap) if cap is not None else "no cap, warm"
                     name = f"{where} / K={k_eff} / {config}" + (f" / round {rnd + 1}" if opt.rounds > 1 else "")
                     runs.append(RunPlan(name, config, setting, cap, k_eff, bool(k), spec, cold=setting == "capped",

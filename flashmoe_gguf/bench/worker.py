@@ -26,6 +26,7 @@ from typing import Any
 
 from ..stock import no_extra_buffer_types
 from .machine import proc_io, proc_status
+from .traces import routing_trace
 
 EVENT = "FLASHMOE_BENCH_EVENT "
 PROMPT_TEXT = ("The quick brown fox jumps over the lazy dog. Mixture-of-experts language models route every token "
@@ -67,6 +68,7 @@ class WorkerSpec:
     feed: str = "greedy"            # "greedy" | "random"
     kv_overrides: dict[str, int] = field(default_factory=dict)
     probe_pairs: int = 0
+    routing: str = "router"          # flashmoe only: a trace replayed in place of the router (traces.routing_trace)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -93,8 +95,12 @@ def make_llama(spec: WorkerSpec) -> Any:
         mode = spec.config.split("-", 1)[1]
         # MODE: the runtime's choice of O_DIRECT ("auto"); MODE-direct / MODE-buffered force it on / off
         direct: bool | str = True if mode.endswith("-direct") else False if mode.endswith("-buffered") else "auto"
-        return Llama(spec.model, ram_budget=spec.budget, cache=mode.removesuffix("-direct").removesuffix("-buffered"),
-                     direct_io=direct, **kw)
+        llm = Llama(spec.model, ram_budget=spec.budget, cache=mode.removesuffix("-direct").removesuffix("-buffered"),
+                    direct_io=direct, **kw)
+        trace = routing_trace(spec.routing)
+        if trace is not None:
+            llm._fm.set_routing(trace.experts)
+        return llm
     import llama_cpp
     if spec.config == "stock-norepack":
         with no_extra_buffer_types():
