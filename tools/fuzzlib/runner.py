@@ -7,6 +7,7 @@ hanging inputs are saved as regression cases."""
 from __future__ import annotations
 
 import base64
+import faulthandler
 import gc
 import hashlib
 import json
@@ -68,6 +69,8 @@ def _worker(conn: Any, target: Target, ctx: dict[str, Any], workdir: str, quiet:
             started: Any) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (target.memory, target.memory))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    fault = open(Path(workdir) / f"fault-{os.getpid()}.txt", "w")   # where a signal's Python stack goes
+    faulthandler.enable(fault)
     if quiet:   # llama.cpp and ggml write to stderr from C
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
@@ -112,8 +115,20 @@ class Worker:
                                                       self.started), daemon=True)
         self.proc.start()
         child.close()
+        self.workdir = workdir
         self.done = 0
         self.base: tuple[int, int] | None = None
+
+    def fault_stack(self) -> str:
+        """what faulthandler wrote when the worker died of a signal (its innermost frames)"""
+        try:
+            text = (Path(self.workdir) / f"fault-{self.proc.pid}.txt").read_text()
+        except OSError:
+            return ""
+        return "\n" + "\n".join(text.strip().splitlines()[:8])
+
+    def died(self) -> str:
+        return f"worker died (exit code {self.proc.exitcode}) at input {self.current.value}{self.fault_stack()}"
 
     def run(self, first: int, seed: int, items: int | list[Case], timeout: float) -> tuple[Any, ...]:
         """('batch', counts, findings, rss, fds), or ('hang' | 'died', index of the input, detail, findings)."""
@@ -125,7 +140,7 @@ class Worker:
                     msg = self.conn.recv()
                 except (EOFError, ConnectionResetError):
                     self.proc.join(5)
-                    return "died", self.current.value, f"worker died (exit code {self.proc.exitcode})", findings
+                    return "died", self.current.value, self.died(), findings
                 if msg[0] == "finding":
                     findings.append(msg[1:])
                     continue
@@ -136,7 +151,7 @@ class Worker:
                 return "hang", self.current.value, f"no answer in {timeout:.0f} s", findings
             if not self.proc.is_alive() and not self.conn.poll(0):
                 self.proc.join(5)
-                return "died", self.current.value, f"worker died (exit code {self.proc.exitcode})", findings
+                return "died", self.current.value, self.died(), findings
 
     def stop(self) -> None:
         try:
@@ -234,7 +249,8 @@ def _finding(stats: Stats, target: Target, kind: str, detail: str, case: Case, s
     else:
         stats.hangs += 1
     lines = detail.strip().splitlines()
-    stats.findings.append(f"{kind}: {lines[-1] if lines else detail}")
+    head = lines[0] if lines and lines[0].startswith("worker died") else lines[-1] if lines else detail
+    stats.findings.append(f"{kind}: {head}")
     if save:
         stats.saved.append(str(save_case(target.name, case, kind, detail, corpus)))
     if progress:
