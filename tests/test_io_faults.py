@@ -15,6 +15,7 @@ in a child process with a timeout, so a crash or a hang fails the test instead o
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 from conftest import checkpoint
-from test_runtime import BATCH, PROMPT, assert_same_logits, gguf_for, stock_reference
+from test_runtime import assert_same_logits, gguf_for, stock_reference
 
 TESTS = Path(__file__).resolve().parent
 SHIM_SRC = TESTS / "faultshim" / "faultshim.c"
@@ -112,7 +113,6 @@ def test_expert_read_fault_mid_decode(faultshim: Path, model_copy: Path, direct:
                                       message: str) -> None:
     """One expert read fails after four good tokens: that eval raises FlashMoeError with the read's reason, and
     the model stays failed (the next eval raises too) rather than computing with missing experts."""
-    import re
     direct_io_or_skip(model_copy, direct)
     r = run_faulted(faultshim, python(DECODE_AFTER_FAULT, model_copy, int(direct)), path=model_copy, fault=fault,
                     times=1, armed=0)

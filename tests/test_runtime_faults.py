@@ -4,6 +4,7 @@ wrong tokens."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -292,6 +293,6 @@ def test_rewritten_during_load(model_copy: Path, how: str, when: float) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("ERR FlashMoeError ") and str(model_copy) in r.stdout, r.stdout
     assert f"['{how}']" in r.stdout, r.stdout         # the rewrite happened
-    want = {"truncate": "changed size|ended at byte|shorter than when it was indexed", "overwrite": "modified", "replace": "replaced"}[how]
-    import re
+    want = {"truncate": "changed size|ended at byte|shorter than when it was indexed", "overwrite": "modified",
+            "replace": "replaced"}[how]
     assert re.search(want, r.stdout), r.stdout

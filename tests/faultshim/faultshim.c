@@ -1,10 +1,10 @@
 /* An LD_PRELOAD shim that makes I/O on chosen files fail or come back short, for tests/test_io_faults.py.
  *
  * It wraps read, pread, pread64, preadv, preadv64, preadv2, preadv64v2 (the "read" calls; CPython's os.preadv is
- * preadv64v2) and write, pwrite, pwrite64 (the "write"
- * calls) as a program calls them through the C library's dynamic symbols (CPython's os and io modules, our
- * extension's preads, the ggml loader's cookie reads); calls the C library makes internally are not seen. The
- * configuration comes from the environment, read once:
+ * preadv64v2) and write, pwrite, pwrite64 (the "write" calls) as a program calls them through the C library's
+ * dynamic symbols (CPython's os and io modules, our extension's preads, the ggml loader's reads through our FILE*);
+ * calls the C library makes internally (stdio's own reads) are not seen. The configuration comes from the
+ * environment, read once:
  *
  *   FAULTSHIM_PATH    a substring of the file's path (/proc/self/fd/N); no fault without it
  *   FAULTSHIM_CALLS   "read", "pread" (the positional ones only) or "write": which calls are faulted (default read)
@@ -19,7 +19,8 @@
  *                     not needed)
  *   FAULTSHIM_ARMED   0: nothing is faulted until the program calls faultshim_arm(1) (ctypes.CDLL(None))
  *
- * faultshim_faults() says how many calls were faulted. C11, no state but atomics. */
+ * faultshim_faults() says how many calls were faulted. C11; thread-safe (the configuration is published once through
+ * an atomic, the counters are atomics). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
