@@ -3,7 +3,8 @@
 llama.cpp's `llama_model_load_from_file_ptr` parses one GGUF from a FILE* (and ignores `split.count`: it would
 load the first shard alone). So a model is presented as one stream of `segments`, each a byte range of the
 stream taken from somewhere:
-- a single file: the file itself, with the routed-expert ranges skipped (never read; llama.cpp drops their bytes);
+- a single file: its header in memory, then the file itself, with the routed-expert ranges skipped (never read;
+  llama.cpp drops their bytes);
 - a split model: a merged header in memory (the first shard's keys without `split.*`, the tensor infos of every
   shard with offsets in one data section) followed by every tensor's bytes from its shard, expert ranges
   skipped, zero padding between tensors.
@@ -26,7 +27,7 @@ SEG_BLOB, SEG_FILE, SEG_ZERO, SEG_SKIP = _C.FM_SEG_BLOB, _C.FM_SEG_FILE, _C.FM_S
 
 @dataclass(frozen=True)
 class LoadPlan:
-    blob: bytes                                        # the merged header (split models), else empty
+    blob: bytes                                        # the header (a split model's merged one)
     segments: tuple[tuple[int, int, int, int, int], ...]  # (stream start, length, kind, file, offset), in order
     size: int                                          # bytes in the stream
 
@@ -36,17 +37,27 @@ def _align(n: int, a: int) -> int:
 
 
 def _file_segments(model: GGUFModel, skip: set[str]) -> LoadPlan:
+    """The file as it is, its header served from memory (llama.cpp parses it in many tiny reads; the FILE* is
+    unbuffered, so that tensor reads reach fm_api.c whole), the expert ranges skipped."""
     f = model.files[0]
-    cuts = sorted((t.offset, t.offset + t.nbytes) for t in f.tensors if t.name in skip)
-    segs, pos = [], 0
-    for b, e in cuts:
-        if b > pos:
-            segs.append((pos, b - pos, SEG_FILE, 0, pos))
-        segs.append((b, e - b, SEG_SKIP, 0, b))
-        pos = e
+    with open(f.path, "rb") as fh:
+        head = fh.read(f.data_offset)
+    if len(head) != f.data_offset:
+        from .gguf_index import GGUFIndexError
+        raise GGUFIndexError(f"{f.path}: the file is shorter than its header (truncated or rewritten on disk?)")
+    segs: list[tuple[int, int, int, int, int]] = [(0, len(head), SEG_BLOB, 0, 0)]
+    pos = len(head)
+    # one segment per tensor: the reader never reads past the tensor llama.cpp asked for (fm_api.c's chunks
+    # stay within a segment), the padding between tensors apart
+    for t in sorted(f.tensors, key=lambda t: t.offset):
+        if t.offset > pos:
+            segs.append((pos, t.offset - pos, SEG_FILE, 0, pos))
+        if t.nbytes:
+            segs.append((t.offset, t.nbytes, SEG_SKIP if t.name in skip else SEG_FILE, 0, t.offset))
+        pos = max(pos, t.offset + t.nbytes)
     if f.size > pos:
         segs.append((pos, f.size - pos, SEG_FILE, 0, pos))
-    return LoadPlan(b"", tuple(segs), f.size)
+    return LoadPlan(head, tuple(segs), f.size)
 
 
 def _gguf_string(s: str) -> bytes:

@@ -79,8 +79,8 @@ def test_one_expert_set_is_read_once_and_the_router_reads_others() -> None:
 def test_minus_one_keeps_the_routers_choice() -> None:
     path = converted(ARCH, "default")
     n_layer, n_expert, k, per_layer = model_facts(path)
-    llm = Llama(model_path=str(path), ram_budget="1G", n_ctx=64, verbose=False)
-    ref = Llama(model_path=str(path), ram_budget="1G", n_ctx=64, verbose=False)
+    llm = Llama(model_path=str(path), ram_budget="1G", n_ctx=64, verbose=False, logits_all=True)
+    ref = Llama(model_path=str(path), ram_budget="1G", n_ctx=64, verbose=False, logits_all=True)
     try:
         llm._fm.set_routing(np.full((3, n_layer, k), -1, np.int32))
         decode(llm, 3)
