@@ -272,28 +272,40 @@ static int seg_pread(seg_file *f, int src, char *dst, uint64_t len, uint64_t off
     return 0;
 }
 
-/* Reads [a, a + n) of file src into the chunk buffer (O_DIRECT where allowed: a, n aligned; a short read keeps
-   what came). 0, or -1 with the error noted. */
+/* Reads [a, a + n) of file src into the chunk buffer, O_DIRECT where allowed (a, n aligned), until n bytes or the
+   end of the file. A short O_DIRECT read (at the end of the file, or from a signal) is continued through the
+   buffered descriptor, whose reads need no alignment. 0, or -1 with the error noted (nothing read at all: the file
+   ends at a). */
 static int fill_chunk(seg_file *f, int src, uint64_t a, size_t n) {
     f->chunk_src = -1;
-    ssize_t got = -1;
-    if (f->dfds[src] >= 0) {
-        do got = pread(f->dfds[src], f->chunk, n, (off_t) a); while (got < 0 && errno == EINTR);
-        if (got < 0 && errno == EINVAL) { /* O_DIRECT refused here: buffered from now on */
+    size_t total = 0;
+    int direct = f->dfds[src] >= 0;
+    while (total < n) {
+        const ssize_t got = pread(direct ? f->dfds[src] : f->fds[src], f->chunk + total, n - total,
+                                  (off_t) (a + total));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0 && errno == EINVAL && direct) { /* O_DIRECT refused here: buffered from now on */
             close(f->dfds[src]);
             f->dfds[src] = -1;
+            direct = 0;
+            continue;
         }
+        if (got < 0) {
+            note_read_error(f, src, a + total, got, errno);
+            return -1;
+        }
+        if (got == 0) break; /* the end of the file */
+        total += (size_t) got;
+        direct = 0; /* if that was short, the rest through the buffered descriptor */
     }
-    if (f->dfds[src] < 0)
-        do got = pread(f->fds[src], f->chunk, n, (off_t) a); while (got < 0 && errno == EINTR);
-    if (got <= 0) {
-        note_read_error(f, src, a, got < 0 ? got : 0, errno);
+    if (total == 0) {
+        note_read_error(f, src, a, 0, 0);
         return -1;
     }
     f->chunk_src = src;
     f->chunk_off = a;
-    f->chunk_len = (uint64_t) got;
-    if (f->bytes_read) *f->bytes_read += (uint64_t) got;
+    f->chunk_len = total;
+    if (f->bytes_read) *f->bytes_read += total;
     return 0;
 }
 
@@ -301,7 +313,9 @@ static int fill_chunk(seg_file *f, int src, uint64_t a, size_t n) {
 static int seg_read_file(seg_file *f, int src, char *dst, uint64_t len, uint64_t off, uint64_t lo, uint64_t hi) {
     if (!f->chunk && posix_memalign((void **) &f->chunk, FM_DIRECT_ALIGN, FM_CHUNK) != 0) {
         f->chunk = NULL;
-        return seg_pread(f, src, dst, len, off);
+        if (seg_pread(f, src, dst, len, off) != 0) return -1;
+        if (f->bytes_read) *f->bytes_read += len;
+        return 0;
     }
     while (len > 0) {
         if (f->chunk_src != src || off < f->chunk_off || off >= f->chunk_off + f->chunk_len) {
