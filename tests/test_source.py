@@ -28,10 +28,13 @@ def fake_hub_cache(root: Path, repo: str) -> Path:
 
 
 def test_repo_id_from_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # imported before the environment changes: imported under HF_HUB_OFFLINE=1, its constant would be True at
+    # import, and monkeypatch would "restore" that, leaving the rest of the run offline (test_pull then failed
+    # when it ran in the same process without an earlier import)
+    import huggingface_hub.constants as c
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     snap = fake_hub_cache(tmp_path / "hub", "someone/tiny-moe")
-    import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert resolve_source("someone/tiny-moe") == snap
