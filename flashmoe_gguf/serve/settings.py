@@ -27,11 +27,19 @@ class ServeError(ValueError):
     """A setting or config file `flashmoe serve` cannot use; the message is one line."""
 
 
-def _only_init(init_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
-    return (init_settings,)
+class _InitOnly(BaseSettings):
+    """Settings from the constructor (our CLI or the config file) only: no environment variables, no .env file."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
-class FlashMoeModelSettings(ModelSettings):
+class FlashMoeModelSettings(_InitOnly, ModelSettings):
     """One model: llama-cpp-python's settings for it, and how its routed experts are streamed."""
 
     ram_budget: Union[int, str] = Field(
@@ -54,14 +62,6 @@ class FlashMoeModelSettings(ModelSettings):
     verbose: bool = Field(default=False, description="llama.cpp's log on stderr")
     logits_all: bool = Field(default=False, description="keep logits for every token (completion logprobs)")
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _only_init(init_settings)
-
     @field_validator("ram_budget")
     @classmethod
     def _size(cls, value: Union[int, str]) -> Union[int, str]:
@@ -80,7 +80,7 @@ assert set(ISA_CHOICES) == {"auto", "avx512", "avx2", "scalar", "ggml"}, "isa ch
 assert set(CACHE_POLICIES) == {"lfu", "lru", "os", "lrfu"}, "cache policies changed: update expert_cache"
 
 
-class FlashMoeServerSettings(ServerSettings):
+class FlashMoeServerSettings(_InitOnly, ServerSettings):
     """The HTTP side: llama-cpp-python's server settings, the bounded queue, loopback by default."""
 
     host: str = Field(default="127.0.0.1", description="listen address")
@@ -88,14 +88,6 @@ class FlashMoeServerSettings(ServerSettings):
     queue: int = Field(default=8, ge=0, description="requests that may wait for the model while it serves one; "
                                                     "one more gets 503 with Retry-After")
     interrupt_requests: bool = Field(default=False, description="not supported: requests queue instead")
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _only_init(init_settings)
 
     @field_validator("interrupt_requests")
     @classmethod
