@@ -1,10 +1,13 @@
 """ram_budget="auto": how much RAM the expert cache may use on this machine, inside this process's cgroup.
 
-    budget = available - non-expert weights - headroom,  clamped to [FLOOR, all expert bytes]
+    budget = available - non-expert weights - context - headroom,  clamped to [FLOOR, all expert bytes]
 
 available is MemAvailable (/proc/meminfo), or less when this process's memory cgroup (v1 or v2) has a limit:
-that limit minus the group's anonymous memory (its page cache is reclaimable, so it counts as available).
-headroom (max(512 MiB, 10 % of available)) covers the KV cache, compute buffers and the Python process.
+that limit minus the group's anonymous memory (its page cache is reclaimable, so it counts as available), taken
+before the model loads. context is what llama.cpp allocated for the context: KV cache, compute buffers (which
+grow with n_ubatch, and without flash attention with n_ctx x n_ubatch) and output buffer, measured when the context
+is created (flashmoe_gguf.Llama sizes the cache after that, see heap.py). headroom (max(512 MiB, 10 % of
+available) unless given) covers the reads in flight, allocator slack and what Python allocates later.
 """
 
 from __future__ import annotations
@@ -81,8 +84,13 @@ def available_memory(root: Path = Path("/")) -> Available:
     return cg if cg is not None and cg.bytes < avail.bytes else avail
 
 
-def auto_budget(non_expert_bytes: int, expert_bytes: int, avail: Available | None = None) -> int:
+def default_headroom(avail: Available) -> int:
+    return max(512 * MiB, avail.bytes // 10)
+
+
+def auto_budget(non_expert_bytes: int, expert_bytes: int, avail: Available | None = None, context_bytes: int = 0,
+                headroom: int | None = None) -> int:
     a = avail if avail is not None else available_memory()
-    headroom = max(512 * MiB, a.bytes // 10)
-    budget = a.bytes - non_expert_bytes - headroom
+    room = default_headroom(a) if headroom is None else headroom
+    budget = a.bytes - non_expert_bytes - context_bytes - room
     return int(min(max(budget, FLOOR), max(expert_bytes, FLOOR)))

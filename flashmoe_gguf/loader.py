@@ -6,6 +6,10 @@ file without its experts, see StreamedModel.load); on any other thread, llama.cp
 llama_cpp.Llama created on another thread while a flashmoe model loads gets its own file, and flashmoe models
 load on several threads at once. The C side keeps the model being loaded per thread too (fm_model_begin_load).
 
+The same scope measures the context that llama_cpp.Llama creates next on that thread (llama_init_from_model: KV
+cache, compute and output buffers) by the C heap's growth during the call (heap.py), and hands the figure to the
+model (`context_created`): ram_budget="auto" leaves those bytes out of the expert cache.
+
 llama-cpp-python silences llama.cpp during a load with verbose=False by pointing file descriptors 1 and 2 (and
 sys.stdout/stderr) at /dev/null and back (`_utils.suppress_stdout_stderr`). That is process-wide state: two loads on
 two threads restore each other's saved descriptors, and the process's stdout and stderr stay at /dev/null for good
@@ -19,9 +23,13 @@ import contextlib
 import threading
 from typing import Any, Iterator, Protocol
 
+from .heap import allocated_during
+
 
 class _Loads(Protocol):
     def load(self, params: Any) -> Any: ...
+
+    def context_created(self, heap_bytes: int | None) -> None: ...
 
 
 class _Dispatch:
@@ -37,6 +45,24 @@ class _Dispatch:
             return self.original(path_model, params)
         self.pending.model = None          # one load per scope: a second one on this thread is llama.cpp's own
         return target.load(params)
+
+
+class _ContextDispatch:
+    """The function installed under llama_cpp.llama_cpp.llama_init_from_model."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.pending = threading.local()
+
+    def __call__(self, model: Any, params: Any) -> Any:
+        target = getattr(self.pending, "model", None)
+        if target is None:
+            return self.original(model, params)
+        self.pending.model = None          # the first context of the scope is the Llama's own
+        ctx, grew = allocated_during(lambda: self.original(model, params))
+        if ctx is not None:
+            target.context_created(grew)
+        return ctx
 
 
 class _SharedSuppress:
@@ -88,6 +114,16 @@ def _dispatcher() -> _Dispatch:
         return current
 
 
+def _context_dispatcher() -> _ContextDispatch:
+    import llama_cpp.llama_cpp as lc
+    with _install_lock:
+        current = lc.llama_init_from_model
+        if not isinstance(current, _ContextDispatch):
+            current = _ContextDispatch(current)
+            lc.llama_init_from_model = current
+        return current
+
+
 def _share_suppress() -> None:
     """_SharedSuppress where llama-cpp-python's modules look the name up (each imported it by name)"""
     import importlib
@@ -101,16 +137,20 @@ def install() -> None:
     """The dispatcher and the shared silencing, now (at import of flashmoe_gguf.runtime: before any load, so that no
     load on another thread is inside llama-cpp-python's own silencing while it is swapped)."""
     _dispatcher()
+    _context_dispatcher()
 
 
 @contextlib.contextmanager
 def loading(model: _Loads) -> Iterator[None]:
-    """Within this block, the next llama_model_load_from_file on this thread loads `model`."""
-    d = _dispatcher()
+    """Within this block, the next llama_model_load_from_file on this thread loads `model`, and the next
+    llama_init_from_model reports its size to `model.context_created`."""
+    d, c = _dispatcher(), _context_dispatcher()
     if getattr(d.pending, "model", None) is not None:
         raise RuntimeError("a flashmoe model is already being loaded on this thread")
     d.pending.model = model
+    c.pending.model = model
     try:
         yield
     finally:
         d.pending.model = None
+        c.pending.model = None

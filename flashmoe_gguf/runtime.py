@@ -30,7 +30,9 @@ class Llama(_llama_base()):  # type: ignore[misc]
     """Drop-in llama_cpp.Llama for MoE GGUFs larger than RAM.
 
     Extra arguments: ram_budget (bytes or "8G": RAM for cached experts; "auto" (default): what this machine or
-    cgroup has available beyond the resident weights and a headroom, see flashmoe_gguf/budget.py), cache ("lfu": our cache, evicting the
+    cgroup has available beyond the resident weights, llama.cpp's context (KV cache, compute buffers: measured
+    when it is created) and a headroom, see flashmoe_gguf/budget.py), ram_headroom (the headroom of "auto",
+    bytes or "512M"; default max(512 MiB, 10 % of the available memory)), cache ("lfu": our cache, evicting the
     least often used experts (default); "lru": our cache, least recently used first; "os": no cache of our own,
     the page cache does it; see ggml_ext/fm_store.h), io_threads, direct_io (O_DIRECT reads; "auto" (default):
     with our own cache, when the file system allows it), isa (which code computes the expert products: "auto"
@@ -42,12 +44,13 @@ class Llama(_llama_base()):  # type: ignore[misc]
 
     def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "auto", cache: str = "lfu",
                  io_threads: int = 8, direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None,
-                 **kwargs: Any) -> None:
+                 ram_headroom: str | int | None = None, **kwargs: Any) -> None:
         self._fm: StreamedModel | None = None
-        self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa)
+        self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa, ram_headroom)
         try:
             with loading(self._fm):
                 super().__init__(model_path, *args, **kwargs)
+            self._fm.size_auto_budget()
         except Exception:
             self._fm.close()
             self._fm = None

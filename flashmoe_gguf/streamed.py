@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import extension
-from .budget import auto_budget
+from . import budget as budget_rule
+from .budget import Available, auto_budget
 from .experts import ExpertTableError, ExpertTensor, expert_tensors
 from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .isa import IsaError, resolve_isa, tiled_mode
@@ -89,7 +90,8 @@ class StreamedModel:
     """The extension's handle on one GGUF: its expert table, cache and I/O threads."""
 
     def __init__(self, path: str | Path, ram_budget: int | str, io_threads: int = 8, cache: str = "lfu",
-                 direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None) -> None:
+                 direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None,
+                 ram_headroom: int | str | None = None) -> None:
         ext = extension.load()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
         self.path = str(Path(path).resolve())
@@ -98,8 +100,13 @@ class StreamedModel:
             raise FlashMoeError(f"{path}: no routed-expert tensors (blk.N.ffn_*_exps.weight): not an MoE GGUF")
         mode = cache_mode(cache)
         expert_total = sum(e.stride * e.n_expert for e in self.experts)
+        self.expert_bytes = expert_total
+        self.context_bytes: int | None = None      # llama.cpp's context, once created (context_created)
+        # ram_budget="auto": memory available before the load; the cache is sized once the context exists
+        self.auto: tuple[Available, int | None] | None = None
         if ram_budget == "auto":
-            ram_budget = auto_budget(self.model.size - expert_total, expert_total)
+            self.auto = (budget_rule.available_memory(), None if ram_headroom is None else parse_size(ram_headroom))
+            ram_budget = auto_budget(self.model.size - expert_total, expert_total, *self.auto_args(0))
         ram_budget = parse_size(ram_budget)
         self.ram_budget = ram_budget
         if direct_io == "auto":
@@ -178,6 +185,30 @@ class StreamedModel:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         return model
 
+    def auto_args(self, context_bytes: int) -> tuple[Available, int, int | None]:
+        assert self.auto is not None
+        return self.auto[0], context_bytes, self.auto[1]
+
+    def context_created(self, heap_bytes: int | None) -> None:
+        """The loader's report: llama.cpp's context took heap_bytes (None: not measurable here)."""
+        self.context_bytes = heap_bytes
+
+    def size_auto_budget(self) -> None:
+        """ram_budget="auto", once the context exists: the cache gets what is left beside it (budget.py)."""
+        if self.auto is None:
+            return
+        if self.context_bytes is None:
+            warnings.warn("flashmoe: ram_budget='auto' could not measure llama.cpp's context buffers (no glibc "
+                          "malloc counters here): the expert cache is sized without them, which may exceed a "
+                          "memory limit; pass ram_budget explicitly", RuntimeWarning, stacklevel=3)
+        self.set_budget(auto_budget(self.model.size - self.expert_bytes, self.expert_bytes,
+                                    *self.auto_args(self.context_bytes or 0)))
+
+    def set_budget(self, budget: int) -> None:
+        """Resize the expert cache (bytes; a smaller one evicts down to it). Not while the model computes."""
+        self.lib.fm_model_set_budget(self.handle, budget)
+        self.ram_budget = budget
+
     def error(self) -> str | None:
         buf = self.ffi.new("char[1024]")
         return self.ffi.string(buf).decode(errors="replace") if self.lib.fm_model_error(self.handle, buf, 1024) else None
@@ -196,6 +227,7 @@ class StreamedModel:
             "io_wait_seconds": float(s.io_wait_seconds),
             "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),
             "load_bytes_read": self.load_bytes_read, "ram_budget": self.ram_budget, "direct_io": self.direct_io,
+            "context_bytes": self.context_bytes,
             "kernel_isa": self.kernel_isa,
         }
 

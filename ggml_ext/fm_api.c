@@ -152,6 +152,10 @@ int fm_model_route_tensor(fm_model *m, const char *tensor, int layer, char *err,
     return fm_routing_set_layer(m->mm.routing, t, layer, fm_store_tensor(m->store, t)->n_expert, err, err_len);
 }
 
+void fm_model_set_budget(fm_model *m, uint64_t budget) {
+    fm_store_set_budget(m->store, budget);
+}
+
 void fm_model_get_stats(fm_model *m, fm_stats *out) {
     fm_store_get_stats(m->store, out);
 }

@@ -41,6 +41,9 @@ int fm_model_begin_load(fm_model *m, char *err, size_t err_len);
 /* Ends the load; checks every registered expert tensor was placed on the flashmoe device. */
 int fm_model_end_load(fm_model *m, char *err, size_t err_len);
 void fm_model_free(fm_model *m);
+/* Resize the expert cache (bytes): ram_budget="auto" sizes it once llama.cpp's context (KV cache, compute and
+   output buffers) exists. Not while the model computes. */
+void fm_model_set_budget(fm_model *m, uint64_t budget);
 void fm_model_get_stats(fm_model *m, fm_stats *out);
 /* Non-zero if the model failed (read error, file changed...); the message goes into buf. */
 int fm_model_error(fm_model *m, char *buf, size_t len);

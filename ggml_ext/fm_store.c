@@ -329,6 +329,13 @@ const void *fm_store_data(const fm_store *s, int slot) {
     return s->slots.v[slot].data;
 }
 
+void fm_store_set_budget(fm_store *s, uint64_t budget) {
+    pthread_mutex_lock(&s->mu);
+    s->budget = budget;
+    evict_locked(s, 0);
+    pthread_mutex_unlock(&s->mu);
+}
+
 int fm_store_wave(const fm_store *s, int tensor, int n) {
     const uint64_t stride = s->tensors[tensor]->info.stride;
     if (!s->policy->keeps || s->budget == 0) return n;

@@ -54,6 +54,9 @@ int fm_store_check_file(fm_store *s);
 /* How many of n experts of a tensor to hold at once (the budget's worth, at least 1: a node whose experts do
    not fit is computed in waves). */
 int fm_store_wave(const fm_store *s, int tensor, int n);
+/* A new budget (bytes of cached experts), e.g. once llama.cpp's context buffers are known; a smaller one evicts
+   unpinned entries down to it. */
+void fm_store_set_budget(fm_store *s, uint64_t budget);
 /* Pin the given experts of a tensor, queueing reads for those not cached. out_slots receives slot indices. */
 int fm_store_acquire(fm_store *s, int tensor, const int *experts, int n, int *out_slots);
 /* Queue reads for experts of a tensor that its next acquire will need (the partner of the tensor being

@@ -41,6 +41,20 @@ def _synth_cached(cache: Path, preset: str, layers: int | None) -> Path:
     return out
 
 
+def context_bytes(path: Path, n_ctx: int, k: int) -> int:
+    """llama.cpp's context of a flashmoe load (flashmoe_stats()["context_bytes"])"""
+    from flashmoe_gguf import Llama
+    info = model_info(path)
+    llm = Llama(str(path), n_ctx=n_ctx, ram_budget="1M", kv_overrides={f"{info.arch}.expert_used_count": k},
+                verbose=False)
+    try:
+        n = llm.flashmoe_stats()["context_bytes"]
+    finally:
+        llm.close()
+    assert n is not None and n > info.kv_cache_bytes(n_ctx)
+    return int(n)
+
+
 @pytest.fixture(scope="module")
 def tiny(cache: Path) -> Path:
     """2 of the 4 layers of the tiny qwen3-30b-a3b variant: 16 experts, K 4, Q4_K experts."""
@@ -335,11 +349,12 @@ def _leftover_groups(pid: int) -> list[Path]:
 def e2e(tiny: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, int]:
     """One real `flashmoe bench` (installed CLI, fresh processes): a cap that leaves flashmoe a budget smaller
     than one expert (so every expert a token selects is read), K 4 and 2, flashmoe and stock, capped and warm; and
-    the 4-layer file as a second slice for the two-point fit of the fixed part."""
+    the 4-layer file as a second slice for the two-point fit of the fixed part. The cap counts llama.cpp's context
+    as a flashmoe load of the same file, n_ctx and K measures it here (KV cache, compute and output buffers)."""
     info = model_info(tiny)
     four = _synth_cached(cache, "qwen3-30b-a3b", None)
-    budget = 4096
-    cap = info.resident_bytes + info.kv_cache_bytes(512) + HEADROOM + budget
+    budget = info.bytes_per_expert // 2
+    cap = info.resident_bytes + context_bytes(tiny, 512, 4) + HEADROOM + budget
     out = tmp_path_factory.mktemp("bench") / "report"
     p = subprocess.Popen(["flashmoe", "bench", str(tiny), "--ram", str(cap), "--headroom", str(HEADROOM), "--tokens",
                         "2", "--prompt-tokens", "8", "--k", "4,2", "--cache", "lru", "--compare", "stock",
@@ -388,13 +403,17 @@ def test_e2e_report_is_complete(e2e: tuple[Path, dict, int], tiny: Path) -> None
 
 
 def test_e2e_expert_bytes_and_k(e2e: tuple[Path, dict, int], tiny: Path) -> None:
-    _, rep, _ = e2e
+    _, rep, cap = e2e
     info = model_info(tiny)
     runs = {(r["setting"], r["k"], r["config"]): r for r in rep["runs"]}
     for k in (4, 2):
         capped = runs[("capped", k, "flashmoe-lru")]
-        # budget 4 KB < one expert: nothing can be cached, every selected expert is read
-        assert capped["budget_bytes"] == 4096
+        # the budget: the cap less the resident weights, the headroom and llama.cpp's context (KV cache, compute
+        # and output buffers), which the worker measured; less than one expert: nothing can be cached, every
+        # selected expert is read
+        assert capped["context_bytes"] > info.kv_cache_bytes(512)
+        assert capped["budget_bytes"] == cap - info.resident_bytes - HEADROOM - capped["context_bytes"]
+        assert 0 < capped["budget_bytes"] < info.bytes_per_expert
         assert capped["expert_bytes_needed_per_token"] == info.layers * k * info.bytes_per_expert
         assert capped["expert_bytes_per_token"] == info.layers * k * info.bytes_per_expert
         assert capped["hit_rate_bytes"] == pytest.approx(0.0)
@@ -596,7 +615,7 @@ def test_e2e_routing_replays_the_trace(tiny: Path, tmp_path: Path) -> None:
     save_trace(Trace("same-4", "test", info.n_expert,
                      np.broadcast_to(np.arange(4, dtype=np.int16), (64, info.block_count, 4)).copy()), trace)
     budget = info.expert_bytes_per_token(4) + (1 << 16)        # experts 0..3 of every tensor, and a little
-    cap = budget + info.resident_bytes + info.kv_cache_bytes(512) + HEADROOM
+    cap = budget + info.resident_bytes + context_bytes(tiny, 512, 4) + HEADROOM
     common = ["--ram", str(cap), "--no-warm", "--tokens", "6", "--prompt-tokens", "8", "--cache", "lru",
               "--compare", "none", "--headroom", str(HEADROOM), "--wait", "0", "--disk-repeats", "0",
               "--retries", "0", "--probe-pairs", "0"]
@@ -609,7 +628,9 @@ def test_e2e_routing_replays_the_trace(tiny: Path, tmp_path: Path) -> None:
         reps[routing] = json.loads((out / "report.json").read_text())
     (replayed,), (routed,) = reps[str(trace)]["runs"], reps["router"]["runs"]
     assert replayed["status"] == routed["status"] == "ok"
-    assert replayed["budget_bytes"] == routed["budget_bytes"] == budget
+    for r in (replayed, routed):     # the cap less llama.cpp's context as the worker measured it: the same as here
+        assert r["budget_bytes"] == cap - info.resident_bytes - HEADROOM - r["context_bytes"]
+        assert abs(r["budget_bytes"] - budget) < 1 << 15
     assert replayed["expert_bytes_per_token"] == 0 and replayed["hit_rate_bytes"] == 1.0
     assert routed["expert_bytes_per_token"] > 0
     assert any("replay same-4" in lim for lim in reps[str(trace)]["control"]["limitations"])

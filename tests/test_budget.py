@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import re
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -72,3 +76,81 @@ def test_llama_reports_its_auto_budget(avail: int, monkeypatch: pytest.MonkeyPat
         assert llm.flashmoe_stats()["ram_budget"] == 256 * (1 << 20)
     finally:
         llm.close()
+
+
+# ---- ram_budget="auto" leaves llama.cpp's context (KV cache, compute and output buffers) out of the cache ----
+
+_BUFFER_LINE = re.compile(r"(KV|compute|output) buffer size =\s*([0-9.]+) MiB")
+
+
+@contextlib.contextmanager
+def llama_cpp_buffer_log() -> Iterator[list[float]]:
+    """The sizes (bytes) of the buffers llama.cpp reports in its log while the block runs (KV cache, compute and
+    output buffers of a context), llama-cpp-python's own log callback put back after."""
+    import llama_cpp
+    import llama_cpp._logger as logger
+    sizes: list[float] = []
+
+    @llama_cpp.llama_log_callback
+    def capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        m = _BUFFER_LINE.search(text.decode(errors="replace"))
+        if m:
+            sizes.append(float(m.group(2)) * (1 << 20))
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        yield sizes
+    finally:
+        llama_cpp.llama_log_set(logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+@pytest.mark.parametrize("n_ctx,n_ubatch,flash_attn", [(256, 64, False), (1024, 256, False), (1024, 256, True)])
+def test_auto_budget_leaves_out_llama_context(n_ctx: int, n_ubatch: int, flash_attn: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The context flashmoe measures is no less than what llama.cpp's log says it allocated (KV cache, compute and
+    output buffers), and more only by the graph metadata llama.cpp does not log (node storage and the scheduler's
+    hash sets for graph_max_nodes nodes, zero-filled: about 22 MiB in this build, whatever the model): up to 32
+    MiB. With resident weights + that context + the headroom + half the experts available, the cache gets half
+    the experts."""
+    from test_runtime import expert_bytes, gguf_for
+    from flashmoe_gguf import Llama, budget
+    path = gguf_for("qwen3_moe", "Q4_K")
+    experts = expert_bytes(path)
+    resident = path.stat().st_size - experts
+    headroom = 4 << 20
+    kw = dict(n_ctx=n_ctx, n_batch=n_ubatch, n_ubatch=n_ubatch, flash_attn=flash_attn, verbose=False)
+    with llama_cpp_buffer_log() as sizes:
+        llm = Llama(str(path), ram_budget="1M", **kw)
+        measured = llm.flashmoe_stats()["context_bytes"]
+        llm.close()
+    reported = int(sum(sizes))
+    assert len(sizes) >= 3 and reported > 0, sizes         # output, KV, compute (per device)
+    assert measured is not None and reported <= measured <= reported + (32 << 20), (measured, reported)
+
+    monkeypatch.setattr(budget, "FLOOR", 1)      # the tiny model's experts (1.8 MB) are far below the real floor
+    avail = resident + measured + headroom + experts // 2
+    monkeypatch.setattr(budget, "available_memory", lambda root=None: Available(avail, "test"))
+    llm = Llama(str(path), ram_headroom=headroom, **kw)
+    try:
+        st = llm.flashmoe_stats()
+    finally:
+        llm.close()
+    assert st["ram_budget"] == avail - resident - st["context_bytes"] - headroom
+    assert abs(st["ram_budget"] - experts // 2) <= 1 << 20      # the same context, give or take the allocator
+
+
+def test_auto_budget_context_grows_with_the_micro_batch() -> None:
+    """A larger n_ubatch (without flash attention) allocates larger compute buffers: the measured context grows
+    as much as llama.cpp's own figures do (within the scheduler's few MiB of graphs)."""
+    from test_runtime import gguf_for
+    from flashmoe_gguf import Llama
+    path = gguf_for("qwen3_moe", "Q4_K")
+    got, said = [], []
+    for ub in (64, 512):
+        with llama_cpp_buffer_log() as sizes:
+            llm = Llama(str(path), n_ctx=1024, n_batch=ub, n_ubatch=ub, ram_budget="64M", verbose=False)
+            got.append(llm.flashmoe_stats()["context_bytes"])
+            llm.close()
+        said.append(sum(sizes))
+    assert said[1] > said[0] + (1 << 20)
+    assert abs((got[1] - got[0]) - (said[1] - said[0])) <= 4 << 20, (got, said)

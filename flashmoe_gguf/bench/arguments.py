@@ -80,9 +80,17 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--threads", type=int, default=1,
                    help="n_threads for every run (default 1: ggml's threads spin at barriers when cores are shared)")
     b.add_argument("--n-ctx", type=int, default=512, help="context size (default 512)")
-    b.add_argument("--headroom", default="768M", help="part of a cap kept for the process, llama.cpp's compute "
-                   "buffers (they grow with the vocabulary: 256M was not enough for Qwen3.5's), the reads in flight "
-                   "and the page cache: ram_budget = cap - resident - KV cache - headroom (default 768M)")
+    b.add_argument("--n-batch", type=int, default=0,
+                   help="llama.cpp's n_batch, tokens per llama_decode of a prompt (default: --n-ubatch, else "
+                        "llama-cpp-python's 512)")
+    b.add_argument("--n-ubatch", type=int, default=0,
+                   help="llama.cpp's n_ubatch, tokens per micro-batch (one pass over the routed experts) (default: "
+                        "llama-cpp-python's 512)")
+    b.add_argument("--flash-attn", action="store_true",
+                   help="flash attention (its compute buffer does not grow with n_ctx x n_ubatch)")
+    b.add_argument("--headroom", default="768M", help="part of a cap kept for the interpreter and libraries, the "
+                   "reads in flight and the page cache: ram_budget = cap - resident - llama.cpp's context (KV cache, "
+                   "compute and output buffers, measured as it is created) - headroom (default 768M)")
     b.add_argument("--rounds", type=int, default=1,
                    help="run every configuration N times, in rounds with a rotated order; ratios compare medians "
                         "and same-round pairs (for machines whose speed drifts between runs; default 1)")

@@ -55,6 +55,11 @@ def setup(args: argparse.Namespace) -> Setup:
                     ("--rounds", args.rounds)):
         if v <= 0:
             raise ValueError(f"{name} must be positive")
+    if args.n_batch < 0 or args.n_ubatch < 0:
+        raise ValueError("--n-batch and --n-ubatch must not be negative")
+    if args.n_batch and args.n_ubatch > args.n_batch:
+        raise ValueError(f"--n-ubatch {args.n_ubatch} is larger than --n-batch {args.n_batch} (llama.cpp would "
+                         "cut the micro-batch to the batch)")
     if args.n_ctx < args.prompt_tokens + args.tokens + 2 * args.probe_pairs + 8:
         raise ValueError(f"--n-ctx {args.n_ctx} is too small for {args.prompt_tokens} prompt tokens, {args.tokens} "
                          f"decode steps and {args.probe_pairs} probe pairs")
@@ -90,7 +95,8 @@ def setup(args: argparse.Namespace) -> Setup:
                            "see real routing's reuse (and decode outputs differ from stock's)")
     opt = BenchPlanOptions(caps, not args.no_warm, ks, configs, args.tokens, args.prompt_tokens, args.n_ctx,
                            args.threads, headroom, args.feed, args.probe_pairs, ram, args.rounds,
-                           routing=args.routing)
+                           routing=args.routing, n_batch=args.n_batch or args.n_ubatch, n_ubatch=args.n_ubatch,
+                           flash_attn=args.flash_attn)
     second = None
     if args.slice is not None:
         second = model_info(Path(args.slice).resolve(), args.full_layers or info.full_layers)

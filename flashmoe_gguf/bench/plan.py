@@ -2,19 +2,22 @@
 
 The budget rule (documented in the report):
 
-    ram_budget = cap - resident (non-expert) weights - KV cache - headroom
+    ram_budget = cap - resident (non-expert) weights - llama.cpp's context - headroom
 
-`resident` is every tensor that is not a routed expert (from the GGUF tensor table), the KV cache is what
-llama.cpp allocates for n_ctx (f16 K and V on the attention layers, plus the recurrent state of hybrid models),
-and `headroom` (--headroom) covers the interpreter and libraries, llama.cpp's compute buffers and the page cache
-the reads pass through. With no cap, flashmoe gets a budget that holds every expert (at most what fits in 90 %
+`resident` is every tensor that is not a routed expert (from the GGUF tensor table); llama.cpp's context is what
+it allocates when the context is created: the KV cache for n_ctx (f16 K and V on the attention layers, plus the
+recurrent state of hybrid models), the compute buffers (they grow with n_ubatch, and without flash attention with
+n_ctx x n_ubatch) and the output buffer, measured by the worker as the context is created (flashmoe_gguf/heap.py;
+where it cannot be measured, the KV cache computed from the hparams stands in); `headroom` (--headroom) covers
+the interpreter and libraries and the page cache the reads pass through. With no cap, flashmoe gets a budget that holds every expert (at most what fits in 90 %
 of the RAM beside the rest), and the worker's memory group is limited to 90 % of the RAM only as a safety net.
 """
 
 from __future__ import annotations
 
-BUDGET_DOC = ("flashmoe ram_budget = cap - resident (non-expert) weights - KV cache (n_ctx) - headroom; with no "
-              "cap, a budget that holds every expert, at most 90 % of the RAM - resident - KV cache - headroom")
+BUDGET_DOC = ("flashmoe ram_budget = cap - resident (non-expert) weights - llama.cpp's context (KV cache, compute and "
+              "output buffers, measured when it is created) - headroom; with no cap, a budget that holds every "
+              "expert, at most 90 % of the RAM - resident - KV cache - headroom")
 
 from dataclasses import dataclass
 
@@ -39,10 +42,15 @@ class BenchPlanOptions:
     ram_bytes: int | None = None       # this machine's RAM: the no-cap budget never exceeds what fits in it
     rounds: int = 1                    # every configuration this many times, in rounds (see make_plan)
     routing: str = "router"            # flashmoe runs: a routing trace replayed in place of the router's choice
+    n_batch: int = 0                   # llama.cpp's n_batch / n_ubatch / flash_attn for every run (0: defaults)
+    n_ubatch: int = 0
+    flash_attn: bool = False
 
 
 def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int:
-    """ram_budget for a cap: cap - resident weights - KV cache - headroom (may be <= 0: the cap is too small)."""
+    """ram_budget for a cap before llama.cpp's context is known: cap - resident weights - KV cache - headroom (may
+    be <= 0: the cap is too small). The worker then takes the whole context instead of the KV cache
+    (`budget_before_context`)."""
     return cap - info.resident_bytes - info.kv_cache_bytes(n_ctx) - headroom
 
 
@@ -88,9 +96,12 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
                     budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom) if cap is not None
                               else nocap_budget(info, opt.n_ctx, opt.headroom, opt.ram_bytes)) if fm else 0
                     probe = opt.probe_pairs if setting == "nocap" else 0
+                    before_ctx = cap - info.resident_bytes - opt.headroom if fm and cap is not None else 0
                     spec = WorkerSpec(config, info.path, opt.threads, opt.tokens, opt.prompt_tokens, opt.n_ctx,
                                       budget, warmup=setting == "nocap", feed=opt.feed, kv_overrides=overrides,
-                                      probe_pairs=probe, routing=opt.routing if fm else "router")
+                                      probe_pairs=probe, routing=opt.routing if fm else "router",
+                                      budget_before_context=max(before_ctx, 0), n_batch=opt.n_batch,
+                                      n_ubatch=opt.n_ubatch, flash_attn=opt.flash_attn)
                     where = _label(cap) if cap is not None else "no cap, warm"
                     name = f"{where} / K={k_eff} / {config}" + (f" / round {rnd + 1}" if opt.rounds > 1 else "")
                     runs.append(RunPlan(name, config, setting, cap, k_eff, bool(k), spec, cold=setting == "capped",

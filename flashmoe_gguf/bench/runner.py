@@ -80,6 +80,7 @@ class RunResult:
     read_bytes_per_token: float | None = None     # /proc/<pid>/io read_bytes per decode token (the disk)
     expert_bytes_per_token: float | None = None   # flashmoe_stats() expert bytes read per decode token
     expert_bytes_needed_per_token: int = 0        # layers x K x bytes per expert
+    context_bytes: int | None = None              # flashmoe: llama.cpp's context (KV, compute, output buffers)
     hit_rate_bytes: float | None = None           # 1 - bytes read / bytes needed (flashmoe: its reads; stock: disk)
     expert_lookups_per_token: float | None = None
     flashmoe: dict[str, Any] = field(default_factory=dict)
@@ -223,6 +224,11 @@ def summarize(plan: RunPlan, info: ModelInfo, events: list[dict[str, Any]], fig:
         r.rss["baseline"] = by["start"]["status"].get("VmRSS", 0)
     if "loaded" in by:
         r.load_s = by["loaded"]["seconds"]
+        fm = by["loaded"].get("fm") or {}
+        if fm.get("ram_budget") is not None:    # the budget the worker sized once llama.cpp's context existed
+            r.budget_bytes = int(fm["ram_budget"])
+        if fm.get("context_bytes") is not None:
+            r.context_bytes = int(fm["context_bytes"])
         r.read_bytes["load"] = by["loaded"]["io"]["read_bytes"] - by["start"]["io"]["read_bytes"]
         r.rss["after_load"] = by["loaded"]["status"].get("VmRSS", 0)
     if "prompt" in by:

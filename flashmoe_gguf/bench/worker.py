@@ -69,6 +69,12 @@ class WorkerSpec:
     kv_overrides: dict[str, int] = field(default_factory=dict)
     probe_pairs: int = 0
     routing: str = "router"          # flashmoe only: a trace replayed in place of the router (traces.routing_trace)
+    # flashmoe under a cap: cap - resident weights - headroom; the worker takes llama.cpp's context (KV cache,
+    # compute and output buffers, measured as it is created) from it for the ram_budget. 0: `budget` as given
+    budget_before_context: int = 0
+    n_batch: int = 0                 # llama.cpp's n_batch / n_ubatch (0: llama-cpp-python's default, 512)
+    n_ubatch: int = 0
+    flash_attn: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -88,6 +94,12 @@ def emit(kind: str, **data: Any) -> None:
 def make_llama(spec: WorkerSpec) -> Any:
     kw: dict[str, Any] = dict(n_ctx=spec.n_ctx, n_threads=spec.threads, n_threads_batch=spec.threads,
                               verbose=False)
+    if spec.n_batch:
+        kw["n_batch"] = spec.n_batch
+    if spec.n_ubatch:
+        kw["n_ubatch"] = spec.n_ubatch
+    if spec.flash_attn:
+        kw["flash_attn"] = True
     if spec.kv_overrides:
         kw["kv_overrides"] = dict(spec.kv_overrides)
     if is_flashmoe(spec.config):
@@ -97,6 +109,7 @@ def make_llama(spec: WorkerSpec) -> Any:
         direct: bool | str = True if mode.endswith("-direct") else False if mode.endswith("-buffered") else "auto"
         llm = Llama(spec.model, ram_budget=spec.budget, cache=mode.removesuffix("-direct").removesuffix("-buffered"),
                     direct_io=direct, **kw)
+        size_for_context(llm, spec)
         trace = routing_trace(spec.routing)
         if trace is not None:
             llm._fm.set_routing(trace.experts)
@@ -108,6 +121,19 @@ def make_llama(spec: WorkerSpec) -> Any:
     if spec.config == "stock":
         return llama_cpp.Llama(spec.model, **kw)
     raise ValueError(f"unknown configuration {spec.config!r}")
+
+
+def size_for_context(llm: Any, spec: WorkerSpec) -> None:
+    """Under a cap: ram_budget = cap - resident - headroom - llama.cpp's context (nothing is read before this)."""
+    if spec.budget_before_context <= 0:
+        return
+    ctx = llm._fm.context_bytes
+    if ctx is None:             # not measurable here: the plan's budget (it subtracts the KV cache only)
+        return
+    budget = spec.budget_before_context - ctx
+    if budget <= 0:
+        raise SystemExit(f"cap too small: llama.cpp's context takes {ctx / 1e6:.0f} MB, leaving no expert cache")
+    llm._fm.set_budget(budget)
 
 
 def prompt_ids(llm: Any, n: int) -> list[int]:
