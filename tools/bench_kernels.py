@@ -40,12 +40,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from test_kernels import (ISA_NAMES, TILED_TYPES, TYPE_NAMES, VEC_DOT_TYPE, GgmlCpu,  # noqa: E402
-                          build_kernels, row_bytes)
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: E402
+from test_kernels import (EXT, ISA_NAMES, KERNEL_CDEF, SOURCES, TILED_TYPES, TYPE_NAMES, GgmlCpu,  # noqa: E402
+                          build_module, row_bytes)
 
 BENCH_C = r"""
 #include <string.h>
 #include <time.h>
+#include "fm_ggml_mmid.h"
 typedef void (*ggml_vec_dot_t)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by,
                                int nrc);
 
@@ -96,6 +98,34 @@ double bench_ggml(void *vec_dot_ptr, int n, int rows, const uint8_t *W, size_t e
     }
     return fm_now() - t0;
 }
+
+/* the runtime's path for a type without a kernel of ours (fm_matmul.c, expert_rows): each expert's tokens'
+   F32 activations gathered side by side, then ggml's own MUL_MAT_ID on that one expert
+   (fm_ggml_expert_product, compiled into this module). Returns seconds, or -1 on an error. */
+double bench_ggml_path(int type, int n, int rows, const uint8_t *W, size_t expert_bytes,
+                       size_t rb, const int *experts, const int *off, const int *tok, int n_steps, int per_step,
+                       const float *act, float *gather, float *out, float *tmp) {
+    fm_ggml_scratch sc;
+    memset(&sc, 0, sizeof sc);
+    char err[256];
+    double t0 = fm_now();
+    for (int st = 0; st < n_steps; ++st) {
+        for (int e = st * per_step; e < (st + 1) * per_step; ++e) {
+            const int nt = off[e + 1] - off[e];
+            if (nt == 0) continue;
+            for (int t = 0; t < nt; ++t)
+                memcpy(gather + (size_t)t * n, act + (size_t)tok[off[e] + t] * n, (size_t)n * sizeof(float));
+            if (fm_ggml_expert_product(&sc, type, n, W + (size_t)experts[e] * expert_bytes, rb, rows, gather, nt, tmp, err, sizeof err) != 0) {
+                fm_ggml_scratch_free(&sc);
+                return -1.0;
+            }
+            for (int t = 0; t < nt; ++t) out[(size_t)tok[off[e] + t] * rows] += tmp[(size_t)t * rows];
+        }
+    }
+    double dt = fm_now() - t0;
+    fm_ggml_scratch_free(&sc);
+    return dt;
+}
 """
 
 BENCH_CDEF = """
@@ -106,9 +136,63 @@ double bench_ours(const fm_kernel *k, int type, int n, int rows, const uint8_t *
 double bench_ggml(void *vec_dot_ptr, int n, int rows, const uint8_t *W, size_t expert_bytes, size_t rb,
                   const int *experts, const int *off, const int *tok, int n_steps, int per_step,
                   const uint8_t *act, size_t act_stride, float *out, float *tmp);
+double bench_ggml_path(int type, int n, int rows, const uint8_t *W, size_t expert_bytes,
+                       size_t rb, const int *experts, const int *off, const int *tok, int n_steps, int per_step,
+                       const float *act, float *gather, float *out, float *tmp);
+int fm_ggml_load(const char *lib_dir, char *err, size_t err_len);
 """
 
 N_EXPERT, N_USED, ROWS, COLS = 128, 8, 768, 2048
+
+# types ggml_ext has no kernel for: the runtime computes them through ggml's own MUL_MAT_ID, one streamed expert
+# at a time (fm_ggml_mmid.c); timed here as "ours ggml" against ggml's whole MUL_MAT_ID
+GGML_PATH_TYPES = {t.value: t.name.lower() for t in GGMLQuantizationType
+                   if t.name in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL",
+                                 "Q5_0", "Q5_1")}
+ALL_TYPES = {**TYPE_NAMES, **GGML_PATH_TYPES}
+
+
+def type_row_bytes(gtype: int, n: int) -> int:
+    blck, size = GGML_QUANT_SIZES[GGMLQuantizationType(gtype)]
+    return n // blck * size
+
+
+def quantize_any(ggml: GgmlCpu, gtype: int, rows: np.ndarray) -> np.ndarray:
+    """ggml's quantizer; types that need an importance matrix (IQ1/IQ2) get a uniform one (speed does not
+    depend on it)"""
+    qt = GGMLQuantizationType(gtype)
+    base = ggml.base
+    if not base.requires_imatrix(qt):
+        return ggml.quantize_weights(gtype, rows)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    out = np.zeros((rows.shape[0], type_row_bytes(gtype, rows.shape[1])), np.uint8)
+    imatrix = np.ones(rows.shape[1], np.float32)
+    got = base.lib.ggml_quantize_chunk(gtype, base.ffi.from_buffer("float[]", rows), base.ffi.from_buffer("char[]", out),
+                                       0, rows.shape[0], rows.shape[1], base.ffi.from_buffer("float[]", imatrix))
+    assert got == out.nbytes, (got, out.nbytes)
+    return out
+
+
+def build_bench(build_dir: Path):
+    """the kernels, the bench loops and the runtime's ggml path (fm_ggml.c, fm_ggml_mmid.c, bound to the ggml
+    llama_cpp loaded, as the extension binds it) in one module"""
+    import llama_cpp  # noqa: F401  (loads libggml*.so.0, which fm_ggml_load resolves from)
+    from flashmoe_gguf.ggml_lib import llama_cpp_lib_dir
+    sys.path.insert(0, str(REPO / "ggml_ext"))
+    import build_ffi
+    src = build_ffi.llama_cpp_source()
+    gen = build_dir / "gen"
+    gen.mkdir(parents=True, exist_ok=True)
+    (gen / "fm_build_info.h").write_text(
+        f'#define FM_GGML_VERSION "{build_ffi.ggml_version(src)}"\n'
+        f'#define FM_LLAMA_CPP_PYTHON_VERSION "{build_ffi.LLAMA_CPP_PYTHON_VERSION}"\n')
+    sources = [EXT / n for n in (*SOURCES, "fm_ggml.c", "fm_ggml_mmid.c")]
+    mod = build_module("_fmkb", sources, KERNEL_CDEF + BENCH_CDEF, build_dir, extra_source=BENCH_C,
+                       include_dirs=(str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src")))
+    err = mod.ffi.new("char[512]")
+    if mod.lib.fm_ggml_load(str(llama_cpp_lib_dir()).encode(), err, 512) != 0:
+        raise SystemExit(f"bench_kernels: {mod.ffi.string(err).decode()}")
+    return mod
 
 
 def schedule(rng, n_steps: int, batch: int, routing: str, hot: bool):
@@ -153,12 +237,12 @@ def timed(fns, max_steps: int, seconds: float, repeats: int) -> list[float]:
 def parse_types(spec: str) -> list[int]:
     """--types: a comma list of type names (any case) or "all" """
     if spec.strip().lower() == "all":
-        return list(TYPE_NAMES)
-    names = {v.lower(): k for k, v in TYPE_NAMES.items()}
+        return list(ALL_TYPES)
+    names = {v.lower(): k for k, v in ALL_TYPES.items()}
     out = []
     for t in spec.split(","):
         if t.strip().lower() not in names:
-            raise SystemExit(f"bench_kernels: unknown type {t.strip()!r} (known: {', '.join(TYPE_NAMES.values())}, all)")
+            raise SystemExit(f"bench_kernels: unknown type {t.strip()!r} (known: {', '.join(ALL_TYPES.values())}, all)")
         out.append(names[t.strip().lower()])
     return out
 
@@ -180,7 +264,7 @@ def step_ids(experts: np.ndarray, off: np.ndarray, tok: np.ndarray, per_step: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--types", default="q4_K", help=f"comma list of {','.join(TYPE_NAMES.values())}, or all")
+    ap.add_argument("--types", default="q4_K", help=f"comma list of {','.join(ALL_TYPES.values())}, or all")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--seconds", type=float, default=0.2, help="target time per measurement")
     ap.add_argument("--repeats", type=int, default=7, help="measurements per case and kernel (the best counts)")
@@ -192,7 +276,7 @@ def main() -> int:
     types = parse_types(args.types)
     batches = [int(b) for b in args.batches.split(",")]
 
-    mod = build_kernels(Path(args.build_dir), extra_source=BENCH_C, extra_cdef=BENCH_CDEF)
+    mod = build_bench(Path(args.build_dir))
     ffi, lib = mod.ffi, mod.lib
     ggml = GgmlCpu()
     best_isa = ISA_NAMES[lib.fm_kernel_best_isa()]
@@ -201,13 +285,13 @@ def main() -> int:
     summary = []
 
     for gtype in types:
-        name = TYPE_NAMES[gtype]
+        name = ALL_TYPES[gtype]
         n = COLS
-        rb = row_bytes(gtype, n)
+        rb = type_row_bytes(gtype, n)
         expert_bytes = ROWS * rb
-        one = ggml.quantize_weights(gtype, (rng.standard_normal((ROWS, n)) * 0.02).astype(np.float32))
+        one = quantize_any(ggml, gtype, (rng.standard_normal((ROWS, n)) * 0.02).astype(np.float32))
         W = np.tile(one.reshape(-1), N_EXPERT)  # 128 distinct copies in memory
-        vdt = VEC_DOT_TYPE[gtype]
+        vdt = ggml.traits(gtype).vec_dot_type
         ab = row_bytes(vdt, n)
         max_batch = max(batches)
         act_f32 = rng.standard_normal((max_batch, n)).astype(np.float32)
@@ -231,9 +315,13 @@ def main() -> int:
                  "no tiled path (vec_dot at any batch)")
               + ("" if best_label is None or any(nm == best_label for nm, _ in kernels) else
                  f"; best ISA {best_label} left out"))
-        if best == ffi.NULL:
-            print(f"  ours: no kernel for {name} in ggml_ext (fm_kernel_get gives NULL on every ISA): ggml only")
-        cols = ["ggml vec_dot"] + [f"ours {nm}" for nm, _ in kernels] + (["ggml MMID"] if mmid else [])
+        gpath = best == ffi.NULL
+        if gpath:
+            print(f"  ours: no kernel for {name} in ggml_ext: the runtime's path, ggml's MUL_MAT_ID one expert at a "
+                  "time (fm_ggml_expert_product), as 'ours ggml'")
+            gather_f32 = np.zeros(max_batch * n, np.float32)
+        cols = (["ggml vec_dot"] + [f"ours {nm}" for nm, _ in kernels] + (["ours ggml"] if gpath else [])
+                + (["ggml MMID"] if mmid else []))
         print(f"{'batch':>5} {'routing':>7} {'weights':>7} {'tok/expert':>10} " +
               " ".join(f"{c:>12}" for c in cols) + "   (GB/s)")
         cases = [(b, r, h) for b in batches
@@ -254,21 +342,29 @@ def main() -> int:
             fns = [lambda k: lib.bench_ggml(vd, *common, k, *tail, fo, ft)]
             fns += [lambda k, kern=kern: lib.bench_ours(kern, gtype, *common, k, *tail, fg, fo, ft)
                     for _, kern in kernels]
+            if gpath:
+                def ggml_path(k: int) -> float:
+                    dt = lib.bench_ggml_path(gtype, *common, k, per_step,
+                                             ffi.cast("float *", p(act_f32)), ffi.cast("float *", p(gather_f32)), fo, ft)
+                    if dt < 0:
+                        raise SystemExit(f"bench_kernels: ggml's MUL_MAT_ID failed for {name}")
+                    return dt
+                fns.append(ggml_path)
             if mmid is not None:
                 fns.append(mmid.stepper(batch, step_ids(experts, off, tok, per_step, batch)))
             res = timed(fns, max_steps, args.seconds, args.repeats)
             gbs = [step_bytes / t / 1e9 for t in res]
             ours = [g for (nm, _), g in zip(kernels, gbs[1:]) if nm == best_label]
+            if gpath:
+                ours = [gbs[1]]
             note = ""
             if ours:
-                note = f"   ours {best_label}/vec_dot {ours[0] / gbs[0]:.2f}x"
+                note = f"   ours {best_label or 'ggml'}/vec_dot {ours[0] / gbs[0]:.2f}x"
                 if mmid is not None:
                     note += f", /MMID {ours[0] / gbs[-1]:.2f}x"
-            elif best == ffi.NULL:
-                note = "   ours: no kernel"
             print(f"{batch:>5} {routing:>7} {'hot' if hot else 'cold':>7} {pairs_per_expert:>10.1f} " +
                   " ".join(f"{g:>12.2f}" for g in gbs) + note)
-            summary.append((name, best_label or "-", batch, routing, "hot" if hot else "cold",
+            summary.append((name, best_label or "ggml", batch, routing, "hot" if hot else "cold",
                             ours[0] if ours else None, gbs[0], gbs[-1] if mmid is not None else None))
         if mmid is not None:
             mmid.close()
@@ -326,7 +422,7 @@ class MulMatIdBench:
                                        if p.exists())))
         self.gtype, self.rows, self.n, self.act_f32 = gtype, rows, n, act_f32
         self.wctx = self.base.ggml_init({"mem_size": W.nbytes + (1 << 20), "mem_buffer": ffi.NULL, "no_alloc": False})
-        self.a = self.base.ggml_new_tensor_3d(self.wctx, gtype, n, rows, W.nbytes // (rows * row_bytes(gtype, n)))
+        self.a = self.base.ggml_new_tensor_3d(self.wctx, gtype, n, rows, W.nbytes // (rows * type_row_bytes(gtype, n)))
         assert self.base.ggml_nbytes(self.a) == W.nbytes
         np.frombuffer(ffi.buffer(self.base.ggml_get_data(self.a), W.nbytes), np.uint8)[:] = W
         self.ctxs, self.keep = [], []
