@@ -2,7 +2,9 @@
 per input, and classifies each: ok, clean (the target's documented exception), crash (any other exception, or the
 worker killed by a signal), hang (no answer within the timeout: the worker is killed and restarted). A worker's
 RSS and open descriptors are sampled as it goes: growth over many inputs is reported as a leak. Crashing and
-hanging inputs are saved as regression cases."""
+hanging inputs are saved as regression cases. A worker killed by a signal while a file it had mapped (a shared
+library) was rewritten in place is not filed as a crash of its input if that input then runs clean in a fresh
+worker: it is counted as an environment death (mapped.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .mapped import MappedFiles
 from .targets import Case, Target, write_case
 
 CORPUS = Path(__file__).resolve().parents[2] / "tests" / "fuzz_corpus"
@@ -41,6 +44,7 @@ class Stats:
     hangs: int = 0
     leaks: int = 0
     unsplit: int = 0             # ran without a finding in a batch whose worker was restarted (ok or clean)
+    env: int = 0                 # workers killed while a library they had mapped was rewritten in place
     seconds: float = 0.0
     findings: list[str] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)
@@ -48,7 +52,8 @@ class Stats:
     def line(self) -> str:
         rate = self.inputs / self.seconds if self.seconds else 0.0
         return (f"{self.target}: {self.inputs} inputs in {self.seconds:.0f} s ({rate:.0f}/s): ok {self.ok}, "
-                f"clean errors {self.clean}{f' (+{self.unsplit} ok or clean)' if self.unsplit else ''}, crashes {self.crashes}, hangs {self.hangs}, leaks {self.leaks}")
+                f"clean errors {self.clean}{f' (+{self.unsplit} ok or clean)' if self.unsplit else ''}, crashes {self.crashes}, hangs {self.hangs}, leaks {self.leaks}"
+                f"{f', environment deaths {self.env}' if self.env else ''}")
 
 
 def _rss() -> int:
@@ -118,6 +123,7 @@ class Worker:
         self.workdir = workdir
         self.done = 0
         self.base: tuple[int, int] | None = None
+        self.mapped = MappedFiles()
 
     def fault_stack(self) -> str:
         """what faulthandler wrote when the worker died of a signal (its innermost frames)"""
@@ -145,6 +151,7 @@ class Worker:
                     findings.append(msg[1:])
                     continue
                 _, counts, rss, fds = msg
+                self.mapped.sample(self.proc.pid)
                 return "batch", counts, findings, rss, fds
             t = self.started.value
             if t and time.monotonic() - t > timeout:
@@ -221,14 +228,20 @@ def campaign(target: Target, *, seconds: float | None = None, inputs: int | None
                 i += n
                 continue
             kind, j, detail, findings = res
+            rewritten = worker.mapped.rewritten() if kind == "died" else []
             worker.stop()
             done = j - i + 1        # the inputs before j in this batch ran; their counts are lost with the worker
             stats.inputs += done
             stats.unsplit += done - 1 - len(findings)
             for k, fkind, fdetail in findings:
                 _finding(stats, target, fkind, fdetail, _case(target, ctx, seed, k, cases), save, corpus, progress)
-            _finding(stats, target, "hang" if kind == "hang" else "crash", detail,
-                     _case(target, ctx, seed, j, cases), save, corpus, progress)
+            if rewritten and _runs_clean(target, ctx, str(work), quiet, j, seed, cases):
+                stats.env += 1
+                stats.findings.append(f"environment: {detail.strip().splitlines()[0]} while {', '.join(rewritten)} "
+                                      f"was rewritten in place; the input alone in a fresh worker: no crash")
+            else:
+                _finding(stats, target, "hang" if kind == "hang" else "crash", detail,
+                         _case(target, ctx, seed, j, cases), save, corpus, progress)
             i = j + 1
             worker = Worker(target, ctx, str(work), quiet)
         worker.stop()
@@ -236,6 +249,17 @@ def campaign(target: Target, *, seconds: float | None = None, inputs: int | None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return stats
+
+
+def _runs_clean(target: Target, ctx: dict[str, Any], workdir: str, quiet: bool, i: int, seed: int,
+                cases: list[Case] | None) -> bool:
+    """input i alone in a fresh worker ends ok or as the target's clean error"""
+    worker = Worker(target, ctx, workdir, quiet)
+    try:
+        res = worker.run(i, seed, 1 if cases is None else [cases[i]], target.timeout)
+        return res[0] == "batch" and not res[2]
+    finally:
+        worker.stop()
 
 
 def _case(target: Target, ctx: dict[str, Any], seed: int, i: int, cases: list[Case] | None) -> Case:
