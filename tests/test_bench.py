@@ -183,6 +183,38 @@ def test_ratios_over_rounds() -> None:
     assert failed["ratio"] is None and failed["versus_status"] == "oom-killed"
 
 
+def test_prefill_split_and_bound_by_hand() -> None:
+    """A 512-token prompt in 2 s that read 1 GB of experts, 0.5 s of it waiting for reads and 0.75 s in the expert
+    products: 0.75 s elsewhere; at 2 GB/s reading 1 GB takes 0.5 s, so the bound is 1024 tok/s and 256 tok/s is
+    25 % of it. The prompt ratio against stock (128 tok/s) is 2x."""
+    from flashmoe_gguf.bench.report import _prompt_speed, compare, prefill
+    from flashmoe_gguf.bench.runner import RunResult
+    r = RunResult("fm", "flashmoe-lfu", "capped", 8, False, 1 << 30, 1 << 28, 1, [], ttft_s=2.0, prompt_tok_s=256.0,
+                  flashmoe={"prompt": {"io_wait_seconds": 0.5, "expert_compute_seconds": 0.75,
+                                       "expert_bytes_read": 1_000_000_000}})
+    d = prefill(r, 2.0)
+    assert d["prompt_io_wait_s"] == 0.5 and d["prompt_expert_compute_s"] == 0.75
+    assert d["prompt_rest_s"] == pytest.approx(0.75)
+    assert d["prefill_bound_tok_s"] == pytest.approx(1024.0) and d["fraction_of_prefill_bound"] == pytest.approx(0.25)
+    assert prefill(r, None).get("prefill_bound_tok_s") is None
+    st = RunResult("st", "stock-norepack", "capped", 8, False, 1 << 30, None, 1, [], ttft_s=4.0, prompt_tok_s=128.0)
+    x = compare("capped", 1 << 30, 8, [r], [st], _prompt_speed)
+    assert x["ratio"] == pytest.approx(2.0) and x["flashmoe_tok_s"] == 256.0
+
+
+def test_disk_reads_experts_as_flashmoe_does(tiny: Path) -> None:
+    """The bandwidth figure counts whole experts of the real expert tensors, read with O_DIRECT (this file
+    system allows it, as flashmoe's direct_io="auto" finds) `threads` at a time."""
+    from flashmoe_gguf.bench.disk import bandwidth, expert_slices
+    from flashmoe_gguf.streamed import direct_io_works
+    slices = expert_slices(tiny)
+    b = bandwidth(tiny, len(slices), 4, 0, drop=False)
+    assert b["reads"] == len(slices) and b["bytes"] == sum(n for _, _, n in slices)
+    assert b["direct"] == direct_io_works(tiny) and b["threads"] == 4 and b["gb_s"] > 0
+    if b["direct"]:
+        assert b["method"].startswith("O_DIRECT pread of each expert's 4096-byte-aligned cover, 4 in flight")
+
+
 # -- argument parsing ----------------------------------------------------------------------------------------
 
 def test_parse_caps_ks_configs() -> None:
@@ -443,6 +475,8 @@ def test_e2e_derived_figures(e2e: tuple[Path, dict, int], tiny: Path) -> None:
             assert mc["allowed_bytes"] == int(1.1 * (info.resident_bytes + r["budget_bytes"] +
                                                      info.kv_cache_bytes(512)))
             assert mc["pass"] == (mc["rss_end_of_decode_bytes"] - mc["baseline_rss_bytes"] <= mc["allowed_bytes"])
+            assert mc["allowed_with_context_bytes"] == int(1.1 * (info.resident_bytes + r["budget_bytes"] +
+                                                                  r["context_bytes"]))
             assert 0 < mc["baseline_rss_bytes"] < mc["rss_end_of_decode_bytes"]
         else:
             assert "memory_check" not in d
@@ -490,8 +524,13 @@ def test_e2e_markdown_and_plots(e2e: tuple[Path, dict, int]) -> None:
     for text in ("# flashmoe bench", "**Machine:**", "**Budget rule:**", "**Disk:**", "## Runs",
                  "## flashmoe against stock llama-cpp-python", "## Experts per token (K)",
                  "## Full-model extrapolation", "**slice**", "extrapolated", "two slices", "F from the fixed-part probe",
-                 "## Plots"):
+                 "## Plots", "## Where flashmoe's time goes", "| prompt tok/s | K | flashmoe |"):
         assert text in md, text
+    for r in rep["runs"]:         # flashmoe's decode split: its three parts add up to the token's time
+        if r["config"].startswith("flashmoe") and r["status"] == "ok":
+            t = r["time_per_token"]
+            assert sum(t.values()) == pytest.approx(1 / r["decode_tok_s"])
+            assert f"| {r['name']} | {1e3 / r['decode_tok_s']:.1f} | {t['io_wait'] * 1e3:.1f} |" in md
     for r in rep["runs"]:
         assert f"| {r['name']} | ok |" in md
     try:

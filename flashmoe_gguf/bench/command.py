@@ -323,4 +323,8 @@ def summary_lines(rep: dict[str, Any]) -> str:
             out.append(f"extrapolated to {x['full_layers']} layers: {x['run']}: {v}")
     if rep.get("memory_check_all_pass") is not None:
         out.append(f"memory check (issue 3 rule): {'pass' if rep['memory_check_all_pass'] else 'FAIL'}")
+        ctx = [d["memory_check"].get("pass_with_context") for d in rep["per_run"].values() if "memory_check" in d]
+        if ctx and None not in ctx:
+            out.append(f"memory check with llama.cpp's context (KV, compute, output buffers) in place of the KV "
+                       f"cache: {'pass' if all(ctx) else 'FAIL'}")
     return "\n".join(out)

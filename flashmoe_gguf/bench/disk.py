@@ -2,10 +2,12 @@
 
     decode tok/s <= bandwidth / (layers x K x bytes per expert x (1 - hit rate))
 
-Cold reads: with root the page cache is dropped first (`sync; echo 3 > /proc/sys/vm/drop_caches`) and the
-preads are buffered with POSIX_FADV_RANDOM (as the runtime reads); without root they use O_DIRECT, which
-bypasses the page cache without dropping it (if the file system refuses O_DIRECT, the reads may be warm and the
-result says so).
+Measured the way flashmoe reads experts (ggml_ext/fm_io.c): one pread per expert of its 4096-byte-aligned cover,
+O_DIRECT into an aligned buffer, `threads` reads in flight (flashmoe's io_threads, 8 by default), random experts
+of the real expert tensors. With root the page cache is dropped first as well (`echo 3 >
+/proc/sys/vm/drop_caches`); O_DIRECT bypasses it either way. Where the file system refuses O_DIRECT (flashmoe then
+reads buffered too), the preads are buffered with POSIX_FADV_RANDOM after the drop, and without root they may be
+warm: the result says so.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import mmap
 import os
 import random
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,62 +68,80 @@ def expert_slices(path: str | Path) -> list[tuple[int, int, int]]:
     return [(t.shard, t.offset + e * t.stride, t.stride) for t in expert_tensors(path) for e in range(t.n_expert)]
 
 
+DIRECT_ALIGN = 4096          # ggml_ext/fm_io.c's FM_DIRECT_ALIGN
+
+
 def bandwidth(path: str | Path, n_reads: int, threads: int, seed: int, drop: bool) -> dict[str, Any]:
-    """Random preads of whole expert slices of the real expert tensors, `threads` at a time, cold."""
+    """Random expert reads of the real expert tensors, `threads` at a time, cold, as flashmoe reads them."""
     slices = expert_slices(path)
     rng = random.Random(seed)
     picks = rng.sample(slices, min(n_reads, len(slices)))
-    direct = not drop
     if drop:
         drop_caches(path)
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if direct else 0)
+    direct = bool(getattr(os, "O_DIRECT", 0))
     fds: list[int] = []
     try:
         for p in model_files(path):
             try:
-                fds.append(os.open(p, flags))
+                fds.append(os.open(p, os.O_RDONLY | (os.O_DIRECT if direct else 0)))
             except OSError:
                 fds.append(os.open(p, os.O_RDONLY))
                 direct = False
-        for fd in fds:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(threads) as pool:
-            total = sum(pool.map(lambda p: _read(fds[p[0]], p[1], p[2], direct), picks))
-        secs = time.perf_counter() - t0
+        if not direct:      # every file the same way
+            for fd in fds:
+                os.close(fd)
+            fds = [os.open(p, os.O_RDONLY) for p in model_files(path)]
+            for fd in fds:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        biggest = max(p[2] for p in picks) + 2 * DIRECT_ALIGN
+        bufs: list[mmap.mmap] = []
+        mine = threading.local()
+
+        def one(pick: tuple[int, int, int]) -> int:
+            buf = getattr(mine, "buf", None)
+            if buf is None:                   # page-aligned, one per reader thread, as fm_io's slot buffers
+                buf = mine.buf = mmap.mmap(-1, biggest)
+                bufs.append(buf)
+            return _read(fds[pick[0]], pick[1], pick[2], direct, buf)
+
+        try:
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(threads) as pool:
+                total = sum(pool.map(one, picks))
+            secs = time.perf_counter() - t0
+        finally:
+            for b in bufs:
+                b.close()
     finally:
         for fd in fds:
             os.close(fd)
+    if direct:
+        method = f"O_DIRECT pread of each expert's {DIRECT_ALIGN}-byte-aligned cover, {threads} in flight (as " \
+                 "flashmoe reads)" + ("; page cache dropped too" if drop else "")
+    else:
+        method = "buffered pread, " + ("dropped page cache" if drop else "page cache NOT dropped (may be warm)") + \
+                 " (O_DIRECT refused)"
     return {"threads": threads, "reads": len(picks), "bytes": total, "seconds": secs,
             "gb_s": total / secs / 1e9 if secs > 0 else 0.0, "read_sizes": sorted({p[2] for p in picks}),
-            "method": "dropped page cache, buffered pread" if drop else
-            ("O_DIRECT pread (page cache not dropped)" if direct else "buffered pread, page cache NOT dropped "
-             "(may be warm)")}
+            "direct": direct, "method": method}
 
 
-def _read(fd: int, off: int, n: int, direct: bool) -> int:
-    if direct:   # O_DIRECT wants aligned offsets, lengths and buffers: read the aligned cover of the range
-        a = 4096
-        start, end = off // a * a, -(-(off + n) // a) * a
-        buf = mmap.mmap(-1, min(end - start, 4 << 20))
-        try:
-            pos = start
-            while pos < end:
-                want = min(end - pos, len(buf))
-                got = os.preadv(fd, [memoryview(buf)[:want]], pos)
-                if got <= 0:
-                    break
-                pos += got
-        finally:
-            buf.close()
-        return n
-    got = 0
-    while got < n:
-        b = os.pread(fd, min(n - got, 4 << 20), off + got)
-        if not b:
-            raise OSError(f"short read at {off + got}")
-        got += len(b)
-    return got
+def _read(fd: int, off: int, n: int, direct: bool, buf: mmap.mmap) -> int:
+    """One expert: one pread (continued if short) of [off, off + n), of its aligned cover with O_DIRECT, as
+    fm_io.c's do_read. The expert's bytes count, not the cover's."""
+    start, end = (off // DIRECT_ALIGN * DIRECT_ALIGN, -(-(off + n) // DIRECT_ALIGN) * DIRECT_ALIGN) if direct \
+        else (off, off + n)
+    view = memoryview(buf)
+    pos = start
+    while pos < end:
+        got = os.preadv(fd, [view[pos - start:end - start]], pos)
+        if got <= 0:
+            if direct and pos >= off + n:       # the aligned tail past the end of the file
+                break
+            raise OSError(f"short read at {pos}")
+        pos += got
+    view.release()
+    return n
 
 
 def measure_round(path: str | Path, label: str, reads: int, threads: int, repeats: int, seed: int,

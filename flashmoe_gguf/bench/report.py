@@ -11,7 +11,7 @@ import math
 import statistics
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .disk import decode_bound
 from . import extrapolate as _extrapolate_module
@@ -41,18 +41,23 @@ def memory_check(r: RunResult, info: ModelInfo, n_ctx: int) -> dict[str, Any] | 
     """Issue 3's memory rule for a flashmoe run: RSS at the end of decode against
     1.1 x (non-expert weights + ram_budget + KV cache). The interpreter and libraries (RSS before the model
     loads) are not in that formula: `pass` compares the RSS above that baseline, `pass_including_baseline` the
-    whole RSS."""
+    whole RSS. Nor are llama.cpp's compute and output buffers: `pass_with_context` puts the whole context the
+    worker measured (KV cache, compute and output buffers) where the rule has the KV cache."""
     if not is_flashmoe(r.config) or "end_of_decode" not in r.rss or r.budget_bytes is None:
         return None
     kv = info.kv_cache_bytes(n_ctx)
     allowed = (info.resident_bytes + max(r.budget_bytes, 0) + kv) * (1 + MEMORY_SLACK)
+    with_ctx = (info.resident_bytes + max(r.budget_bytes, 0) + (r.context_bytes or 0)) * (1 + MEMORY_SLACK)
     base = r.rss.get("baseline", 0)
     rss = r.rss["end_of_decode"]
     return {"allowed_bytes": int(allowed), "resident_bytes": info.resident_bytes, "budget_bytes": r.budget_bytes,
             "kv_cache_bytes": kv, "baseline_rss_bytes": base, "rss_end_of_decode_bytes": rss,
             "vm_hwm_bytes": r.rss.get("hwm"), "rss_above_baseline_bytes": rss - base,
             "pass": rss - base <= allowed, "pass_including_baseline": rss <= allowed,
-            "hwm_above_baseline_pass": (r.rss.get("hwm", 0) - base) <= allowed}
+            "hwm_above_baseline_pass": (r.rss.get("hwm", 0) - base) <= allowed,
+            "context_bytes": r.context_bytes,
+            "allowed_with_context_bytes": None if r.context_bytes is None else int(with_ctx),
+            "pass_with_context": None if r.context_bytes is None else rss - base <= with_ctx}
 
 
 def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ctx: int, headroom: int,
@@ -76,6 +81,7 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
                                                           d["bound_hit_rate"]),
                             r.decode_tok_s / decode_bound(disk["min_gb_s"], r.expert_bytes_needed_per_token,
                                                           d["bound_hit_rate"])]
+        d.update(prefill(r, gb_s))
         mc = memory_check(r, info, n_ctx)
         if mc is not None:
             d["memory_check"] = mc
@@ -83,6 +89,7 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
 
     # flashmoe vs each compared configuration, same setting, cap and K
     ratios: list[dict[str, Any]] = []
+    prompt_ratios: list[dict[str, Any]] = []     # the same for prompt tok/s (time to first token)
     groups: dict[tuple[str, int | None, int], list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.setting, r.cap_bytes, r.k), []).append(r)
@@ -90,10 +97,12 @@ def derive(results: list[RunResult], info: ModelInfo, disk: dict[str, Any], n_ct
         configs = list(dict.fromkeys(r.config for r in rs))
         for fc in (c for c in configs if is_flashmoe(c)):
             for sc in (c for c in configs if not is_flashmoe(c)):
-                ratios.append(compare(setting, cap, k, [r for r in rs if r.config == fc],
-                                      [r for r in rs if r.config == sc]))
+                f_runs, s_runs = [r for r in rs if r.config == fc], [r for r in rs if r.config == sc]
+                ratios.append(compare(setting, cap, k, f_runs, s_runs))
+                prompt_ratios.append(compare(setting, cap, k, f_runs, s_runs, _prompt_speed))
 
-    out: dict[str, Any] = {"per_run": per_run, "ratios": ratios, "k_check": k_check(results, info),
+    out: dict[str, Any] = {"per_run": per_run, "ratios": ratios, "prompt_ratios": prompt_ratios,
+                           "k_check": k_check(results, info),
                            "extrapolation": extrapolation(results, info, disk, per_run, n_ctx, headroom,
                                                           fixed_override)}
     checks = [d["memory_check"]["pass"] for d in per_run.values() if "memory_check" in d]
@@ -107,11 +116,36 @@ def _speed(r: RunResult) -> float | None:
     return r.decode_tok_s if r.ok() and r.decode_tok_s else None
 
 
-def compare(setting: str, cap: int | None, k: int, f_runs: list[RunResult], s_runs: list[RunResult]) -> dict[str, Any]:
+def _prompt_speed(r: RunResult) -> float | None:
+    return r.prompt_tok_s if r.ok() and r.prompt_tok_s else None
+
+
+def prefill(r: RunResult, gb_s: float | None) -> dict[str, Any]:
+    """flashmoe's prompt: where its time went (I/O wait, expert compute, the rest) and the prefill bound, prompt
+    tokens x disk bandwidth / expert bytes read for the prompt (= micro-batch tokens x bandwidth / expert bytes
+    read per micro-batch, summed over the micro-batches): how fast the prompt could go if reading the experts were
+    all it did."""
+    p = r.flashmoe.get("prompt") if r.flashmoe else None
+    if not p or not r.ttft_s or not r.prompt_tok_s:
+        return {}
+    tokens = r.prompt_tok_s * r.ttft_s
+    io_wait, compute = p["io_wait_seconds"], p["expert_compute_seconds"]
+    out: dict[str, Any] = {"prompt_io_wait_s": io_wait, "prompt_expert_compute_s": compute,
+                           "prompt_rest_s": max(0.0, r.ttft_s - io_wait - compute),
+                           "prompt_expert_bytes_read": p["expert_bytes_read"]}
+    if gb_s and p["expert_bytes_read"] > 0:
+        bound = tokens * gb_s * 1e9 / p["expert_bytes_read"]
+        out.update(prefill_bound_tok_s=bound, fraction_of_prefill_bound=r.prompt_tok_s / bound)
+    return out
+
+
+def compare(setting: str, cap: int | None, k: int, f_runs: list[RunResult], s_runs: list[RunResult],
+            speed: Callable[[RunResult], float | None] = _speed) -> dict[str, Any]:
     """flashmoe's runs of one configuration against a compared configuration's runs of the same setting, cap and
-    K. With one run each, their ratio. With rounds (--rounds), the ratio of the medians, and the ratio within each
-    round where both finished (`round_ratios`; a machine that drifts slows both runs of a round alike)."""
-    f_speeds, s_speeds = [_speed(r) for r in f_runs], [_speed(r) for r in s_runs]
+    K (decode tok/s, or what `speed` gives). With one run each, their ratio. With rounds (--rounds), the ratio of
+    the medians, and the ratio within each round where both finished (`round_ratios`; a machine that drifts slows
+    both runs of a round alike)."""
+    f_speeds, s_speeds = [speed(r) for r in f_runs], [speed(r) for r in s_runs]
     fs, ss = [x for x in f_speeds if x], [x for x in s_speeds if x]
     f_med = statistics.median(fs) if fs else None
     s_med = statistics.median(ss) if ss else None
@@ -255,6 +289,42 @@ def _gb(x: Any) -> str:
     return _f(x, ".2f", 1e-9)
 
 
+def time_split_lines(rep: dict[str, Any]) -> list[str]:
+    """Where flashmoe's decode token and prompt went (I/O wait, expert compute, the rest), the prefill bound, and
+    the prompt against stock."""
+    rows = [(r, rep["per_run"].get(r["name"], {})) for r in rep["runs"] if is_flashmoe(r["config"]) and
+            (r.get("time_per_token") or {}).get("io_wait") is not None]
+    if not rows:
+        return []
+    L = ["## Where flashmoe's time goes", "",
+         "| run | decode ms/token | I/O wait | expert compute | rest | TTFT s | prompt tok/s | prompt I/O wait s | "
+         "prompt expert compute s | prompt rest s | prompt expert MB read | prefill bound tok/s | % of prefill bound |",
+         "|" + " --- |" * 13]
+    for r, d in rows:
+        t = r["time_per_token"]
+        total = sum(t.values())
+        L.append(" | ".join([
+            f"| {r['name']}", _f(total, ".1f", 1e3), _f(t["io_wait"], ".1f", 1e3), _f(t["expert_compute"], ".1f", 1e3),
+            _f(t["rest"], ".1f", 1e3), _f(r["ttft_s"], ".3f"), _f(r["prompt_tok_s"], ".1f"),
+            _f(d.get("prompt_io_wait_s"), ".3f"), _f(d.get("prompt_expert_compute_s"), ".3f"),
+            _f(d.get("prompt_rest_s"), ".3f"), _f(d.get("prompt_expert_bytes_read"), ".0f", 1 / MB),
+            _f(d.get("prefill_bound_tok_s"), ".1f"), _f(d.get("fraction_of_prefill_bound"), ".0%") + " |"]))
+    L += ["", "Milliseconds per decode token: I/O wait is the time the expert products waited for reads, expert "
+          "compute the rest of their time, rest everything else (attention, router, norms, output head, Python). "
+          "Prefill bound: prompt tokens x the disk bandwidth / the expert bytes read for the prompt.", ""]
+    pr = [x for x in rep.get("prompt_ratios", []) if x.get("flashmoe_tok_s") or x.get("versus_tok_s")]
+    if pr:
+        L += ["| prompt tok/s | K | flashmoe | tok/s | versus | tok/s | ratio | same-round ratios |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for x in pr:
+            where = "no cap, warm" if x["setting"] == "nocap" else f"cap {x['cap_bytes'] / 2**30:.2f} GiB, cold"
+            L.append(f"| {where} | {x['k']} | {x['flashmoe']} | {_f(x['flashmoe_tok_s'], '.1f')} | {x['versus']} | "
+                     f"{_f(x['versus_tok_s'], '.1f')} | {_f(x['ratio'], '.2f')}{'x' if x['ratio'] else ''} | "
+                     f"{round_ratios_text(x)} |")
+        L.append("")
+    return L
+
+
 def render_markdown(rep: dict[str, Any]) -> str:
     m, model, disk = rep["machine"], rep["model"], rep.get("disk_bandwidth") or {}
     L: list[str] = [f"# flashmoe bench: `{Path(model['path']).name}`", ""]
@@ -309,7 +379,9 @@ def render_markdown(rep: dict[str, Any]) -> str:
             _f(r["read_bytes_per_token"], ".2f", 1 / MB), _f(r["peak_memory_bytes"], ".0f", 1 / MB),
             _f(r["rss"].get("end_of_decode"), ".0f", 1 / MB), _f(d.get("disk_bound_0_hit_tok_s"), ".3f"),
             _f(d.get("disk_bound_at_hit_rate_tok_s"), ".3f"), _f(d.get("fraction_of_bound_at_hit_rate"), ".0%"),
-            "-" if mc is None else ("pass" if mc["pass"] else "FAIL"),
+            "-" if mc is None else ("pass" if mc["pass"] else "FAIL") + (
+                "" if mc.get("pass_with_context") is None else
+                " (with the context: " + ("pass" if mc["pass_with_context"] else "FAIL") + ")"),
             f"{r['others_cores']:.2f} |"]))
     L.append("")
     L.append("Decode tok/s marked * is partial (tokens done before the worker died). Expert MB/token read: "
@@ -317,12 +389,14 @@ def render_markdown(rep: dict[str, Any]) -> str:
              "token needs (stock: from the disk's read_bytes, so readahead can make it negative); peak MB: the "
              "cgroup's max usage (RSS + page cache) when a cgroup was used, else VmHWM. Memory check (flashmoe): "
              "RSS at the end of decode minus the RSS before the model loaded <= 1.1 x (non-expert weights + "
-             "ram_budget + KV cache); llama.cpp's compute buffers are not in that rule, so a small model can fail it "
-             "by a few tens of MB. In the no-cap runs the file was read into the page cache beforehand by this "
+             "ram_budget + KV cache); llama.cpp's compute buffers are not in that rule, so a small model can fail it; "
+             "in parentheses the same check with llama.cpp's whole context as measured (KV cache, compute and output "
+             "buffers) in place of the KV cache. In the no-cap runs the file was read into the page cache beforehand by this "
              "process, so their peak is mostly the worker's own memory. Other processes, cores: the CPU other "
              "processes used during the run, on average (a run above --max-busy was repeated up to --retries "
              "times and the least disturbed attempt kept).")
     L.append("")
+    L += time_split_lines(rep)
     if rep["ratios"]:
         L.append("## flashmoe against stock llama-cpp-python")
         L.append("")
