@@ -50,6 +50,16 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class FileIdentity:
+    """which file was read, as fstat saw it when its header was read: the C store checks the file it opens is this
+    one (a file replaced or rewritten in between is an error, not a mix of two files)"""
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
 class GGUFIndex:
     path: Path
     size: int
@@ -60,6 +70,7 @@ class GGUFIndex:
     tensors: tuple[TensorInfo, ...]
     kv_spans: tuple[tuple[str, int, int], ...]  # each key's bytes in the header: (key, start, end)
     header_end: int          # end of the tensor infos (the data section starts at the next alignment)
+    identity: FileIdentity | None = None
 
 
 class _Reader:
@@ -194,7 +205,9 @@ def read_index(path: str | Path, shard: int = 0) -> GGUFIndex:
     except OSError as exc:
         raise GGUFIndexError(f"{path}: {exc.strerror}") from exc
     with f:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        size = st.st_size
+        identity = FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if size < 24:
             raise GGUFIndexError(f"{path}: not a GGUF file (too short)")
         r = _Reader(f, size, path)
@@ -235,7 +248,8 @@ def read_index(path: str | Path, shard: int = 0) -> GGUFIndex:
         if rel % alignment:
             raise GGUFIndexError(f"{path}: tensor {name} at data offset {rel}, not a multiple of {alignment}")
         tensors.append(_tensor(path, name, gtype, shape, data_offset + rel, size, shard))
-    return GGUFIndex(path, size, version, alignment, data_offset, scalars, tuple(tensors), tuple(spans), header_end)
+    return GGUFIndex(path, size, version, alignment, data_offset, scalars, tuple(tensors), tuple(spans), header_end,
+                     identity)
 
 
 # -- split models ----------------------------------------------------------------------------------------------

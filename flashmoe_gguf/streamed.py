@@ -124,12 +124,17 @@ class StreamedModel:
             warnings.warn(f"flashmoe: {choice.note}", RuntimeWarning, stacklevel=3)
         self.kernel_isa = choice.name
         err = self.ffi.new("char[1024]")
-        paths = [self.ffi.new("char[]", str(p).encode()) for p in self.model.paths]
-        handle = self.lib.fm_model_new(self.ffi.new("char *[]", paths), len(paths), ram_budget, io_threads, mode,
-                                       int(direct_io), choice.code, tiled_mode(), err, 1024)
+        handle = self._open_store(ram_budget, io_threads, mode, int(direct_io), choice.code, err)
         if handle == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         self.handle = handle
+        # the files the store opened are the ones indexed above (not replaced or rewritten in between)
+        for i, f in enumerate(self.model.files):
+            ident = f.identity
+            if ident is not None and self.lib.fm_model_verify_file(handle, i, ident.dev, ident.ino, ident.size,
+                                                                   ident.mtime_ns, err, 1024) != 0:
+                self.close()
+                raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         for e in self.experts:
             if self.lib.fm_model_add_tensor(handle, e.name.encode(), e.shard, e.offset, e.stride, e.n_expert, e.gtype,
                                             e.ne0, e.ne1, err, 1024) != 0:
@@ -143,6 +148,12 @@ class StreamedModel:
             for a, b in zip(chain, chain[1:]):
                 self.lib.fm_model_set_partner(handle, a.encode(), b.encode())
         self.load_bytes_read = 0
+
+    def _open_store(self, ram_budget: int, io_threads: int, mode: int, direct: int, isa: int, err: Any) -> Any:
+        """the C model and its store, opening the model's files (a seam: tests change a file just before)"""
+        paths = [self.ffi.new("char[]", str(p).encode()) for p in self.model.paths]
+        return self.lib.fm_model_new(self.ffi.new("char *[]", paths), len(paths), ram_budget, io_threads, mode, direct,
+                                     isa, tiled_mode(), err, 1024)
 
     def load(self, params: Any) -> Any:
         """llama_model_load_from_file's replacement: reads everything but the experts (a split model as one GGUF

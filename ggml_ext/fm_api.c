@@ -124,6 +124,13 @@ int fm_model_end_load(fm_model *m, char *err, size_t err_len) {
     return 0;
 }
 
+int fm_model_verify_file(fm_model *m, int file, uint64_t dev, uint64_t ino, uint64_t size, int64_t mtime_ns,
+                         char *err, size_t err_len) {
+    if (fm_store_verify_file(m->store, file, dev, ino, size, mtime_ns) == 0) return 0;
+    fm_store_error(m->store, err, err_len);
+    return -1;
+}
+
 void fm_model_free(fm_model *m) {
     if (!m) return;
     fm_store_close(m->store);

@@ -40,6 +40,10 @@ int fm_model_set_partner(fm_model *m, const char *a, const char *b);
 int fm_model_begin_load(fm_model *m, char *err, size_t err_len);
 /* Ends the load; checks every registered expert tensor was placed on the flashmoe device. */
 int fm_model_end_load(fm_model *m, char *err, size_t err_len);
+/* file (an index into the paths) as the model opened it is the one the caller read the header of: the same device
+   and inode, size and modification time (ns) as it saw then; else -1 with why, and the model stays failed */
+int fm_model_verify_file(fm_model *m, int file, uint64_t dev, uint64_t ino, uint64_t size, int64_t mtime_ns,
+                         char *err, size_t err_len);
 void fm_model_free(fm_model *m);
 /* Resize the expert cache (bytes): ram_budget="auto" sizes it once llama.cpp's context (KV cache, compute and
    output buffers) exists. Not while the model computes. */

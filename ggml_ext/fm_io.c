@@ -118,8 +118,19 @@ static int open_file(io_file *f, const char *path, int direct, char *err, size_t
     }
     /* experts are read at random: stop readahead from pulling their neighbours into the page cache */
     posix_fadvise(f->fd, 0, 0, POSIX_FADV_RANDOM);
-    if (direct && (f->fd_direct = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT)) < 0) {
+    if (!direct) return 0;
+    /* the same file as fd (the path may name another by now), through /proc where it is mounted */
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", f->fd);
+    f->fd_direct = open(self, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (f->fd_direct < 0 && errno == ENOENT) f->fd_direct = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (f->fd_direct < 0) {
         snprintf(err, err_len, "cannot open %s with O_DIRECT: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(f->fd_direct, &st) != 0 || st.st_dev != f->st0.st_dev || st.st_ino != f->st0.st_ino) {
+        snprintf(err, err_len, "%s: the model file was replaced on disk while it was opened", path);
         return -1;
     }
     return 0;
@@ -262,6 +273,26 @@ int fm_io_check_file(fm_io *io, char *why, size_t why_len) {
         }
     }
     return 0;
+}
+
+int fm_io_verify_file(const fm_io *io, int file, uint64_t dev, uint64_t ino, uint64_t size, int64_t mtime_ns,
+                      char *why, size_t why_len) {
+    if (file < 0 || file >= io->n_files) {
+        snprintf(why, why_len, "no file %d", file);
+        return -1;
+    }
+    const io_file *f = &io->files[file];
+    const int64_t mtime = (int64_t) f->st0.st_mtim.tv_sec * 1000000000 + (int64_t) f->st0.st_mtim.tv_nsec;
+    const char *w = NULL;
+    if ((uint64_t) f->st0.st_dev != dev || (uint64_t) f->st0.st_ino != ino)
+        w = "the model file was replaced on disk after its header was read";
+    else if ((uint64_t) f->st0.st_size != size)
+        w = "the model file changed size on disk after its header was read (truncated or rewritten)";
+    else if (mtime != mtime_ns)
+        w = "the model file was modified on disk after its header was read";
+    if (!w) return 0;
+    snprintf(why, why_len, "%s: %s", f->path, w);
+    return -1;
 }
 
 void fm_io_inject_fault(fm_io *io, int nth_read) {

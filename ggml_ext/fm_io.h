@@ -45,6 +45,10 @@ int fm_io_submit(fm_io *io, int job, int file, uint64_t offset, size_t len, void
 int fm_io_read_now(fm_io *io, int file, uint64_t offset, void *dst, size_t len);
 /* 0 if every file is still the one opened (size, inode, mtime); else -1 and why (naming the file). */
 int fm_io_check_file(fm_io *io, char *why, size_t why_len);
+/* 0 if the file opened as `file` is the one described (device, inode, size, modification time in ns: what the
+   caller saw when it read the file's header, before this open); else -1 and why (naming the file). */
+int fm_io_verify_file(const fm_io *io, int file, uint64_t dev, uint64_t ino, uint64_t size, int64_t mtime_ns,
+                      char *why, size_t why_len);
 /* Test hook: the nth read started from now on fails with EIO (0: off). */
 void fm_io_inject_fault(fm_io *io, int nth_read);
 

@@ -350,6 +350,13 @@ int fm_store_check_file(fm_store *s) {
     return -1;
 }
 
+int fm_store_verify_file(fm_store *s, int file, uint64_t dev, uint64_t ino, uint64_t size, int64_t mtime_ns) {
+    char why[512];
+    if (fm_io_verify_file(s->io, file, dev, ino, size, mtime_ns, why, sizeof why) == 0) return 0;
+    fm_store_set_error(s, why);
+    return -1;
+}
+
 int fm_store_read_weights(fm_store *s, int tensor, uint64_t offset, void *dst, size_t len) {
     const fm_tensor_info *t = &s->tensors[tensor]->info;
     if (offset > t->stride * (uint64_t) t->n_expert || len > t->stride * (uint64_t) t->n_expert - offset ||

@@ -51,6 +51,9 @@ const char *fm_store_unbound(const fm_store *s);
 
 /* Checks that the file is still the one that was opened; sets the error and returns -1 if not. */
 int fm_store_check_file(fm_store *s);
+/* Checks that file `file` as opened is the one the caller indexed (device, inode, size, mtime in ns, taken when
+   it read the header): a file replaced or rewritten between that read and this open. The error is set if not. */
+int fm_store_verify_file(fm_store *s, int file, uint64_t dev, uint64_t ino, uint64_t size, int64_t mtime_ns);
 /* How many of n experts of a tensor to hold at once (the budget's worth, at least 1: a node whose experts do
    not fit is computed in waves). */
 int fm_store_wave(const fm_store *s, int tensor, int n);

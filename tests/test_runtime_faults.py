@@ -227,6 +227,57 @@ def test_concurrent_stock_and_flashmoe_loads() -> None:
     assert r.stderr.strip().endswith("stderr still here"), r.stderr[-3000:]
 
 
+@pytest.mark.parametrize("how", ["replace", "overwrite", "truncate"])
+def test_changed_between_index_and_store_open(model_copy: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The file changes after read_index read its header and before the C store opens it (the seam
+    StreamedModel._open_store): another file renamed over it, the same size overwritten in place, or truncated. The
+    store finds the file it opened is not the one indexed (device and inode, size, modification time) and the load
+    is a FlashMoeError naming the file, before anything is read from it."""
+    from flashmoe_gguf import FlashMoeError
+    from flashmoe_gguf import streamed as sm
+    before = os.stat(model_copy)
+    other = gguf_for("qwen3_moe", "Q8_0")
+    real_open = sm.StreamedModel._open_store
+    done = []
+
+    def open_store(self: sm.StreamedModel, *args: object) -> object:
+        assert self.model.files[0].identity.ino == before.st_ino     # indexed before the change
+        if how == "replace":
+            shutil.copy(other, str(model_copy) + ".new")
+            os.replace(str(model_copy) + ".new", model_copy)
+        elif how == "overwrite":
+            with open(model_copy, "r+b") as f:
+                f.seek(before.st_size // 8)
+                f.write(os.urandom(4096))
+        else:
+            os.truncate(model_copy, before.st_size - 4096)
+        done.append(os.stat(model_copy))
+        return real_open(self, *args)
+
+    monkeypatch.setattr(sm.StreamedModel, "_open_store", open_store)
+    want = {"replace": "was replaced on disk after its header was read",
+            "overwrite": "was modified on disk after its header was read",
+            "truncate": "changed size on disk after its header was read"}[how]
+    with pytest.raises(FlashMoeError, match=want) as exc:
+        streamed(model_copy, 1)
+    assert str(model_copy) in str(exc.value)
+    after = done[0]                    # the change happened and is one the identity can see
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def test_unchanged_file_passes_the_identity_check(model_copy: Path) -> None:
+    """Control: the same load with the file left alone computes (the identity read_index recorded is the one the
+    store opened), and it is the file's own fstat."""
+    from flashmoe_gguf.gguf_index import read_index
+    st = os.stat(model_copy)
+    ident = read_index(model_copy).identity
+    assert ident is not None and (ident.dev, ident.ino, ident.size, ident.mtime_ns) == (
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    llm = streamed(model_copy, 1)
+    llm.eval(PROMPT[:4])
+    llm.close()
+
+
 # --- a model file rewritten while it loads -------------------------------------------------------------------------
 
 REWRITE_DURING_LOAD = """
