@@ -39,14 +39,18 @@ class Llama(_llama_base()):  # type: ignore[misc]
     (default, or the FLASHMOE_ISA environment variable), "avx512", "avx2", "scalar" (our kernels on that
     instruction set) or "ggml" (ggml's own code); all give stock llama.cpp's results bit for bit, see
     flashmoe_gguf/isa.py), kernels (False: the same as isa="ggml"). flashmoe_stats()["kernel_isa"] says which
-    is used. Every llama_cpp.Llama argument works as usual.
+    is used. tensor_overrides: llama.cpp's `-ot` as (regex, buffer type name) pairs, e.g. [("attn", "CPU")]
+    (flashmoe_gguf/offload.py). Every llama_cpp.Llama argument works as usual; with n_gpu_layers (any llama.cpp
+    GPU backend) everything but the routed experts is offloaded as asked and the experts stay streamed.
     """
 
     def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "auto", cache: str = "lfu",
                  io_threads: int = 8, direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None,
-                 ram_headroom: str | int | None = None, **kwargs: Any) -> None:
+                 ram_headroom: str | int | None = None, tensor_overrides: Sequence[tuple[str, str]] | None = None,
+                 **kwargs: Any) -> None:
         self._fm: StreamedModel | None = None
-        self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa, ram_headroom)
+        self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa, ram_headroom,
+                                 tensor_overrides)
         try:
             with loading(self._fm):
                 super().__init__(model_path, *args, **kwargs)

@@ -4,13 +4,16 @@ llama-cpp-python's Llama has no argument for llama.cpp's `use_extra_bufts` (CPU_
 `-nr` / `--no-repack`). It reads the model defaults through llama_cpp.llama_cpp.llama_model_default_params (the
 submodule's name: patching the package-level re-export leaves repack on), so that is the name patched, for
 the thread that makes a Llama. Used by `flashmoe bench` (configuration stock-norepack) and by the tests' reference.
+
+`tensor_overrides` does the same for llama.cpp's `tensor_buft_overrides` (`-ot`), which llama-cpp-python leaves
+unset: stock with the routed experts on the CPU next to GPU layers (offload.py), the reference of GPU hybrid mode.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 
 class _Defaults:
@@ -27,6 +30,9 @@ class _Defaults:
         p = self.original()
         if getattr(self.local, "depth", 0):
             p.use_extra_bufts = False
+        overrides = getattr(self.local, "overrides", None)
+        if overrides is not None:
+            p.tensor_buft_overrides = overrides.address
         return p
 
 
@@ -52,3 +58,19 @@ def no_extra_buffer_types() -> Iterator[None]:
         yield
     finally:
         d.local.depth -= 1
+
+
+@contextlib.contextmanager
+def tensor_overrides(entries: Sequence[tuple[str, str]]) -> Iterator[None]:
+    """Within this block, llama_cpp.Llama made on this thread loads models with these (regex, buffer type name)
+    overrides (offload.py; e.g. offload.experts_to_cpu()). The array lives until the block ends: llama.cpp reads
+    it only while a model loads."""
+    from .offload import stock_overrides
+    array = stock_overrides(entries)
+    d = _defaults()
+    before = getattr(d.local, "overrides", None)
+    d.local.overrides = array
+    try:
+        yield
+    finally:
+        d.local.overrides = before

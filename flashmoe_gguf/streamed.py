@@ -15,10 +15,12 @@ from . import extension
 from . import budget as budget_rule
 from .budget import Available, auto_budget
 from .experts import ExpertTableError, ExpertTensor, expert_tensors
+from .ggml_devices import has_gpu
 from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .isa import IsaError, resolve_isa, tiled_mode
 from .load_checks import check_llama_invariants
 from .load_plan import load_plan
+from .offload import check_overrides, flashmoe_overrides
 from .runtime_errors import FlashMoeError
 from .units import parse_size
 
@@ -91,7 +93,10 @@ class StreamedModel:
 
     def __init__(self, path: str | Path, ram_budget: int | str, io_threads: int = 8, cache: str = "lfu",
                  direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None,
-                 ram_headroom: int | str | None = None) -> None:
+                 ram_headroom: int | str | None = None,
+                 tensor_overrides: Sequence[tuple[str, str]] | None = None) -> None:
+        self.tensor_overrides = check_overrides(tensor_overrides)   # offload.py: (regex, buffer type) pairs
+        self.gpu_hybrid = False
         ext = extension.load()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
         self.path = str(Path(path).resolve())
@@ -164,6 +169,13 @@ class StreamedModel:
             plan = load_plan(self.model, {e.name for e in self.experts})
         except GGUFIndexError as exc:
             raise FlashMoeError(str(exc)) from exc
+        # layers on a GPU: the routed experts are overridden to the CPU list, where our device comes first
+        # (offload.py); llama.cpp reads the array during the load, the model keeps it
+        self.gpu_hybrid = int(params.n_gpu_layers) != 0 and has_gpu()
+        self._overrides = flashmoe_overrides(self.tensor_overrides, [e.name for e in self.experts], self.gpu_hybrid)
+        if self._overrides is not None:
+            params.tensor_buft_overrides = self._overrides.address
+        self.lib.fm_model_set_gpu_hybrid(self.handle, int(self.gpu_hybrid))
         counter = self.ffi.new("uint64_t *")
         err = self.ffi.new("char[1024]")
         read_err = self.ffi.new("char[1024]")     # why a read of the FILE* failed: llama.cpp only says it failed

@@ -30,6 +30,10 @@ typedef struct {
 typedef struct {
     fm_pool *pool;
     int n_threads;
+    void *ctx_mem;        /* graph_compute: the one-run graphs of the expert block's element-wise ops */
+    size_t ctx_size;
+    void *work;           /* ggml-cpu's work buffer for them */
+    size_t work_cap;
 } fm_backend_ctx;
 
 /* registration happens once per process; the device, buffer type and registry below are filled then and only
@@ -175,15 +179,116 @@ static const char *be_get_name(ggml_backend_t backend) {
 static void be_free(ggml_backend_t backend) {
     fm_backend_ctx *c = backend->context;
     fm_pool_free(c->pool);
+    free(c->ctx_mem);
+    free(c->work);
     free(c);
     free(backend);
+}
+
+/* ---- the routed-expert block of a GPU-hybrid model --------------------------------------------------------
+ *
+ * With layers on a GPU, stock llama.cpp with the experts in CPU memory (`-ot exps=CPU`) runs the whole block from
+ * the first expert product to the last on the CPU: gate and up, the activation (GLU), the expert biases (ADD_ID),
+ * down; the weighting and the sum go back to the GPU. The scheduler gives us the products (their weights are in
+ * our buffer); the ops between them would go to the GPU, four device crossings per layer instead of two. So in a
+ * model loaded with GPU layers (fm_model.gpu_hybrid) we also take those ops when every input they compute from
+ * is one of our products or such an op: the same ops stock's CPU runs, computed by ggml-cpu's own code
+ * (run_cpu_ops), so the results are stock's bit for bit. CPU-only models never take them. */
+
+#define FM_BLOCK_DEPTH 8
+
+static fm_model *expert_block_model(const struct ggml_tensor *t, int depth);
+
+/* the GPU-hybrid model whose expert block op `op` belongs to, or NULL (then we do not take it) */
+static fm_model *block_op_model(const struct ggml_tensor *op, int depth) {
+    if (op->type != GGML_TYPE_F32) return NULL;
+    switch (op->op) {
+    case GGML_OP_GLU: { /* activation: gate (and up, split form) from our products or views of them */
+        const struct ggml_tensor *a = op->src[0], *b = op->src[1];
+        if (!a || a->type != GGML_TYPE_F32 || (b && b->type != GGML_TYPE_F32)) return NULL;
+        fm_model *m = expert_block_model(a, depth);
+        if (!m || (b && expert_block_model(b, depth) != m)) return NULL;
+        return m;
+    }
+    case GGML_OP_ADD_ID: { /* an expert bias: products + bias[ids] (the bias is a weight, the ids an input) */
+        const struct ggml_tensor *a = op->src[0], *bias = op->src[1], *ids = op->src[2];
+        if (!a || !bias || !ids || a->type != GGML_TYPE_F32 || bias->type != GGML_TYPE_F32 ||
+            ids->type != GGML_TYPE_I32) {
+            return NULL;
+        }
+        return expert_block_model(a, depth);
+    }
+    default:
+        return NULL;
+    }
+}
+
+/* t (through views) is the output of one of our products in a GPU-hybrid model, or of a block op we take */
+static fm_model *expert_block_model(const struct ggml_tensor *t, int depth) {
+    while (t && t->view_src) t = t->view_src;
+    if (!t || depth >= FM_BLOCK_DEPTH) return NULL;
+    if (t->op == GGML_OP_MUL_MAT_ID) {
+        const struct ggml_tensor *as = t->src[0];
+        if (!as || !as->extra || !as->buffer || as->buffer->buft != &g_buft || !as->buffer->context) return NULL;
+        fm_model *m = ((fm_buffer_ctx *) as->buffer->context)->model;
+        return m && m->gpu_hybrid ? m : NULL;
+    }
+    return block_op_model(t, depth + 1);
+}
+
+static int grow(void **p, size_t *cap, size_t need) {
+    if (*cap >= need) return 0;
+    void *q = realloc(*p, need);
+    if (!q) return -1;
+    *p = q;
+    *cap = need;
+    return 0;
+}
+
+#define FM_RUN_NODES 64
+
+/* nodes[0..n) (element-wise ops of the expert block, see block_op_model) through ggml-cpu's graph compute, on the
+ * backend's threads: the code stock's CPU backend runs for them */
+static enum ggml_status run_cpu_ops(fm_backend_ctx *c, struct ggml_tensor **nodes, int n) {
+    const size_t need = fm_g.ggml_graph_overhead_custom(FM_RUN_NODES, false) + 1024;
+    if (grow(&c->ctx_mem, &c->ctx_size, need) != 0) return GGML_STATUS_ALLOC_FAILED;
+    struct ggml_init_params ip = {c->ctx_size, c->ctx_mem, true};
+    struct ggml_context *ctx = fm_g.ggml_init(ip);
+    if (!ctx) return GGML_STATUS_ALLOC_FAILED;
+    struct ggml_cgraph *graph = fm_g.ggml_new_graph_custom(ctx, FM_RUN_NODES, false);
+    for (int i = 0; i < n; i++) fm_g.ggml_graph_add_node(graph, nodes[i]);
+    struct ggml_cplan plan = fm_g.ggml_graph_plan(graph, c->n_threads, NULL);
+    enum ggml_status st = GGML_STATUS_ALLOC_FAILED;
+    if (plan.work_size == 0 || grow(&c->work, &c->work_cap, plan.work_size) == 0) {
+        plan.work_data = c->work;
+        st = fm_g.ggml_graph_compute(graph, &plan);
+    }
+    fm_g.ggml_free(ctx);
+    return st;
 }
 
 static enum ggml_status be_graph_compute(ggml_backend_t backend, struct ggml_cgraph *cgraph) {
     fm_backend_ctx *c = backend->context;
     int n = fm_g.ggml_graph_n_nodes(cgraph);
+    struct ggml_tensor *run[FM_RUN_NODES];
+    int n_run = 0;
     for (int i = 0; i < n; i++) {
         struct ggml_tensor *node = fm_g.ggml_graph_node(cgraph, i);
+        if (node->op == GGML_OP_GLU || node->op == GGML_OP_ADD_ID) {
+            if (!block_op_model(node, 0)) return GGML_STATUS_FAILED;
+            run[n_run++] = node;
+            if (n_run == FM_RUN_NODES) {
+                enum ggml_status st = run_cpu_ops(c, run, n_run);
+                if (st != GGML_STATUS_SUCCESS) return st;
+                n_run = 0;
+            }
+            continue;
+        }
+        if (n_run > 0 && node->op == GGML_OP_MUL_MAT_ID) { /* it may read what the run computes */
+            enum ggml_status st = run_cpu_ops(c, run, n_run);
+            if (st != GGML_STATUS_SUCCESS) return st;
+            n_run = 0;
+        }
         switch (node->op) {
         case GGML_OP_NONE:
         case GGML_OP_RESHAPE:
@@ -205,7 +310,7 @@ static enum ggml_status be_graph_compute(ggml_backend_t backend, struct ggml_cgr
             return GGML_STATUS_FAILED;
         }
     }
-    return GGML_STATUS_SUCCESS;
+    return n_run > 0 ? run_cpu_ops(c, run, n_run) : GGML_STATUS_SUCCESS;
 }
 
 /* Events exist for llama.cpp's chunked loader (see dev_get_props): our work is synchronous, so an event is
@@ -353,6 +458,9 @@ static bool dev_supports_op(ggml_backend_dev_t dev, const struct ggml_tensor *op
         }
         return ok;
     }
+    case GGML_OP_GLU:
+    case GGML_OP_ADD_ID:
+        return block_op_model(op, 0) != NULL;
     default:
         return false;
     }

@@ -31,6 +31,7 @@
     X(base, ggml_mul_mat_id)                \
     X(base, ggml_new_graph_custom)          \
     X(base, ggml_build_forward_expand)      \
+    X(base, ggml_graph_add_node)            \
     X(reg, ggml_backend_register)           \
     X(cpu, ggml_get_type_traits_cpu)        \
     X(cpu, ggml_backend_cpu_buffer_type)    \

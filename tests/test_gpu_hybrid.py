@@ -1,0 +1,151 @@
+"""GPU hybrid mode without a GPU: llama.cpp's RPC backend stands in for one (tests/rpc_standin.py).
+
+With n_gpu_layers=-1 every layer goes to the RPC device except the routed experts, which flashmoe keeps on its own
+device by a tensor buffer-type override (flashmoe_gguf/offload.py). The reference is stock llama-cpp-python with
+the same override (`-ot exps=CPU`, extra buffer types off): every logit of a prompt batch and of token-by-token
+decode bit for bit, the same 32-token greedy continuation, with a budget holding all experts and one holding a
+quarter. llama.cpp's own log says where the weights went (the RPC device holds the same bytes for both) and how
+many graph splits the scheduler made: flashmoe's must equal stock's (the expert block crosses devices once each
+way: our backend takes the activation and expert biases between the products, ggml_ext/fm_backend.c).
+
+Each case runs in a child process (gpu_hybrid_child.py): a registered RPC device stays in ggml's registry.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import cache_root
+from flashmoe_gguf.offload import (EXPERT_PATTERN, TensorOverrideError, check_experts_stay, check_overrides,
+                                   experts_to_cpu, parse_overrides)
+from test_runtime import ARCHS, expert_bytes, gguf_for
+
+HERE = Path(__file__).resolve().parent
+# every family of test_runtime (one expert type: the placement and the block's ops do not depend on it);
+# gpt_oss's expert biases (ADD_ID) and MXFP4 experts with its own type
+CASES = [(a, "MXFP4" if a == "gpt_oss" else "Q4_K") for a in ARCHS]
+
+
+@pytest.fixture(scope="session")
+def rpc_build():  # type: ignore[no-untyped-def]
+    import rpc_standin
+    try:
+        return rpc_standin.build(cache_root())
+    except FileNotFoundError as exc:     # no C++ compiler
+        pytest.skip(f"cannot build llama.cpp's RPC backend here: {exc}")
+
+
+def run_child(spec: dict[str, Any], timeout: int = 900) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(HERE / "gpu_hybrid_child.py"), json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.parametrize("arch,experts", CASES, ids=[f"{a}-{t}" for a, t in CASES])
+def test_matches_stock_with_experts_on_cpu(rpc_build, arch: str, experts: str) -> None:  # type: ignore[no-untyped-def]
+    path = gguf_for(arch, experts)
+    total = expert_bytes(path)
+    budgets = [2 * total, total // 4]
+    res = run_child({"model": str(path), "lib": str(rpc_build.lib), "server": str(rpc_build.server),
+                     "budgets": budgets})
+    stock = res["stock"]
+    assert stock["rpc_model_mib"] > 0, "stock put nothing on the RPC device: not a GPU-layers run"
+    assert stock["splits"], "no graph splits in llama.cpp's log"
+    for run in res["flashmoe"]:
+        what = f"{arch}, budget {run['budget']}"
+        assert run["gpu_hybrid"], what
+        assert run["experts_overridden"] > 0, f"{what}: the routed experts were not overridden"
+        assert run["rpc_model_mib"] == stock["rpc_model_mib"], f"{what}: other weights on the RPC device than stock"
+        assert run["splits"] == stock["splits"], f"{what}: graph splits {run['splits']} vs stock's {stock['splits']}"
+        assert run["batch_equal"], f"{what}: prompt batch logits differ (max {run['batch_max_diff']})"
+        assert run["decode_equal"], f"{what}: token-by-token logits differ (max {run['decode_max_diff']})"
+        assert run["greedy_equal"], f"{what}: greedy continuation differs"
+    small = res["flashmoe"][1]
+    assert small["cache_misses"] > 0 and small["expert_bytes_read"] > total, "a quarter budget must keep evicting"
+
+
+def test_override_errors_on_a_gpu(rpc_build) -> None:  # type: ignore[no-untyped-def]
+    """A user override that sends routed experts to the GPU is refused before the load, naming the tensor; one
+    that sends them to the CPU first, or other tensors to the GPU, loads."""
+    res = run_child({"mode": "errors", "model": str(gguf_for("qwen3_moe", "Q4_K")), "lib": str(rpc_build.lib),
+                     "server": str(rpc_build.server)})
+    gpu = res["gpu_buft"]
+    for case, tensor in (("experts_to_gpu", "blk.0.ffn_gate_exps.weight"), ("down_to_gpu_first",
+                                                                                 "blk.1.ffn_down_exps.weight")):
+        msg = res[case]
+        assert msg and msg.startswith("TensorOverrideError:"), (case, msg)
+        assert tensor in msg and gpu in msg and "must stay on the CPU" in msg, msg
+    assert res["experts_cpu_attn_gpu"] is None, res["experts_cpu_attn_gpu"]
+
+
+def test_check_overrides() -> None:
+    assert check_overrides(None) == []
+    assert check_overrides([("attn", "CPU")]) == [("attn", "CPU")]
+    for bad, why in ((["attn=CPU"], "pair"), ([("attn", "")], "empty"), ([("(", "CPU")], "bad regex"),
+                     ([("(?P<x>a)", "CPU")], "ECMAScript"), ([(r"\Ablk", "CPU")], "ECMAScript"),
+                     ([("a", 3)], "pair")):
+        with pytest.raises(TensorOverrideError, match=why):
+            check_overrides(bad)  # type: ignore[arg-type]
+
+
+def test_parse_overrides() -> None:
+    assert parse_overrides(r"blk\.[0-3]\.attn=CPU,exps=CUDA0") == [(r"blk\.[0-3]\.attn", "CPU"), ("exps", "CUDA0")]
+    for bad in ("attn", "=CPU", "attn=", "a=CPU,,b=CPU"):
+        with pytest.raises(TensorOverrideError, match="REGEX=BUFFER_TYPE"):
+            parse_overrides(bad)
+
+
+def test_experts_stay_first_match_decides() -> None:
+    names = ["blk.0.ffn_gate_exps.weight", "blk.0.ffn_down_exps.weight"]
+    check_experts_stay([("exps", "CPU"), ("ffn", "CUDA0")], names)        # the CPU entry matches first
+    check_experts_stay([("attn", "CUDA0")], names)                        # does not match experts
+    with pytest.raises(TensorOverrideError, match="blk.0.ffn_down_exps.weight on CUDA0"):
+        check_experts_stay([("down", "CUDA0"), ("exps", "CPU")], names)
+
+
+def test_expert_pattern_is_the_expert_definition() -> None:
+    import re
+
+    from flashmoe_gguf.experts import EXPERT_NAME
+    assert EXPERT_PATTERN == EXPERT_NAME.pattern
+    assert [p for p, _ in experts_to_cpu()][0] == EXPERT_PATTERN
+    assert re.search(experts_to_cpu()[1][0], "blk.7.ffn_gate_up_exps.bias")
+    assert not re.search(EXPERT_PATTERN, "blk.7.ffn_gate_shexp.weight")
+
+
+def test_unknown_and_reserved_buffer_types() -> None:
+    """In-process, no GPU: the names resolve against this process's registry (CPU, and FLASHMOE once loaded)."""
+    from flashmoe_gguf import Llama
+    path = gguf_for("qwen3_moe", "Q4_K")
+    with pytest.raises(TensorOverrideError, match=r"unknown buffer type 'CUDA7' \(available: .*CPU"):
+        Llama(model_path=str(path), ram_budget="64M", n_ctx=64, verbose=False, tensor_overrides=[("attn", "CUDA7")])
+    with pytest.raises(TensorOverrideError, match="holds only the routed experts"):
+        Llama(model_path=str(path), ram_budget="64M", n_ctx=64, verbose=False,
+              tensor_overrides=[("attn", "FLASHMOE")])
+
+
+def test_cpu_only_overrides_match_stock() -> None:
+    """Without GPU layers, user overrides to the CPU load as before: no hybrid mode, stock's logits."""
+    import numpy as np
+
+    from flashmoe_gguf import Llama
+    from reference import llama as stock_llama
+    from test_runtime import BATCH, assert_same_logits, logits
+    path = gguf_for("qwen3_moe", "Q4_K")
+    ref = stock_llama(path)
+    want = logits(ref, BATCH, batch=True)
+    ref.close()
+    llm = Llama(model_path=str(path), ram_budget=expert_bytes(path) // 4, n_ctx=256, n_batch=256, logits_all=True,
+                verbose=False, seed=0, n_threads=2, type_k=0, type_v=0, tensor_overrides=[("attn_q", "CPU")])
+    assert llm._fm.gpu_hybrid is False
+    assert_same_logits(logits(llm, BATCH, batch=True), want, "CPU-only with a user override")
+    assert np.isfinite(want).all()
+    llm.close()
