@@ -297,8 +297,9 @@ def test_extrapolation_math(tiny: Path) -> None:
 
 # -- the memory cgroup ---------------------------------------------------------------------------------------
 
-needs_cgroup = pytest.mark.skipif(cgroup_mod.check_available() is not None,
-                                  reason=f"no writable cgroup v1 memory controller: {cgroup_mod.check_available()}")
+needs_cgroup = pytest.mark.skipif(cgroup_mod.check_available() is not None or cgroup_mod.version() != 1,
+                                  reason=f"no writable cgroup v1 memory controller: {cgroup_mod.check_available()} "
+                                         f"(cgroup version {cgroup_mod.version()}; v2: test_cgroup_v2.py)")
 
 
 def _child(code: str, cg: cgroup_mod.MemCgroup) -> subprocess.CompletedProcess:

@@ -71,7 +71,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--k", default=None, help="experts per token, comma-separated (e.g. 4,10): llama.cpp's "
                    "<arch>.expert_used_count override, for flashmoe and stock (default: the file's)")
     b.add_argument("--compare", default="stock", help="stock configurations to run: stock (default), "
-                   "stock-norepack (CPU_REPACK off: experts paged from the mmap), comma-separated, or none")
+                   "stock-norepack (CPU_REPACK off: experts paged from the mmap), stock-exps-cpu (CPU_REPACK off, "
+                   "routed experts overridden to the CPU: llama.cpp's -ot exps=CPU, with --gpu-layers the reference "
+                   "of GPU hybrid mode), comma-separated, or none")
     b.add_argument("--cache", default=None, help="flashmoe cache modes, comma-separated: the runtime's (e.g. lru, os; "
                    "MODE-direct forces O_DIRECT reads, MODE-buffered page-cache reads; direct: the default mode with O_DIRECT) (default: the runtime's "
                    "default mode)")
@@ -86,6 +88,13 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--n-ubatch", type=int, default=0,
                    help="llama.cpp's n_ubatch, tokens per micro-batch (one pass over the routed experts) (default: "
                         "llama-cpp-python's 512)")
+    b.add_argument("--gpu-layers", type=int, default=0,
+                   help="llama.cpp's n_gpu_layers for every run (-1: all; needs a GPU build of llama.cpp): flashmoe "
+                        "keeps the routed experts streamed on the CPU, stock puts them on the GPU unless "
+                        "stock-exps-cpu (default 0)")
+    b.add_argument("--no-op-offload", action="store_true",
+                   help="llama.cpp's op_offload off: a big batch's ops on host weights (stock-exps-cpu's experts) stay "
+                        "on the CPU instead of being copied to the GPU")
     b.add_argument("--flash-attn", action="store_true",
                    help="flash attention (its compute buffer does not grow with n_ctx x n_ubatch)")
     b.add_argument("--headroom", default="768M", help="part of a cap kept for the interpreter and libraries, the "

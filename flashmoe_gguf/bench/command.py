@@ -63,6 +63,8 @@ def setup(args: argparse.Namespace) -> Setup:
     if args.n_ctx < args.prompt_tokens + args.tokens + 2 * args.probe_pairs + 8:
         raise ValueError(f"--n-ctx {args.n_ctx} is too small for {args.prompt_tokens} prompt tokens, {args.tokens} "
                          f"decode steps and {args.probe_pairs} probe pairs")
+    if args.gpu_layers < -1:
+        raise ValueError(f"--gpu-layers must be -1 (all), 0 or a layer count, not {args.gpu_layers}")
     if not caps and args.no_warm:
         raise ValueError("nothing to run: --ram none and --no-warm")
     headroom = parse_size(args.headroom)
@@ -79,6 +81,11 @@ def setup(args: argparse.Namespace) -> Setup:
     if args.threads >= (os.cpu_count() or 1):
         limitations.append(f"--threads {args.threads} uses every core: ggml's threads spin at barriers, so any other "
                            "process on the machine slows decoding a lot")
+    if args.gpu_layers:
+        limitations.append(f"--gpu-layers {args.gpu_layers}: flashmoe keeps the routed experts streamed on the CPU "
+                           "(GPU hybrid mode); stock puts them on the GPU too, stock-exps-cpu keeps them in host "
+                           "memory. Budgets under a cap still count every resident weight as host memory (most are "
+                           "on the GPU): flashmoe's expert cache is smaller than the cap allows")
     rule = QuietRule(wait_s=args.wait, max_busy=args.max_busy)
     dev = block_device_of(path).get("device", "")
     ram = meminfo().get("MemTotal", 0) or None
@@ -96,7 +103,8 @@ def setup(args: argparse.Namespace) -> Setup:
     opt = BenchPlanOptions(caps, not args.no_warm, ks, configs, args.tokens, args.prompt_tokens, args.n_ctx,
                            args.threads, headroom, args.feed, args.probe_pairs, ram, args.rounds,
                            routing=args.routing, n_batch=args.n_batch or args.n_ubatch, n_ubatch=args.n_ubatch,
-                           flash_attn=args.flash_attn)
+                           flash_attn=args.flash_attn, gpu_layers=args.gpu_layers,
+                           op_offload=not args.no_op_offload)
     second = None
     if args.slice is not None:
         second = model_info(Path(args.slice).resolve(), args.full_layers or info.full_layers)

@@ -45,6 +45,8 @@ class BenchPlanOptions:
     n_batch: int = 0                   # llama.cpp's n_batch / n_ubatch / flash_attn for every run (0: defaults)
     n_ubatch: int = 0
     flash_attn: bool = False
+    gpu_layers: int = 0                # llama.cpp's n_gpu_layers for every run (GPU hybrid mode for flashmoe)
+    op_offload: bool = True
 
 
 def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int:
@@ -101,7 +103,8 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
                                       budget, warmup=setting == "nocap", feed=opt.feed, kv_overrides=overrides,
                                       probe_pairs=probe, routing=opt.routing if fm else "router",
                                       budget_before_context=max(before_ctx, 0), n_batch=opt.n_batch,
-                                      n_ubatch=opt.n_ubatch, flash_attn=opt.flash_attn)
+                                      n_ubatch=opt.n_ubatch, flash_attn=opt.flash_attn, gpu_layers=opt.gpu_layers,
+                                      op_offload=opt.op_offload)
                     where = _label(cap) if cap is not None else "no cap, warm"
                     name = f"{where} / K={k_eff} / {config}" + (f" / round {rnd + 1}" if opt.rounds > 1 else "")
                     runs.append(RunPlan(name, config, setting, cap, k_eff, bool(k), spec, cold=setting == "capped",

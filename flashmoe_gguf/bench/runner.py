@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cgroup import MemCgroup
+from .cgroup import open_memcg
 from .machine import Quiet, QuietRule, cpu_busy_seconds, disk_counters, proc_io, wait_quiet
 from .model import ModelInfo
 from .worker import EVENT, WorkerSpec, is_flashmoe
@@ -108,7 +108,7 @@ def run_worker(spec: WorkerSpec, cap: int | None, control: Control,
     stderr: list[str] = []
     fig: dict[str, Any] = {"last_read_bytes": 0, "cmd": cmd}
     limit = cap if cap is not None else control.safety_limit
-    with (MemCgroup(limit) if control.cgroup else contextlib.nullcontext()) as cg:
+    with (open_memcg(limit) if control.cgroup else contextlib.nullcontext()) as cg:
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         me0 = resource.getrusage(resource.RUSAGE_SELF)
         busy0, disk0, t0 = cpu_busy_seconds(), disk_counters(control.disk_device), time.monotonic()

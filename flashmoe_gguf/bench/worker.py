@@ -24,7 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..stock import no_extra_buffer_types
+from ..offload import experts_to_cpu
+from ..stock import no_extra_buffer_types, tensor_overrides
 from .machine import proc_io, proc_status
 from .traces import routing_trace
 
@@ -32,7 +33,10 @@ EVENT = "FLASHMOE_BENCH_EVENT "
 PROMPT_TEXT = ("The quick brown fox jumps over the lazy dog. Mixture-of-experts language models route every token "
                "through a few of many feed-forward experts, so most of their weights are idle at any moment, and "
                "a runtime can keep those weights on disk until a token asks for them.")
-STOCK_CONFIGS = ("stock", "stock-norepack")
+# stock-exps-cpu: extra buffer types off and the routed experts overridden to the CPU (llama.cpp's `-ot exps=CPU`):
+# with --gpu-layers, stock's GPU offload with experts in host memory, the configuration flashmoe's GPU hybrid mode
+# reproduces bit for bit (offload.py)
+STOCK_CONFIGS = ("stock", "stock-norepack", "stock-exps-cpu")
 
 
 def is_flashmoe(config: str) -> bool:
@@ -75,6 +79,8 @@ class WorkerSpec:
     n_batch: int = 0                 # llama.cpp's n_batch / n_ubatch (0: llama-cpp-python's default, 512)
     n_ubatch: int = 0
     flash_attn: bool = False
+    gpu_layers: int = 0              # llama.cpp's n_gpu_layers (-1: all), for every configuration
+    op_offload: bool = True          # llama.cpp's op_offload (False: host-weight ops of big batches stay on the CPU)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,6 +108,10 @@ def make_llama(spec: WorkerSpec) -> Any:
         kw["flash_attn"] = True
     if spec.kv_overrides:
         kw["kv_overrides"] = dict(spec.kv_overrides)
+    if spec.gpu_layers:
+        kw["n_gpu_layers"] = spec.gpu_layers
+    if not spec.op_offload:
+        kw["op_offload"] = False
     if is_flashmoe(spec.config):
         from flashmoe_gguf import Llama
         mode = spec.config.split("-", 1)[1]
@@ -120,6 +130,9 @@ def make_llama(spec: WorkerSpec) -> Any:
             return llama_cpp.Llama(spec.model, **kw)
     if spec.config == "stock":
         return llama_cpp.Llama(spec.model, **kw)
+    if spec.config == "stock-exps-cpu":
+        with no_extra_buffer_types(), tensor_overrides(experts_to_cpu()):
+            return llama_cpp.Llama(spec.model, **kw)
     raise ValueError(f"unknown configuration {spec.config!r}")
 
 
