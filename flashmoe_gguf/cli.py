@@ -64,13 +64,15 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run import run
-    run(str(args.file), args.prompt, args.tokens, args.ram_budget, args.ctx, args.threads, args.temp, args.cache)
+    run(str(args.file), args.prompt, args.tokens, args.ram_budget, args.ctx, args.threads, args.temp, args.cache,
+        verbose=args.verbose)
     return 0
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .terminal_chat import chat
-    chat(str(args.file), args.ram_budget, args.ctx, args.threads, args.cache, args.temp, args.tokens, args.system)
+    chat(str(args.file), args.ram_budget, args.ctx, args.threads, args.cache, args.temp, args.tokens, args.system,
+         verbose=args.verbose)
     return 0
 
 
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--ctx", type=int, default=2048)
     r.add_argument("-t", "--threads", type=int, default=None)
     r.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    r.add_argument("-v", "--verbose", action="store_true", help="llama.cpp's log on stderr")
     r.set_defaults(func=_cmd_run)
 
     ch = sub.add_parser("chat", help="chat with a model in the terminal (its own chat template, streamed experts)")
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
     ch.add_argument("-n", "--tokens", type=int, default=None, help="at most this many tokens per answer")
     ch.add_argument("--system", default=None, help="a system message")
+    ch.add_argument("-v", "--verbose", action="store_true", help="llama.cpp's log on stderr")
     ch.set_defaults(func=_cmd_chat)
 
     s = sub.add_parser("synth", help="random-weight streaming GGUF at a real model's shapes (for benchmarks)")
@@ -245,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the commands that run models in this process (serve keeps llama.cpp's log, as llama-cpp-python's server does)
+_LLAMA_COMMANDS = ("run", "chat", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .converter.errors import ConversionError
     from .ggml_lib import GgmlLibraryError
@@ -254,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime_errors import FlashMoeError
     args = build_parser().parse_args(argv)
     _terminate_as_interrupt()
+    if args.command in _LLAMA_COMMANDS and not getattr(args, "verbose", False):
+        from .llama_log import quiet
+        quiet()     # llama.cpp's log stays off stderr: a failure is our one line (its reason is in that line)
     try:
         return int(args.func(args))
     except (ConversionError, InspectError, GgmlLibraryError, FlashMoeError, RepackError, PullError, OSError,

@@ -9,7 +9,8 @@ from typing import TextIO
 
 
 def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "auto", n_ctx: int = 2048,
-        threads: int | None = None, temperature: float = 0.0, cache: str = "lfu", out: TextIO = sys.stdout) -> dict:
+        threads: int | None = None, temperature: float = 0.0, cache: str = "lfu", out: TextIO = sys.stdout,
+        verbose: bool = False) -> dict:
     from .runtime import Llama
     from .runtime_errors import FlashMoeError
 
@@ -21,7 +22,7 @@ def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "aut
         raise FlashMoeError(f"--ctx must be at least 1, got {n_ctx}")
     t0 = time.monotonic()
     kw = {"n_threads": threads} if threads else {}
-    llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=False, cache=cache, **kw)
+    llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=verbose, cache=cache, **kw)
     load_s = time.monotonic() - t0
     try:
         before = llm.flashmoe_stats()

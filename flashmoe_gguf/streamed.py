@@ -20,6 +20,7 @@ from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .isa import IsaError, resolve_isa, tiled_mode
 from .load_checks import check_llama_invariants
 from .load_plan import load_plan
+from .llama_log import errors_during, reason
 from .offload import check_overrides, flashmoe_overrides
 from .runtime_errors import FlashMoeError
 from .units import parse_size
@@ -193,8 +194,9 @@ class StreamedModel:
             self.lib.fm_close_file(fp)
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         try:
-            model = llama_cpp.llama_cpp.llama_model_load_from_file_ptr(
-                ctypes.c_void_p(int(self.ffi.cast("uintptr_t", fp))), params)
+            with errors_during() as llama_errors:      # why llama.cpp refused the file, if it does
+                model = llama_cpp.llama_cpp.llama_model_load_from_file_ptr(
+                    ctypes.c_void_p(int(self.ffi.cast("uintptr_t", fp))), params)
         finally:
             rc = self.lib.fm_model_end_load(self.handle, err, 1024)
             self.lib.fm_close_file(fp)
@@ -202,6 +204,9 @@ class StreamedModel:
         # a failed read first (llama.cpp then failed, and the file may also have changed: the read says where)
         if model is None and read_err[0] != b"\0":
             raise FlashMoeError(self.ffi.string(read_err).decode(errors="replace"))
+        if model is None:       # the file changed during the load (the store says so), else llama.cpp's reason
+            raise FlashMoeError(self.error() or f"{self.path}: llama.cpp cannot load this model: "
+                                f"{reason(llama_errors) or 'it gave no reason'}")
         if rc != 0:             # an expert tensor not placed on our device, or a file changed during the load
             if model is not None:
                 llama_cpp.llama_cpp.llama_model_free(model)
