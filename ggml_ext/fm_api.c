@@ -36,8 +36,11 @@ int fm_cpu_isa(void) {
 int fm_has_kernel(int ggml_type, long long n) {
     const int m = fm_kernel_n_multiple(ggml_type);
     if (m <= 0 || n <= 0 || n % m != 0) return 0;
-    for (int isa = fm_kernel_best_isa(); isa >= FM_ISA_SCALAR; --isa)
-        if (fm_kernel_get(ggml_type, isa)) return isa;
+    for (int isa = fm_kernel_best_isa(); isa >= FM_ISA_SCALAR; --isa) {
+        const fm_kernel *k = fm_kernel_get(ggml_type, isa);
+        /* the instruction set of the kernel served: AVX-512 hands some types their AVX2 kernel */
+        if (k && !(isa > FM_ISA_SCALAR && k == fm_kernel_get(ggml_type, isa - 1))) return isa;
+    }
     return 0;
 }
 

@@ -732,7 +732,10 @@ const fm_kernel *fm_kernel_get(int type, int isa) {
     }
     if (isa < FM_ISA_SCALAR || isa > best) return NULL;
     switch (isa) {
-    case FM_ISA_AVX512: return fm_kernel_get_avx512(type, fm_kernel_has_vnni());
+    case FM_ISA_AVX512: { /* a type without an AVX-512 spelling (Q4_0, Q4_1, Q8_0) runs its AVX2 kernel */
+        const fm_kernel *k = fm_kernel_get_avx512(type, fm_kernel_has_vnni());
+        return k ? k : fm_kernel_get_avx2(type);
+    }
     case FM_ISA_AVX2: return fm_kernel_get_avx2(type);
     default: return scalar_kernel(type);
     }

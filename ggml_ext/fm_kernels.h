@@ -77,7 +77,8 @@ typedef struct {
 } fm_kernel;
 
 /* the kernel for the weight type on instruction set isa (FM_ISA_BEST: the best this CPU has; NULL if the CPU
-   lacks it, or for FM_ISA_GGML), or NULL if there is none for the type */
+   lacks it, or for FM_ISA_GGML), or NULL if there is none for the type. AVX-512 serves the types it has no
+   spelling of (Q4_0, Q4_1, Q8_0) with their AVX2 kernels. */
 const fm_kernel *fm_kernel_get(int ggml_type, int isa);
 
 /* dst[j * dst_stride + r] = dot(weight row r at w + r * w_stride, activation row j at act + j * act_stride)

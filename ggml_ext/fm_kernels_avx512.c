@@ -2,7 +2,7 @@
  *
  * The integer work runs on 512-bit vectors: maddubs (unsigned weight x signed activation, pairs into int16,
  * no saturation possible), madd with the sub-block scale into int32; K-quants and IQ4_XS 64 values per
- * vector, the 32-value block types two blocks per vector. Signed weights (Q8_0, Q4_0, IQ4_XS, MXFP4) go in as
+ * vector (the 32-value block types Q4_0, Q4_1, Q8_0 use the AVX2 kernels). Signed weights (IQ4_XS, MXFP4) go in as
  * ggml's _mm256_sign_epi8 forms them (|x| times y with x's sign, wrapping at -128); Q3_K's exact products as
  * maddubs(y + 128, x) less 128 x. Each weight block is decoded once for up to 4 activation rows. The 16 int32
  * lanes are arranged so that they fold into ggml's 8 lanes, and the float operations are exactly those of the
@@ -262,104 +262,6 @@ FM_INLINE void q2k_rows_tiled(int n, const uint8_t *w, const uint8_t *a, size_t 
     }
     store4(acc, nr, s, ss);
 }
-
-/* ---------------------------------------------------------------------------------------------------- */
-/* 32-value blocks: Q4_0 x Q8_0, Q8_0 x Q8_0, Q4_1 x Q8_1. The integer dots of two blocks come from one
-   512-bit vector (low 8 lanes: block i, high 8: block i+1); the float accumulation stays ggml's: one 256-bit
-   accumulator, block i then block i+1, each acc += (weight d * activation d) * lanes (fused); Q4_1's m * s
-   fused into a separate float sum. An odd last block goes through 256-bit code. */
-
-FM_INLINE __m256i nibbles32(const uint8_t *qs) {
-    const __m128i q = ld128(qs);
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
-}
-
-/* 16 int32: sums of 4 products of unsigned bytes ux and signed bytes y */
-FM_INLINE __m512i dot_u8s8(__m512i ux, __m512i y) {
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(ux, y), _mm512_set1_epi16(1));
-}
-FM_INLINE __m256i dot_u8s8_256(__m256i ux, __m256i y) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(ux, y), _mm256_set1_epi16(1));
-}
-
-/* blocks i, i+1 (x: block i of the weights; y0: block i of activation row 0) into acc[r]; `kind` is
-   0 for Q4_0, 1 for Q8_0, 2 for Q4_1 (unsigned nibbles with a min) */
-FM_INLINE void pair_step(const int kind, const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 *acc,
-                         float *summs) {
-    const size_t xs = kind == 0 ? 18 : kind == 1 ? 34 : 20, ys = kind == 2 ? 36 : 34, yq = kind == 2 ? 4 : 2;
-    __m512i ux;
-    __mmask64 neg = 0;
-    if (kind == 0) {
-        const __m512i bx = _mm512_sub_epi8(join256(nibbles32(x + 2), nibbles32(x + xs + 2)), _mm512_set1_epi8(8));
-        ux = _mm512_abs_epi8(bx);
-        neg = _mm512_movepi8_mask(bx);
-    } else if (kind == 1) {
-        const __m512i bx = join256(ld256(x + 2), ld256(x + xs + 2));
-        ux = _mm512_abs_epi8(bx);
-        neg = _mm512_movepi8_mask(bx);
-    } else {
-        ux = join256(nibbles32(x + 4), nibbles32(x + xs + 4));
-    }
-    const float dx0 = h2f(x), dx1 = h2f(x + xs);
-    FM_UNROLL for (int r = 0; r < nr; ++r) {
-        const uint8_t *y = y0 + (size_t)r * as;
-        __m512i yv = join256(ld256(y + yq), ld256(y + ys + yq));
-        /* the sign of x onto y (wrapping, as _mm256_sign_epi8); where x is 0, |x| is 0 and y does not matter */
-        if (kind != 2) yv = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);
-        const __m512i p = dot_u8s8(ux, yv);
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx0 * h2f(y)), _mm256_cvtepi32_ps(_mm512_castsi512_si256(p)), acc[r]);
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx1 * h2f(y + ys)), _mm256_cvtepi32_ps(_mm512_extracti64x4_epi64(p, 1)),
-                                 acc[r]);
-        if (kind == 2) {
-            summs[r] = fmaf(h2f(x + 2), h2f(y + 2), summs[r]);
-            summs[r] = fmaf(h2f(x + xs + 2), h2f(y + ys + 2), summs[r]);
-        }
-    }
-}
-
-/* one block (the odd last one) with 256-bit vectors */
-FM_INLINE void single_step(const int kind, const uint8_t *x, const uint8_t *y0, size_t as, const int nr, __m256 *acc,
-                           float *summs) {
-    const size_t yq = kind == 2 ? 4 : 2;
-    __m256i ux, bx = _mm256_setzero_si256();
-    if (kind == 0) {
-        bx = _mm256_sub_epi8(nibbles32(x + 2), _mm256_set1_epi8(8));
-        ux = _mm256_sign_epi8(bx, bx);
-    } else if (kind == 1) {
-        bx = ld256(x + 2);
-        ux = _mm256_sign_epi8(bx, bx);
-    } else {
-        ux = nibbles32(x + 4);
-    }
-    const float dx = h2f(x);
-    FM_UNROLL for (int r = 0; r < nr; ++r) {
-        const uint8_t *y = y0 + (size_t)r * as;
-        __m256i yv = ld256(y + yq);
-        if (kind != 2) yv = _mm256_sign_epi8(yv, bx);
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y)), _mm256_cvtepi32_ps(dot_u8s8_256(ux, yv)), acc[r]);
-        if (kind == 2) summs[r] = fmaf(h2f(x + 2), h2f(y + 2), summs[r]);
-    }
-}
-
-#define FM_ROWS32(name, kind, xsize, ysize)                                                                \
-    FM_INLINE void name(int n, const uint8_t *w, const uint8_t *a, size_t as, const int nr, float *s, size_t ss) { \
-        __m256 acc[FM_R];                                                                                   \
-        float summs[FM_R];                                                                                  \
-        FM_UNROLL for (int r = 0; r < nr; ++r) {                                                            \
-            acc[r] = _mm256_setzero_ps();                                                                   \
-            summs[r] = 0.0f;                                                                                \
-        }                                                                                                   \
-        const int nb = n / 32;                                                                              \
-        int i = 0;                                                                                          \
-        for (; i + 1 < nb; i += 2) pair_step(kind, w + (size_t)i * xsize, a + (size_t)i * ysize, as, nr, acc, summs); \
-        if (i < nb) single_step(kind, w + (size_t)i * xsize, a + (size_t)i * ysize, as, nr, acc, summs);    \
-        FM_UNROLL for (int r = 0; r < nr; ++r) s[(size_t)r * ss] = kind == 2 ? hsum8(acc[r]) + summs[r] : hsum8(acc[r]); \
-    }
-
-FM_ROWS32(q4_0_rows, 0, 18, 34)
-FM_ROWS32(q8_0_rows, 1, 34, 34)
-FM_ROWS32(q4_1_rows, 2, 20, 36)
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* helpers of the K-quant and IQ4_XS kernels below */
@@ -810,9 +712,6 @@ FM_GROUPED(dot_q4_K_avx512, q4k_rows)
 FM_GROUPED(dot_q4_K_tiled_avx512, q4k_rows_tiled)
 FM_GROUPED(dot_q2_K_avx512, q2k_rows)
 FM_GROUPED(dot_q2_K_tiled_avx512, q2k_rows_tiled)
-FM_GROUPED(dot_q4_0_avx512, q4_0_rows)
-FM_GROUPED(dot_q8_0_avx512, q8_0_rows)
-FM_GROUPED(dot_q4_1_avx512, q4_1_rows)
 FM_GROUPED(dot_q3_K_avx512, q3k_rows)
 FM_GROUPED(dot_q3_K_tiled_avx512, q3k_rows_tiled)
 FM_GROUPED(dot_q5_K_avx512, q5k_rows)
@@ -1325,9 +1224,6 @@ FM_VNNI_MM(mm_iq4_xs_vnni, FM_VK_IQ4XS)
 #endif
 #endif
 
-static const fm_kernel k_q4_0 = {"q4_0_avx512", dot_q4_0_avx512, NULL, NULL};
-static const fm_kernel k_q4_1 = {"q4_1_avx512", dot_q4_1_avx512, NULL, NULL};
-static const fm_kernel k_q8_0 = {"q8_0_avx512", dot_q8_0_avx512, NULL, NULL};
 static const fm_kernel k_q2_K = {"q2_K_avx512", dot_q2_K_avx512, dot_q2_K_tiled_avx512, NULL};
 static const fm_kernel k_q4_K = {"q4_K_avx512", dot_q4_K_avx512, dot_q4_K_tiled_avx512, NULL};
 static const fm_kernel k_q3_K = {"q3_K_avx512", dot_q3_K_avx512, dot_q3_K_tiled_avx512, NULL};
@@ -1343,11 +1239,11 @@ static const fm_kernel k_q5_K_vnni = {"q5_K_avx512vnni", dot_q5_K_avx512, dot_q5
 static const fm_kernel k_q6_K_vnni = {"q6_K_avx512vnni", dot_q6_K_avx512, dot_q6_K_tiled_avx512, mm_q6_K_vnni};
 static const fm_kernel k_iq4_xs_vnni = {"iq4_xs_avx512vnni", dot_iq4_xs_avx512, dot_iq4_xs_tiled_avx512, mm_iq4_xs_vnni};
 
+/* The 32-value block types (Q4_0, Q4_1, Q8_0) have no AVX-512 spelling: two blocks per 512-bit vector were
+   slower than the AVX2 kernels on an Intel Xeon (AMX generation; batch 1: 6.4 against 9.9 GB/s for Q4_0, 0.66x
+   ggml's MUL_MAT_ID) and no faster on AMD Zen 5, so fm_kernel_get serves them with the AVX2 kernels. */
 const fm_kernel *fm_kernel_get_avx512(int type, int vnni) {
     switch (type) {
-    case FM_TYPE_Q4_0: return &k_q4_0;
-    case FM_TYPE_Q4_1: return &k_q4_1;
-    case FM_TYPE_Q8_0: return &k_q8_0;
     case FM_TYPE_Q2_K: return vnni ? &k_q2_K_vnni : &k_q2_K;
     case FM_TYPE_Q4_K: return vnni ? &k_q4_K_vnni : &k_q4_K;
     case FM_TYPE_Q3_K: return vnni ? &k_q3_K_vnni : &k_q3_K;
