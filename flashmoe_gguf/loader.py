@@ -59,6 +59,8 @@ class _ContextDispatch:
         if target is None:
             return self.original(model, params)
         self.pending.model = None          # the first context of the scope is the Llama's own
+        if getattr(self.pending, "outputs_max", 0):
+            params.n_outputs_max = self.pending.outputs_max
         ctx, grew = allocated_during(lambda: self.original(model, params))
         if ctx is not None:
             target.context_created(grew)
@@ -141,16 +143,21 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def loading(model: _Loads) -> Iterator[None]:
+def loading(model: _Loads, outputs_max: int = 0) -> Iterator[None]:
     """Within this block, the next llama_model_load_from_file on this thread loads `model`, and the next
-    llama_init_from_model reports its size to `model.context_created`."""
+    llama_init_from_model reports its size to `model.context_created`. outputs_max > 0: that context's
+    n_outputs_max (llama.cpp's default is n_batch, and it reserves the logits of that many rows in the compute
+    buffer: n_batch x n_vocab x 4 bytes, 1.2 GB for 2048 rows of Qwen3's 151,936 tokens, which a RAM budget then
+    has to leave free; llama-cpp-python asks for one row per batch unless logits_all, embedding or a draft model)."""
     d, c = _dispatcher(), _context_dispatcher()
     if getattr(d.pending, "model", None) is not None:
         raise RuntimeError("a flashmoe model is already being loaded on this thread")
     d.pending.model = model
     c.pending.model = model
+    c.pending.outputs_max = outputs_max
     try:
         yield
     finally:
         d.pending.model = None
         c.pending.model = None
+        c.pending.outputs_max = 0

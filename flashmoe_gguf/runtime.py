@@ -52,7 +52,10 @@ class Llama(_llama_base()):  # type: ignore[misc]
         self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa, ram_headroom,
                                  tensor_overrides)
         try:
-            with loading(self._fm):
+            # one logits row per batch is all llama-cpp-python reads unless logits_all, embedding or a draft
+            # model: a compute buffer sized for one output row leaves the rest of the RAM to the expert cache
+            one_row = not any(kwargs.get(k) for k in ("logits_all", "embedding", "draft_model"))
+            with loading(self._fm, outputs_max=1 if one_row else 0):
                 super().__init__(model_path, *args, **kwargs)
             self._fm.size_auto_budget()
         except Exception:

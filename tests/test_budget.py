@@ -86,9 +86,10 @@ _BUFFER_LINE = re.compile(r"(KV|compute|output) buffer size =\s*([0-9.]+) MiB")
 @contextlib.contextmanager
 def llama_cpp_buffer_log() -> Iterator[list[float]]:
     """The sizes (bytes) of the buffers llama.cpp reports in its log while the block runs (KV cache, compute and
-    output buffers of a context), llama-cpp-python's own log callback put back after."""
+    output buffers of a context)."""
     import llama_cpp
-    import llama_cpp._logger as logger
+    from flashmoe_gguf import llama_log
+    router = llama_log.install()     # flashmoe's callback in front of llama-cpp-python's: put back after
     sizes: list[float] = []
 
     @llama_cpp.llama_log_callback
@@ -101,7 +102,7 @@ def llama_cpp_buffer_log() -> Iterator[list[float]]:
     try:
         yield sizes
     finally:
-        llama_cpp.llama_log_set(logger.llama_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(router.callback, ctypes.c_void_p(0))
 
 
 @pytest.mark.parametrize("n_ctx,n_ubatch,flash_attn", [(256, 64, False), (1024, 256, False), (1024, 256, True)])
@@ -154,3 +155,45 @@ def test_auto_budget_context_grows_with_the_micro_batch() -> None:
         said.append(sum(sizes))
     assert said[1] > said[0] + (1 << 20)
     assert abs((got[1] - got[0]) - (said[1] - said[0])) <= 4 << 20, (got, said)
+
+
+def test_one_output_row_is_reserved_unless_more_are_read() -> None:
+    """llama-cpp-python reads one logits row per batch unless logits_all (or embedding, or a draft model), so
+    flashmoe's context reserves one output row: its buffers, as llama.cpp logs them, are smaller than stock's
+    (which reserves n_batch rows; by how much depends on what the graph allocator can overlap: on the 8-layer
+    Qwen3 slice at n_ubatch 2048 with flash attention 1,306 MB against 327 MB); a prompt of several batches still
+    gives stock's logits bit for bit. With logits_all the reservation is stock's."""
+    import llama_cpp
+    from reference import last_logits, no_extra_buffer_types
+    from test_runtime import assert_same_logits, gguf_for
+    from flashmoe_gguf import Llama
+    path = gguf_for("qwen3_moe", "Q4_K")
+    n_batch = 64
+    kw = dict(n_ctx=256, n_batch=n_batch, n_ubatch=n_batch, verbose=False)
+
+    def compute_buffer(make):  # type: ignore[no-untyped-def]
+        with llama_cpp_buffer_log() as sizes:
+            llm = make()
+        return llm, sum(sizes)
+
+    ref, stock_bytes = compute_buffer(lambda: _stock(path, kw))
+    tokens = (ref.tokenize(b"one output row per batch is enough for llama-cpp-python", add_bos=False) * 8)[:150]
+    ref.eval(tokens)                     # three batches of 64, 64 and 22 tokens
+    want = last_logits(ref)
+    n_vocab = ref.n_vocab()
+    ref.close()
+    llm, fm_bytes = compute_buffer(lambda: Llama(str(path), ram_budget="1M", **kw))
+    llm.eval(tokens)
+    assert_same_logits(last_logits(llm), want, "last token of a 3-batch prompt")
+    llm.close()
+    assert fm_bytes < stock_bytes - n_vocab * 4, (stock_bytes, fm_bytes)
+    all_rows, all_bytes = compute_buffer(lambda: Llama(str(path), ram_budget="1M", logits_all=True, **kw))
+    all_rows.close()
+    assert abs(all_bytes - stock_bytes) <= 1 << 20, (all_bytes, stock_bytes)
+
+
+def _stock(path: Path, kw: dict) -> object:  # type: ignore[type-arg]
+    import llama_cpp
+    from reference import no_extra_buffer_types
+    with no_extra_buffer_types():
+        return llama_cpp.Llama(str(path), **kw)
