@@ -11,15 +11,14 @@ of g++ on 2 cores, cached under the test cache keyed by the sources, compiler fl
 sources come from the sdist (FLASHMOE_LLAMA_CPP_SRC, or the sdist the tests already download), never from this
 repository.
 
-In the test process: `register(endpoint)` loads the library, asks the server for its devices
-(ggml_backend_rpc_add_server) and adds them to the registry libllama uses (ggml_backend_register), as
+In the test process: `register(endpoint)` (flashmoe_gguf/rpc.py) loads the library, asks the server for its
+devices (ggml_backend_rpc_add_server) and adds them to the registry libllama uses (ggml_backend_register), as
 llama.cpp's `--rpc` does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import shutil
@@ -136,20 +135,7 @@ def server(b: RpcBuild, threads: int = 1) -> Iterator[str]:
 
 
 def register(b: RpcBuild, endpoint: str) -> str:
-    """Adds the server's devices to this process's ggml registry (once per endpoint); returns the first device's
-    buffer type name, e.g. "RPC0[127.0.0.1:50052]"."""
-    from flashmoe_gguf import ggml_devices
-    lib = ctypes.CDLL(str(b.lib))
-    lib.ggml_backend_rpc_add_server.restype = ctypes.c_void_p
-    lib.ggml_backend_rpc_add_server.argtypes = [ctypes.c_char_p]
-    before = {d.name for d in ggml_devices.devices()}
-    reg = lib.ggml_backend_rpc_add_server(endpoint.encode())
-    if not reg:
-        raise RuntimeError(f"no devices at {endpoint}")
-    if not any(d.buft_name.endswith(f"[{endpoint}]") for d in ggml_devices.devices()):
-        ggml_devices.register_backend(reg)
-    new = [d for d in ggml_devices.devices() if d.name not in before or d.buft_name.endswith(f"[{endpoint}]")]
-    gpu = [d for d in new if d.kind == "GPU" and d.buft_name.endswith(f"[{endpoint}]")]
-    if not gpu:
-        raise RuntimeError(f"the RPC server at {endpoint} registered no GPU device")
-    return gpu[0].buft_name
+    """Adds the server's devices to this process's ggml registry (flashmoe_gguf.rpc.connect); returns the GPU
+    device's buffer type name, e.g. "RPC0[127.0.0.1:50052]"."""
+    from flashmoe_gguf.rpc import connect
+    return connect(str(b.lib), endpoint)

@@ -149,3 +149,34 @@ def test_cpu_only_overrides_match_stock() -> None:
     assert_same_logits(logits(llm, BATCH, batch=True), want, "CPU-only with a user override")
     assert np.isfinite(want).all()
     llm.close()
+
+
+def test_parity_tool_on_rpc(rpc_build) -> None:  # type: ignore[no-untyped-def]
+    """tools/gpu_parity.py (what the device script runs on CUDA) with the RPC stand-in (FLASHMOE_RPC): bitwise
+    equal at both budgets, the same graph splits as stock, the non-expert weights on the "GPU"."""
+    import os
+
+    import rpc_standin
+    path = gguf_for("qwen3_moe", "Q4_K")
+    with rpc_standin.server(rpc_build) as endpoint:
+        env = dict(os.environ, FLASHMOE_RPC=f"{rpc_build.lib}@{endpoint}")
+        r = subprocess.run([sys.executable, str(HERE.parent / "tools" / "gpu_parity.py"), str(path), "--threads", "2",
+                            "--prompt-tokens", "40", "--greedy", "16"], capture_output=True, text=True, env=env,
+                           timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    stock, runs = rows[0]["stock_exps_cpu"], rows[1:]
+    assert len(runs) == 2 and "parity: bitwise equal" in r.stdout
+    assert any(k.startswith("RPC0[") for k in stock["model_buffers_mib"])
+    for run in runs:
+        assert run["batch_equal"] and run["decode_equal"] and run["greedy_equal"] and run["same_splits_as_stock"]
+        assert "FLASHMOE" in run["model_buffers_mib"] and "FLASHMOE" not in stock["model_buffers_mib"]
+
+
+def test_rpc_env_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashmoe_gguf import rpc
+    monkeypatch.setenv(rpc.ENV, "no-endpoint")
+    with pytest.raises(ValueError, match="LIB@HOST:PORT|libggml-rpc.so@HOST:PORT"):
+        rpc.connect_from_env()
+    monkeypatch.delenv(rpc.ENV)
+    assert rpc.connect_from_env() is None

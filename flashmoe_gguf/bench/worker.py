@@ -98,6 +98,8 @@ def emit(kind: str, **data: Any) -> None:
 
 
 def make_llama(spec: WorkerSpec) -> Any:
+    from ..rpc import connect_from_env
+    connect_from_env()          # FLASHMOE_RPC: llama.cpp's RPC backend as the GPU (machines without one)
     kw: dict[str, Any] = dict(n_ctx=spec.n_ctx, n_threads=spec.threads, n_threads_batch=spec.threads,
                               verbose=False)
     if spec.n_batch:

@@ -1,0 +1,108 @@
+#!/bin/bash
+# Device machine (one H100; no network; Python 3.12): GPU hybrid mode (issue 16) measured.
+#
+#   bash tools/device/make_kit.sh                      # here, once: .devkit/ (pass it as carry)
+#   bash tools/device/bench_gpu.sh build               # call 1: CUDA build of llama.cpp (resumable), install, synth
+#   bash tools/device/bench_gpu.sh bench               # call 2: parity (c) vs (b), warm bench (a) (b) (c)
+#   bash tools/device/bench_gpu.sh capped              # call 3: the same under a RAM cap the experts exceed
+#
+# Each stage stays under the 10-minute limit of one call; run the next one while the machine is warm (it is
+# given back 30 s after a call; a fresh machine has nothing of the earlier calls). `build` stops its compile at
+# BUILD_S seconds (default 480) and says so: run `build` again and ninja carries on. `all` runs every stage in
+# one call (only if the build is already done or fast enough). Results: $OUT/ (parity.log, bench-*.md, *.log).
+#
+# (a) stock, everything on the GPU (--compare stock); (b) stock with the routed experts on the CPU, llama.cpp's
+# `-ot exps=CPU` (stock-exps-cpu); (c) flashmoe, every layer on the GPU except the streamed experts.
+# Model: `flashmoe synth qwen3-30b-a3b --layers 8 --experts Q4_K_M` (Qwen3-30B-A3B shapes, 8 of 48 layers).
+# Knobs: THREADS (8), CAP (2G), HEADROOM (1G), TOKENS (32), PROMPT (512), LAYERS (8), BUILD_S (480),
+# CUDA_ARCH (90). Off the device (tests of this script): NO_CUDA=1 builds llama.cpp for the CPU only and
+# FLASHMOE_RPC=LIB@HOST:PORT makes llama.cpp's RPC backend the GPU (tests/rpc_standin.py builds both).
+set -uo pipefail
+STAGE=${1:-all}
+cd "$(dirname "$0")/../.."
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site FLASHMOE_CACHE=$PWD/.devkit/fmcache FLASHMOE_LLAMA_CPP_SRC=/tmp/llsrc
+OUT=${OUT:-/tmp/bench-gpu-out}; mkdir -p "$OUT"
+K=.devkit
+BUILD=${LLBUILD:-/tmp/llbuild-cuda}
+MODEL=${MODEL:-/tmp/q3-${LAYERS:-8}L-q4km.gguf}
+THREADS=${THREADS:-8}
+[ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
+PY=${PYTHON:-python3}
+
+build() {
+  test -f $K/llsrc.tgz || { echo "no $K/llsrc.tgz: run tools/device/make_kit.sh here and carry .devkit"; return 3; }
+  if [ ! -f /tmp/site/.wheels-done ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $K/whl/*.whl \
+      && touch /tmp/site/.wheels-done || return 1
+  fi
+  [ -f /tmp/llsrc/CMakeLists.txt ] || { mkdir -p /tmp/llsrc && tar xzf $K/llsrc.tgz -C /tmp/llsrc; }
+  [ -d /tmp/site/llama_cpp ] || tar xzf $K/llama_cpp_py.tgz -C /tmp/site
+  local t0=$(date +%s) gpu="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} -DGGML_CUDA_FA=OFF
+      -DGGML_CUDA_NCCL=OFF -DGGML_CUDA_COMPRESSION_MODE=none"
+  [ -n "${NO_CUDA:-}" ] && gpu="-DGGML_CUDA=OFF"
+  if [ ! -f $BUILD/build.ninja ]; then
+    # only libllama and ggml; flash-attention CUDA kernels off (their ~80 template instances compile empty),
+    # one architecture, no NCCL, no fatbin compression
+    cmake -S /tmp/llsrc -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON $gpu \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+      -DLLAMA_BUILD_COMMON=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > $OUT/cmake.log 2>&1 \
+      || { tail -30 $OUT/cmake.log; return 1; }
+  fi
+  timeout ${BUILD_S:-480} cmake --build $BUILD -j$(nproc) --target llama ggml > $OUT/build.log 2>&1
+  local rc=$?
+  echo "llama.cpp build: rc $rc after $(( $(date +%s) - t0 )) s (this call)"
+  if [ $rc -eq 124 ]; then echo "BUILD INCOMPLETE: run 'bash tools/device/bench_gpu.sh build' again (ninja resumes)"; return 2; fi
+  [ $rc -eq 0 ] || { tail -40 $OUT/build.log; return 1; }
+  grep -iE "CUDA|AVX512|x86 .*variant" $OUT/cmake.log | head -8
+  mkdir -p /tmp/site/llama_cpp/lib && find $BUILD -name "*.so*" -exec cp -a {} /tmp/site/llama_cpp/lib/ \;
+  if ! ( cd /tmp && $PY -c "import flashmoe_gguf._fmext" 2>/dev/null ); then
+    $PY -m pip install -q --no-deps --no-build-isolation --no-cache-dir --target /tmp/site . > $OUT/pipfm.log 2>&1 \
+      || { tail -30 $OUT/pipfm.log; return 1; }
+  fi
+  ( cd /tmp && $PY -c "
+from flashmoe_gguf import ggml_devices, extension
+extension.load()
+print('devices:', [(d.name, d.kind, d.buft_name) for d in ggml_devices.devices()])" ) || return 1
+  if [ ! -f $MODEL ]; then
+    local t1=$(date +%s)
+    $PY -P -m flashmoe_gguf.cli synth qwen3-30b-a3b --layers ${LAYERS:-8} --experts Q4_K_M -o $MODEL -q || return 1
+    echo "synth: $(( $(date +%s) - t1 )) s"
+  fi
+  ls -la $MODEL
+  echo BUILD-DONE
+}
+
+gpu_info() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  nproc; grep -m1 "model name" /proc/cpuinfo; free -g | head -2
+  cat /proc/self/cgroup; mount | grep -i cgroup | head -3
+}
+
+parity() {
+  test -f $MODEL || { echo "no $MODEL: run the build stage first"; return 3; }
+  $PY -P tools/gpu_parity.py $MODEL --gpu-layers -1 --threads $THREADS --budgets all,quarter > $OUT/parity.log 2>$OUT/parity.err
+  local rc=$?
+  grep -vE "^~?llama_context" $OUT/parity.log; echo "parity rc $rc"
+  return 0
+}
+
+bench() {   # $1: nocap | capped
+  local name=$1 ram="--ram none"
+  [ "$name" = capped ] && ram="--ram ${CAP:-2G} --no-warm"
+  $PY -P -m flashmoe_gguf.cli bench $MODEL $ram --gpu-layers -1 --compare stock,stock-exps-cpu --threads $THREADS \
+    --tokens ${TOKENS:-32} --prompt-tokens ${PROMPT:-512} --n-ctx $(( ${PROMPT:-512} + ${TOKENS:-32} + 64 )) \
+    --headroom ${HEADROOM:-1G} --report /tmp/bench-gpu-$name --wait 0 --disk-repeats 0 --probe-pairs 0 \
+    --timeout ${RUN_TIMEOUT:-200} -q > $OUT/bench-$name.log 2>&1
+  echo "== bench $name (rc $?)"; grep -E "tok/s|x$|FAIL|error|Error" $OUT/bench-$name.log | grep -v extrapolated | tail -20
+  cp /tmp/bench-gpu-$name/report.md $OUT/bench-$name.md 2>/dev/null
+  cp /tmp/bench-gpu-$name/report.json $OUT/bench-$name.json 2>/dev/null
+  return 0
+}
+
+case $STAGE in
+  build)  gpu_info; build ;;
+  bench)  parity; bench nocap ;;
+  capped) bench capped ;;
+  all)    gpu_info; build && parity && bench nocap && bench capped ;;
+  *) echo "usage: $0 build|bench|capped|all"; exit 2 ;;
+esac
