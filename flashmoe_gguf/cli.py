@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-n", "--tokens", type=int, default=64)
     r.add_argument("--ram-budget", type=_budget, default="auto",
                    help="RAM for cached experts, e.g. 8G (default auto: what is available beyond the resident weights)")
-    r.add_argument("--cache", choices=["lfu", "lru", "os", "lrfu"], default="lfu",
+    r.add_argument("--cache", choices=["lfu", "lru", "os", "lrfu", "hazard"], default="lfu",
                    help="our expert cache evicting the least often (lfu) or least recently (lru) used, or the OS page cache")
     r.add_argument("-c", "--ctx", type=int, default=2048)
     r.add_argument("-t", "--threads", type=int, default=None)
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--ram-budget", default="auto", help="RAM for cached experts, e.g. 8G (default auto)")
     ch.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     ch.add_argument("-t", "--threads", type=int, default=None, help="threads (default: llama.cpp's)")
-    ch.add_argument("--cache", choices=["lfu", "lru", "os", "lrfu"], default="lfu", help="expert cache policy (default lfu)")
+    ch.add_argument("--cache", choices=["lfu", "lru", "os", "lrfu", "hazard"], default="lfu", help="expert cache policy (default lfu)")
     ch.add_argument("--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
     ch.add_argument("-n", "--tokens", type=int, default=None, help="at most this many tokens per answer")
     ch.add_argument("--system", default=None, help="a system message")
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("-c", "--ctx", type=int, default=None, help="context size in tokens (default 2048)")
     sv.add_argument("-t", "--threads", type=int, default=None,
                     help="threads for generation and prompt processing (default: llama-cpp-python's)")
-    sv.add_argument("--cache", choices=["lfu", "lru", "os", "lrfu"], default=None,
+    sv.add_argument("--cache", choices=["lfu", "lru", "os", "lrfu", "hazard"], default=None,
                     help="expert cache: lfu (default), lru, or os (the page cache)")
     sv.add_argument("--isa", choices=["auto", "avx512", "avx2", "scalar", "ggml"], default=None,
                     help="code computing the expert products (default: FLASHMOE_ISA, else auto)")

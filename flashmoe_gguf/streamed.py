@@ -26,7 +26,7 @@ from .runtime_errors import FlashMoeError
 from .units import parse_size
 
 LOAD_MODE_NONE = 0   # llama.cpp's load mode that reads tensors through the FILE* (no mmap)
-CACHE_POLICIES = ("lfu", "lru", "os", "lrfu")
+CACHE_POLICIES = ("lfu", "lru", "os", "lrfu", "hazard")
 
 
 def cache_mode(name: str) -> int:

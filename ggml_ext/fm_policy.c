@@ -9,6 +9,7 @@ const fm_policy_ops *fm_policy_get(int mode) {
     case FM_CACHE_LRU: return &fm_policy_lru;
     case FM_CACHE_OS: return &fm_policy_os;
     case FM_CACHE_LRFU: return &fm_policy_lrfu;
+    case FM_CACHE_HAZARD: return &fm_policy_hazard;
     default: return NULL;
     }
 }

@@ -27,6 +27,6 @@ typedef struct {
 /* the policy of an fm_cache_mode, or NULL */
 const fm_policy_ops *fm_policy_get(int mode);
 
-extern const fm_policy_ops fm_policy_lfu, fm_policy_lru, fm_policy_os, fm_policy_lrfu;
+extern const fm_policy_ops fm_policy_lfu, fm_policy_lru, fm_policy_os, fm_policy_lrfu, fm_policy_hazard;
 
 #endif

@@ -10,7 +10,9 @@ enum fm_cache_mode {
     FM_CACHE_LRU = 0, /* our own cache up to the budget, least recently used evicted first */
     FM_CACHE_OS = 1,  /* keep nothing: every use re-reads, the OS page cache does the caching */
     FM_CACHE_LFU = 2, /* our own cache up to the budget, use counts with aging and admission (default) */
-    FM_CACHE_LRFU = 3 /* our own cache up to the budget, recency + frequency score in token time, admission */
+    FM_CACHE_LRFU = 3, /* our own cache up to the budget, recency + frequency score in token time, admission */
+    FM_CACHE_HAZARD = 4 /* our own cache up to the budget, reuse probability at the layer's next visit learned
+                           online from the routing, admission */
 };
 
 /* who computes expert products: our kernels on an instruction set (fm_kernels.h), or ggml's own code */

@@ -45,9 +45,9 @@ class FlashMoeModelSettings(_InitOnly, ModelSettings):
     ram_budget: Union[int, str] = Field(
         default="auto", description="RAM for cached experts: bytes or a size such as 8G; auto: what the machine "
                                     "has available beyond the resident weights")
-    expert_cache: Literal["lfu", "lru", "os", "lrfu"] = Field(
-        default="lfu", description="expert cache policy: lfu (least often used evicted), lru, os (the page cache), or lrfu "
-                              "(recency + frequency in token time)")
+    expert_cache: Literal["lfu", "lru", "os", "lrfu", "hazard"] = Field(
+        default="lfu", description="expert cache policy: lfu (least often used evicted), lru, os (the page cache), lrfu "
+                              "(recency + frequency in token time) or hazard (reuse probability learned online)")
     direct_io: Union[bool, Literal["auto"]] = Field(
         default="auto", description="read experts with O_DIRECT (auto: with our own cache, where the file system "
                                     "allows it)")
@@ -77,7 +77,7 @@ class FlashMoeModelSettings(_InitOnly, ModelSettings):
 
 
 assert set(ISA_CHOICES) == {"auto", "avx512", "avx2", "scalar", "ggml"}, "isa choices changed: update the field"
-assert set(CACHE_POLICIES) == {"lfu", "lru", "os", "lrfu"}, "cache policies changed: update expert_cache"
+assert set(CACHE_POLICIES) == {"lfu", "lru", "os", "lrfu", "hazard"}, "cache policies changed: update expert_cache"
 
 
 class FlashMoeServerSettings(_InitOnly, ServerSettings):

@@ -1,0 +1,167 @@
+/* hazard: keep the experts most likely to be used at their layer's next visit, with the probabilities learned
+ * online from the routing itself.
+ *
+ * Decode visits the layers in a fixed cycle: every token acquires each expert tensor once (a prompt batch once
+ * per micro-batch). So an expert's history is counted in visits of its own tensor, and what matters for keeping
+ * it is whether the tensor's next visit selects it. Each expert (cached or not) has a state: its age n (visits
+ * of its tensor since its last use, counted at the next visit) and its use count c at its last use (decayed by
+ * half every HALF_LIFE visits: the frequency of that expert in that layer, i.e. the layer's own popularity). The
+ * policy learns, over all tensors, the hazard h(n, c) = P(the visit selects the expert | its state), from every
+ * visit: each visit of a tensor counts one exposure for every expert of that tensor seen before and one event
+ * for each expert it selects. Ranks are h of the state at the next visit (evict the lowest), and a missed expert
+ * is cached only if its h after this use is above the victim's (otherwise read, used and dropped: a token whose
+ * experts exceed the budget does not flush the hot ones). Recency (h falls with n: most reuse is within a few
+ * tokens) and frequency (h grows with c), and their trade-off per trace and per budget, come from the table, not
+ * from fixed weights; skewed layers hold more of the budget because their experts have larger c.
+ *
+ * The visit pass costs O(experts seen in the tensor) per acquire, the rest O(1) per call. Ages and counts are
+ * bucketed (AGE_EDGES, COUNT_EDGES); an unseen cell has the prior (1 event in 4 exposures). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "fm_policy.h"
+
+#define HALF_LIFE 16.0          /* visits of the expert's tensor */
+#define PRIOR_EVENTS 1.0
+#define PRIOR_EXPOSURES 4.0
+#define RANK_SCALE 1073741824.0 /* 2^30 rank units for h = 1 */
+
+static const int64_t AGE_EDGES[] = {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64}; /* bucket i: n >= edge i */
+static const double COUNT_EDGES[] = {1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0};
+#define N_AGE ((int) (sizeof AGE_EDGES / sizeof AGE_EDGES[0]))
+#define N_COUNT ((int) (sizeof COUNT_EDGES / sizeof COUNT_EDGES[0]))
+
+typedef struct {
+    size_t n;              /* keys */
+    int32_t *tensor;       /* [key] the tensor that used it, -1 if never used */
+    int64_t *last;         /* [key] visit number of its tensor at its last use */
+    double *count;         /* [key] decayed use count just after its last use */
+    int32_t *next;         /* [key] the next key of the same tensor (list of keys seen), -1 at the end */
+    int32_t *head;         /* [tensor] first key seen of the tensor, -1 if none; tensors < n */
+    int64_t *visits;       /* [tensor] acquires so far */
+    int cur;               /* the tensor of the acquire in progress, -1 before the first */
+    double events[N_AGE][N_COUNT], exposures[N_AGE][N_COUNT];
+} hazard;
+
+static void *hazard_create(size_t n_keys) {
+    if (n_keys == 0 || n_keys > INT32_MAX) return NULL;
+    hazard *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = n_keys;
+    p->tensor = malloc(n_keys * sizeof *p->tensor);
+    p->last = calloc(n_keys, sizeof *p->last);
+    p->count = calloc(n_keys, sizeof *p->count);
+    p->next = malloc(n_keys * sizeof *p->next);
+    p->head = malloc(n_keys * sizeof *p->head);
+    p->visits = calloc(n_keys, sizeof *p->visits);
+    if (!p->tensor || !p->last || !p->count || !p->next || !p->head || !p->visits) {
+        free(p->tensor);
+        free(p->last);
+        free(p->count);
+        free(p->next);
+        free(p->head);
+        free(p->visits);
+        free(p);
+        return NULL;
+    }
+    for (size_t i = 0; i < n_keys; i++) p->tensor[i] = p->next[i] = p->head[i] = -1;
+    p->cur = -1;
+    return p;
+}
+
+static void hazard_destroy(void *state) {
+    hazard *p = state;
+    if (!p) return;
+    free(p->tensor);
+    free(p->last);
+    free(p->count);
+    free(p->next);
+    free(p->head);
+    free(p->visits);
+    free(p);
+}
+
+static int age_bucket(int64_t n) {
+    int b = 0;
+    while (b + 1 < N_AGE && n >= AGE_EDGES[b + 1]) b++;
+    return b;
+}
+
+static int count_bucket(double c) {
+    int b = 0;
+    while (b + 1 < N_COUNT && c >= COUNT_EDGES[b + 1]) b++;
+    return b;
+}
+
+/* P(a visit selects an expert of age n and count c), from what was seen so far */
+static double hazard_of(const hazard *p, int64_t n, double c) {
+    const int a = age_bucket(n), k = count_bucket(c);
+    return (p->events[a][k] + PRIOR_EVENTS) / (p->exposures[a][k] + PRIOR_EXPOSURES);
+}
+
+static void hazard_on_acquire(void *state, int tensor) {
+    hazard *p = state;
+    if (tensor < 0 || (size_t) tensor >= p->n) {
+        p->cur = -1;
+        return;
+    }
+    p->cur = tensor;
+    const int64_t v = ++p->visits[tensor];
+    for (int32_t k = p->head[tensor]; k >= 0; k = p->next[k])
+        p->exposures[age_bucket(v - p->last[k])][count_bucket(p->count[k])] += 1.0;
+}
+
+static void hazard_on_use(void *state, size_t key) {
+    hazard *p = state;
+    if (p->cur < 0 || key >= p->n) return;
+    const int64_t v = p->visits[p->cur];
+    if (p->tensor[key] < 0) {
+        p->tensor[key] = p->cur;
+        p->next[key] = p->head[p->cur];
+        p->head[p->cur] = (int32_t) key;
+        p->count[key] = 1.0;
+    } else if (p->last[key] < v) {
+        const int64_t n = v - p->last[key];
+        p->events[age_bucket(n)][count_bucket(p->count[key])] += 1.0;
+        p->count[key] = p->count[key] * exp2(-(double) n / HALF_LIFE) + 1.0;
+    } /* a second use in the same visit (never from the store: a MUL_MAT_ID's experts are distinct) */
+    p->last[key] = v;
+}
+
+static unsigned rank_of(double h) {
+    return (unsigned) (h * RANK_SCALE); /* 0 < h <= 1 */
+}
+
+/* h at the key's tensor's next visit; 0 for a key never used */
+static double next_visit_hazard(const hazard *p, size_t key) {
+    if (key >= p->n || p->tensor[key] < 0) return 0.0;
+    return hazard_of(p, p->visits[p->tensor[key]] + 1 - p->last[key], p->count[key]);
+}
+
+static unsigned hazard_rank(const void *state, size_t key) {
+    return rank_of(next_visit_hazard(state, key));
+}
+
+static int hazard_admit(const void *state, size_t key, int prefetch, size_t victim_key) {
+    const hazard *p = state;
+    if (victim_key == (size_t) -1) return 1;
+    double h;
+    if (prefetch) {
+        /* the state the coming use (at the tensor's next visit) will give: age 1 at the visit after, count + 1 */
+        if (key >= p->n) return 0;
+        double c = 1.0;
+        if (p->tensor[key] >= 0) {
+            const int64_t n = p->visits[p->tensor[key]] + 1 - p->last[key];
+            c = p->count[key] * exp2(-(double) n / HALF_LIFE) + 1.0;
+        }
+        h = hazard_of(p, 1, c);
+    } else {
+        h = next_visit_hazard(p, key);
+    }
+    /* a tie keeps the cached one */
+    return rank_of(h) > hazard_rank(state, victim_key);
+}
+
+const fm_policy_ops fm_policy_hazard = {"hazard", 1, hazard_create, hazard_destroy, hazard_on_use, hazard_rank,
+                                        hazard_admit, hazard_on_acquire};
