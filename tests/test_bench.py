@@ -250,8 +250,15 @@ def test_cli_arguments(tiny: Path) -> None:
     assert not st.control.cgroup and not st.control.drop_caches
     assert any("NOT enforced" in x for x in st.limitations) and any("page cache" in x for x in st.limitations)
     assert setup(build_parser().parse_args(_bench_args(tiny, "--rounds", "3"))).plan_options.rounds == 3
+    # a context that fits the run unless given: 512, or prompt + decode + probe steps + 8 rounded up to 256
+    assert setup(build_parser().parse_args(_bench_args(tiny))).plan_options.n_ctx == 512
+    long = setup(build_parser().parse_args(_bench_args(tiny, "--prompt-tokens", "2048", "--n-ubatch", "2048")))
+    assert long.plan_options.n_ctx == 2304 and long.plan_options.n_ubatch == long.plan_options.n_batch == 2048
+    assert setup(build_parser().parse_args(_bench_args(tiny, "--prompt-tokens", "2048", "--n-ctx", "4096"))
+                 ).plan_options.n_ctx == 4096
     for bad in (["--n-ctx", "16"], ["--ram", "none", "--no-warm"], ["--tokens", "0"], ["--k", "x"],
-                ["--rounds", "0"]):
+                ["--rounds", "0"], ["--n-batch", "512", "--n-ubatch", "1024"], ["--prompt-tokens", "600",
+                                                                             "--n-ctx", "512"]):
         with pytest.raises(ValueError):
             setup(build_parser().parse_args(_bench_args(tiny, *bad)))
     with pytest.raises(ValueError, match="no such file"):

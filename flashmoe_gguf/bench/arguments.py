@@ -81,7 +81,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                    help="report directory (default ./flashmoe-bench-<file>-<time>)")
     b.add_argument("--threads", type=int, default=1,
                    help="n_threads for every run (default 1: ggml's threads spin at barriers when cores are shared)")
-    b.add_argument("--n-ctx", type=int, default=512, help="context size (default 512)")
+    b.add_argument("--n-ctx", type=int, default=0,
+                   help="context size (default: 512, or what the prompt, the decode steps and the probe need, "
+                        "rounded up to 256)")
     b.add_argument("--n-batch", type=int, default=0,
                    help="llama.cpp's n_batch, tokens per llama_decode of a prompt (default: --n-ubatch, else "
                         "llama-cpp-python's 512)")

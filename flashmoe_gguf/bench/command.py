@@ -60,7 +60,10 @@ def setup(args: argparse.Namespace) -> Setup:
     if args.n_batch and args.n_ubatch > args.n_batch:
         raise ValueError(f"--n-ubatch {args.n_ubatch} is larger than --n-batch {args.n_batch} (llama.cpp would "
                          "cut the micro-batch to the batch)")
-    if args.n_ctx < args.prompt_tokens + args.tokens + 2 * args.probe_pairs + 8:
+    need = args.prompt_tokens + args.tokens + 2 * args.probe_pairs + 8
+    if not args.n_ctx:          # a fitting context: 512 (llama-cpp-python's default), or what the run needs
+        args.n_ctx = max(512, -(-need // 256) * 256)
+    if args.n_ctx < need:
         raise ValueError(f"--n-ctx {args.n_ctx} is too small for {args.prompt_tokens} prompt tokens, {args.tokens} "
                          f"decode steps and {args.probe_pairs} probe pairs")
     if args.gpu_layers < -1:
