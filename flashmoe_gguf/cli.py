@@ -65,14 +65,14 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run import run
     run(str(args.file), args.prompt, args.tokens, args.ram_budget, args.ctx, args.threads, args.temp, args.cache,
-        verbose=args.verbose)
+        verbose=args.verbose, gpu_layers=args.gpu_layers, tensor_overrides=args.override_tensor)
     return 0
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .terminal_chat import chat
     chat(str(args.file), args.ram_budget, args.ctx, args.threads, args.cache, args.temp, args.tokens, args.system,
-         verbose=args.verbose)
+         verbose=args.verbose, gpu_layers=args.gpu_layers, tensor_overrides=args.override_tensor)
     return 0
 
 
@@ -128,6 +128,31 @@ def _version() -> str:
     return f"{ours} (llama-cpp-python {lcpp})"
 
 
+def _override_list(text: str) -> list[tuple[str, str]]:
+    from .offload import TensorOverrideError, parse_overrides
+    try:
+        return parse_overrides(text)
+    except TensorOverrideError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+class _Extend(argparse.Action):
+    """-ot given several times: one list of (regex, buffer type) pairs, in order"""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: object,
+                 option: str | None = None) -> None:
+        setattr(ns, self.dest, (getattr(ns, self.dest) or []) + list(values))  # type: ignore[call-overload]
+
+
+def _offload_arguments(p: argparse.ArgumentParser, default_layers: int | None) -> None:
+    p.add_argument("--gpu-layers", "-ngl", type=int, default=default_layers,
+                   help="layers to offload to the GPU (-1: all; needs a GPU build of llama-cpp-python): everything "
+                        "but the routed experts, which stay streamed (default 0)")
+    p.add_argument("--override-tensor", "-ot", type=_override_list, action=_Extend, default=None,
+                   metavar="REGEX=BUFT[,...]", help="llama.cpp's tensor buffer-type overrides, e.g. 'attn=CPU' "
+                   "(routed experts cannot be sent to a GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flashmoe", description=__doc__)
     p.add_argument("--version", action="version", version=f"flashmoe-gguf {_version()}")
@@ -180,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-t", "--threads", type=int, default=None)
     r.add_argument("--temp", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     r.add_argument("-v", "--verbose", action="store_true", help="llama.cpp's log on stderr")
+    _offload_arguments(r, 0)
     r.set_defaults(func=_cmd_run)
 
     ch = sub.add_parser("chat", help="chat with a model in the terminal (its own chat template, streamed experts)")
@@ -192,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("-n", "--tokens", type=int, default=None, help="at most this many tokens per answer")
     ch.add_argument("--system", default=None, help="a system message")
     ch.add_argument("-v", "--verbose", action="store_true", help="llama.cpp's log on stderr")
+    _offload_arguments(ch, 0)
     ch.set_defaults(func=_cmd_chat)
 
     s = sub.add_parser("synth", help="random-weight streaming GGUF at a real model's shapes (for benchmarks)")
@@ -239,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--config", type=Path, default=None,
                     help="llama-cpp-python's server config file (JSON or YAML) with flashmoe's model settings "
                          "(ram_budget, expert_cache, direct_io, io_threads, isa, kernels); several models")
+    _offload_arguments(sv, None)
     sv.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="build a tiny random MoE, convert it and run it through llama-cpp-python")

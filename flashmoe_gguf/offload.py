@@ -152,3 +152,15 @@ def _expert_entries() -> list[tuple[str, str]]:
 def experts_to_cpu() -> list[TensorOverride]:
     """Stock's `-ot exps=CPU` with the routed-expert tensors (and their biases) as flashmoe moves them."""
     return [(p, "CPU") for _, p in _expert_entries()]
+
+
+def llama_kwargs(gpu_layers: int = 0, tensor_overrides: Sequence[TensorOverride] | None = None) -> dict[str, object]:
+    """flashmoe_gguf.Llama's arguments for `--gpu-layers N` and `-ot REGEX=BUFT` (run, chat, serve)."""
+    if not isinstance(gpu_layers, int) or gpu_layers < -1:
+        raise FlashMoeError(f"--gpu-layers must be -1 (all), 0 or a layer count, not {gpu_layers!r}")
+    kw: dict[str, object] = {}
+    if gpu_layers:
+        kw["n_gpu_layers"] = gpu_layers
+    if tensor_overrides:
+        kw["tensor_overrides"] = check_overrides(tensor_overrides)
+    return kw

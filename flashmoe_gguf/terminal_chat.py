@@ -135,7 +135,9 @@ def chat_loop(llm: Any, conv: Conversation, readline: Callable[[str], str], out:
 
 def chat(path: str, ram_budget: str | int = "auto", n_ctx: int = 4096, threads: int | None = None,
          cache: str = "lfu", temperature: float = 0.7, max_tokens: int | None = None, system: str | None = None,
-         readline: Callable[[str], str] = input, out: TextIO = sys.stdout, verbose: bool = False) -> None:
+         readline: Callable[[str], str] = input, out: TextIO = sys.stdout, verbose: bool = False,
+         gpu_layers: int = 0, tensor_overrides: list[tuple[str, str]] | None = None) -> None:
+    from .offload import llama_kwargs
     from .runtime import Llama
     from .runtime_errors import FlashMoeError
     if n_ctx <= 0:
@@ -143,6 +145,7 @@ def chat(path: str, ram_budget: str | int = "auto", n_ctx: int = 4096, threads: 
     if max_tokens is not None and max_tokens <= 0:
         raise FlashMoeError(f"-n/--tokens must be at least 1, got {max_tokens}")
     kw = {"n_threads": threads} if threads else {}
+    kw.update(llama_kwargs(gpu_layers, tensor_overrides))   # GPU layers next to the streamed experts (offload.py)
     llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=verbose, cache=cache, **kw)
     try:
         _install_chat_handler(llm)

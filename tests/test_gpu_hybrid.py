@@ -180,3 +180,51 @@ def test_rpc_env_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         rpc.connect_from_env()
     monkeypatch.delenv(rpc.ENV)
     assert rpc.connect_from_env() is None
+
+
+def test_command_line_options(tmp_path: Path) -> None:
+    """--gpu-layers/-ngl and -ot (repeatable, comma-separated) on run, chat and serve; serve turns them into the
+    model's n_gpu_layers and tensor_overrides settings, and those into flashmoe_gguf.Llama's arguments."""
+    from flashmoe_gguf.cli import build_parser
+    from flashmoe_gguf.serve.command import settings_from_args
+    from flashmoe_gguf.serve.loader import llama_arguments
+    p = build_parser()
+    for cmd in (["run", "m.gguf", "-p", "x"], ["chat", "m.gguf"]):
+        a = p.parse_args(cmd + ["-ngl", "-1", "-ot", "attn_q=CPU", "--override-tensor", r"blk\.1\.=CUDA0,norm=CPU"])
+        assert a.gpu_layers == -1
+        assert a.override_tensor == [("attn_q", "CPU"), (r"blk\.1\.", "CUDA0"), ("norm", "CPU")]
+        assert p.parse_args(cmd).gpu_layers == 0 and p.parse_args(cmd).override_tensor is None
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"")
+    _, (m,) = settings_from_args(p.parse_args(["serve", str(model), "--gpu-layers", "20", "-ot", "attn=CPU"]))
+    assert m.n_gpu_layers == 20 and m.tensor_overrides == ["attn=CPU"]
+    kw = llama_arguments(m)
+    assert kw["n_gpu_layers"] == 20 and kw["tensor_overrides"] == [("attn", "CPU")]
+    _, (m0,) = settings_from_args(p.parse_args(["serve", str(model)]))
+    assert m0.n_gpu_layers == 0 and llama_arguments(m0)["tensor_overrides"] is None
+
+
+def test_command_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from flashmoe_gguf.cli import main
+    path = str(gguf_for("qwen3_moe", "Q4_K"))
+    assert main(["run", path, "-p", "hi", "-n", "2", "--gpu-layers", "-3"]) == 1
+    assert "--gpu-layers must be -1 (all), 0 or a layer count" in capsys.readouterr().err
+    assert main(["run", path, "-p", "hi", "-n", "2", "-ot", "exps=CUDA0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would put the routed-expert tensor blk.0.ffn_gate_exps.weight on CUDA0" in err[0]
+    with pytest.raises(SystemExit):
+        main(["run", path, "-p", "hi", "-ot", "attn"])
+    assert "expected REGEX=BUFFER_TYPE" in capsys.readouterr().err
+
+
+def test_run_with_gpu_layers_without_a_gpu() -> None:
+    """No GPU device: --gpu-layers changes nothing (llama.cpp has nowhere to offload), user overrides to the CPU
+    load; the same greedy text as without them."""
+    import io
+
+    from flashmoe_gguf.run import run
+    path = str(gguf_for("qwen3_moe", "Q4_K"))
+    plain, hybrid = io.StringIO(), io.StringIO()
+    run(path, "Hello there", 8, "64M", 256, 2, out=plain)
+    run(path, "Hello there", 8, "64M", 256, 2, out=hybrid, gpu_layers=-1, tensor_overrides=[("attn_q", "CPU")])
+    assert hybrid.getvalue().split("[flashmoe]")[0] == plain.getvalue().split("[flashmoe]")[0]

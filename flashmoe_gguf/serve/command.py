@@ -18,7 +18,7 @@ from .settings import (
 SERVER_OPTIONS = {"host": "host", "port": "port", "queue": "queue", "api_key": "api_key"}
 # command-line option -> model setting; with --config they belong in the file
 MODEL_OPTIONS = {"ram_budget": "ram_budget", "ctx": "n_ctx", "cache": "expert_cache", "isa": "isa",
-                 "alias": "model_alias"}
+                 "alias": "model_alias", "gpu_layers": "n_gpu_layers"}
 
 
 def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
@@ -32,12 +32,14 @@ def settings_from_args(args: argparse.Namespace) -> tuple[FlashMoeServerSettings
         model_values.update(n_threads=args.threads, n_threads_batch=args.threads)
     if args.embedding:
         model_values["embedding"] = True
+    if args.override_tensor:
+        model_values["tensor_overrides"] = [f"{p}={b}" for p, b in args.override_tensor]
     if args.config is not None:
         if args.file is not None:
             raise ServeError("give MODEL.gguf or --config FILE, not both (the config file lists the models)")
         if model_values:
             raise ServeError("with --config, model settings (--ram-budget, --ctx, --threads, --cache, --isa, "
-                             "--embedding, --alias) go in the config file")
+                             "--embedding, --alias, --gpu-layers, -ot) go in the config file")
         config = read_config(args.config)
         base = config.model_dump(exclude={"models"}, exclude_unset=True)
         return server_settings(**{**base, **server_values}), list(config.models)

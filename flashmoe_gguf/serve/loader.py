@@ -17,7 +17,7 @@ PASSED = ("n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "vocab_only"
           "yarn_beta_slow", "yarn_orig_ctx", "mul_mat_q", "logits_all", "embedding", "offload_kqv", "flash_attn",
           "last_n_tokens_size", "lora_base", "lora_path", "numa", "chat_format", "type_k", "type_v", "verbose")
 # flashmoe_gguf.Llama's own arguments (expert_cache is its `cache`)
-FLASHMOE = ("ram_budget", "io_threads", "direct_io", "kernels", "isa", "expert_cache")
+FLASHMOE = ("ram_budget", "io_threads", "direct_io", "kernels", "isa", "expert_cache", "tensor_overrides")
 # settings read here with a conversion, or used around the constructor
 CONVERTED = ("model", "model_alias", "kv_overrides", "pooling_type", "draft_model", "draft_model_num_pred_tokens",
              "hf_tokenizer_config_path", "hf_pretrained_model_name_or_path", "chat_template_kwargs", "cache",
@@ -82,6 +82,17 @@ def _hf_chat_handler(settings: FlashMoeModelSettings) -> Any:
     return None
 
 
+def _tensor_overrides(entries: Optional[list[str]]) -> Optional[list[tuple[str, str]]]:
+    """REGEX=BUFT entries (offload.py's `-ot` syntax) as flashmoe_gguf.Llama's tensor_overrides"""
+    if not entries:
+        return None
+    from ..offload import TensorOverrideError, parse_overrides
+    try:
+        return [pair for e in entries for pair in parse_overrides(e)]
+    except TensorOverrideError as exc:
+        raise ServeError(f"tensor_overrides: {exc}") from None
+
+
 def llama_arguments(settings: FlashMoeModelSettings) -> dict[str, Any]:
     """The keyword arguments of ServedLlama for these settings."""
     for name, why in REFUSED.items():
@@ -91,6 +102,7 @@ def llama_arguments(settings: FlashMoeModelSettings) -> dict[str, Any]:
     kw.update(model_path=settings.model, kv_overrides=kv_overrides(settings.kv_overrides),
               ram_budget=settings.ram_budget, io_threads=settings.io_threads, direct_io=settings.direct_io,
               kernels=settings.kernels, isa=settings.isa, cache=settings.expert_cache,
+              tensor_overrides=_tensor_overrides(settings.tensor_overrides),
               chat_handler=_hf_chat_handler(settings))
     pooling = _pooling(settings)
     if pooling is not None:

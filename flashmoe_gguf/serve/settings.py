@@ -55,6 +55,9 @@ class FlashMoeModelSettings(_InitOnly, ModelSettings):
     isa: Optional[Literal["auto", "avx512", "avx2", "scalar", "ggml"]] = Field(
         default=None, description="code computing the expert products (default: FLASHMOE_ISA, else auto)")
     kernels: bool = Field(default=True, description="false: ggml's own code for the expert products (isa=ggml)")
+    tensor_overrides: Optional[List[str]] = Field(
+        default=None, description="llama.cpp's tensor buffer-type overrides, REGEX=BUFT each (e.g. attn=CPU); with "
+                                  "n_gpu_layers the routed experts stay streamed on the CPU whatever these say")
     pooling_type: Optional[int] = Field(
         default=None, description="llama.cpp pooling type for /v1/embeddings (default: the model's, else mean)")
     # stock defaults changed: no llama.cpp log on stderr; logits kept for the last token only (logits for every
