@@ -228,3 +228,17 @@ def test_run_with_gpu_layers_without_a_gpu() -> None:
     run(path, "Hello there", 8, "64M", 256, 2, out=plain)
     run(path, "Hello there", 8, "64M", 256, 2, out=hybrid, gpu_layers=-1, tensor_overrides=[("attn_q", "CPU")])
     assert hybrid.getvalue().split("[flashmoe]")[0] == plain.getvalue().split("[flashmoe]")[0]
+
+
+def test_partial_offload_matches_stock(rpc_build) -> None:  # type: ignore[no-untyped-def]
+    """n_gpu_layers=1 of 2 layers: one layer on the "GPU", one on the CPU (where our backend also runs its expert
+    block's activation, as ggml-cpu would): logits and greedy tokens still stock's with the same layers offloaded.
+    (The splits differ from stock's in the CPU layer: stock computes it all on the CPU backend, with no crossing.)"""
+    path = gguf_for("qwen3_moe", "Q4_K")
+    total = expert_bytes(path)
+    res = run_child({"model": str(path), "lib": str(rpc_build.lib), "server": str(rpc_build.server),
+                     "budgets": [2 * total, total // 4], "n_gpu_layers": 1})
+    assert 0 < res["stock"]["rpc_model_mib"]
+    for run in res["flashmoe"]:
+        assert run["gpu_hybrid"] and run["rpc_model_mib"] == res["stock"]["rpc_model_mib"]
+        assert run["batch_equal"] and run["decode_equal"] and run["greedy_equal"], run
