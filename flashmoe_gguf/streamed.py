@@ -7,6 +7,7 @@ flashmoe_gguf.Llama (runtime.py) makes one per model; tools use it directly to r
 from __future__ import annotations
 
 import ctypes
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -176,7 +177,10 @@ class StreamedModel:
         self._overrides = flashmoe_overrides(self.tensor_overrides, [e.name for e in self.experts], self.gpu_hybrid)
         if self._overrides is not None:
             params.tensor_buft_overrides = self._overrides.address
-        self.lib.fm_model_set_gpu_hybrid(self.handle, int(self.gpu_hybrid))
+        # FLASHMOE_GPU_BLOCK=0 (measurements only): our backend takes the expert products alone, and the expert
+        # block crosses devices four times per layer instead of stock's two (ggml_ext/fm_backend.c)
+        block = os.environ.get("FLASHMOE_GPU_BLOCK", "1") != "0"
+        self.lib.fm_model_set_gpu_hybrid(self.handle, int(self.gpu_hybrid and block))
         counter = self.ffi.new("uint64_t *")
         err = self.ffi.new("char[1024]")
         read_err = self.ffi.new("char[1024]")     # why a read of the FILE* failed: llama.cpp only says it failed

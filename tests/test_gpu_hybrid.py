@@ -242,3 +242,17 @@ def test_partial_offload_matches_stock(rpc_build) -> None:  # type: ignore[no-un
     for run in res["flashmoe"]:
         assert run["gpu_hybrid"] and run["rpc_model_mib"] == res["stock"]["rpc_model_mib"]
         assert run["batch_equal"] and run["decode_equal"] and run["greedy_equal"], run
+
+
+def test_products_alone_cross_four_times(rpc_build) -> None:  # type: ignore[no-untyped-def]
+    """The control of the split counts: with FLASHMOE_GPU_BLOCK=0 our backend takes the expert products alone and
+    the activation goes back to the "GPU" between them: 2 splits more per MoE layer than stock's (2 layers: 10
+    against 6). The logits stay equal here (the RPC server computes the activation with ggml-cpu too; a real GPU
+    would not), so only the splits tell the block ops apart."""
+    path = gguf_for("qwen3_moe", "Q4_K")
+    res = run_child({"model": str(path), "lib": str(rpc_build.lib), "server": str(rpc_build.server),
+                     "budgets": [2 * expert_bytes(path)], "gpu_block": False})
+    (run,) = res["flashmoe"]
+    stock = [int(x) for x in res["stock"]["splits"]]
+    assert [int(x) for x in run["splits"]] == [n + 4 for n in stock], (run["splits"], stock)
+    assert run["batch_equal"] and run["decode_equal"]
