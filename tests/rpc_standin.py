@@ -71,6 +71,12 @@ def _source(cache: Path) -> Path:
     return out
 
 
+def _compile(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({r.returncode}):\n{r.stderr[-3000:]}")
+
+
 def build(cache: Path) -> RpcBuild:
     """libggml-rpc.so and rpc-server, built once per source/flags/ggml and cached under `cache`."""
     src = _source(cache)
@@ -88,11 +94,10 @@ def build(cache: Path) -> RpcBuild:
     inc = [f"-I{src / 'ggml' / 'include'}", f"-I{src / 'ggml' / 'src'}"]
     common = [cxx, "-std=c++17", "-O2", "-fPIC", *DEFINES, *inc]
     t0 = time.perf_counter()
-    subprocess.run([*common, "-shared", str(src / SOURCES[0]), str(src / SOURCES[1]), "-o",
-                    str(staging / lib.name), str(libs / "libggml-base.so.0"), f"-Wl,-rpath,{libs}"],
-                   check=True, capture_output=True)
-    subprocess.run([*common, str(src / SOURCES[2]), "-o", str(staging / server.name), str(libs / "libggml.so.0"),
-                    str(libs / "libggml-base.so.0"), f"-Wl,-rpath,{libs}"], check=True, capture_output=True)
+    _compile([*common, "-shared", str(src / SOURCES[0]), str(src / SOURCES[1]), "-o", str(staging / lib.name),
+              str(libs / "libggml-base.so.0"), f"-Wl,-rpath,{libs}"])
+    _compile([*common, str(src / SOURCES[2]), "-o", str(staging / server.name), str(libs / "libggml.so.0"),
+              str(libs / "libggml-base.so.0"), f"-Wl,-rpath,{libs}"])
     seconds = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
