@@ -81,11 +81,31 @@ def errors(spec: dict[str, Any], build: rpc_standin.RpcBuild) -> dict[str, Any]:
     return out
 
 
+def read_fault(spec: dict[str, Any], build: rpc_standin.RpcBuild) -> dict[str, Any]:
+    """An expert read that fails while layers are on the GPU: the error FlashMoeError gives, and a second eval."""
+    from flashmoe_gguf import FlashMoeError, Llama
+    out: dict[str, Any] = {}
+    with rpc_standin.server(build) as endpoint:
+        rpc_standin.register(build, endpoint)
+        llm = Llama(model_path=spec["model"], ram_budget="64M", n_ctx=64, verbose=False, n_gpu_layers=-1)
+        llm.eval([1, 2, 3])
+        llm._fm.inject_read_error(1)
+        for key in ("first", "again"):
+            try:
+                llm.eval([4])
+                out[key] = None
+            except FlashMoeError as exc:
+                out[key] = str(exc)
+        llm.close()
+    return out
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     build = rpc_standin.RpcBuild(Path(spec["lib"]), Path(spec["server"]), 0.0)
-    if spec.get("mode") == "errors":
-        print("RESULT " + json.dumps(errors(spec, build)), flush=True)
+    if spec.get("mode") in ("errors", "read_fault"):
+        run = errors if spec["mode"] == "errors" else read_fault
+        print("RESULT " + json.dumps(run(spec, build)), flush=True)
         return
     from flashmoe_gguf import Llama
     from flashmoe_gguf.offload import experts_to_cpu

@@ -256,3 +256,12 @@ def test_products_alone_cross_four_times(rpc_build) -> None:  # type: ignore[no-
     stock = [int(x) for x in res["stock"]["splits"]]
     assert [int(x) for x in run["splits"]] == [n + 4 for n in stock], (run["splits"], stock)
     assert run["batch_equal"] and run["decode_equal"]
+
+
+def test_read_error_with_gpu_layers(rpc_build) -> None:  # type: ignore[no-untyped-def]
+    """A failing expert read in the middle of a GPU-layers graph: FlashMoeError with the read's error, no crash,
+    and the model stays failed (no tokens from missing experts)."""
+    res = run_child({"mode": "read_fault", "model": str(gguf_for("qwen3_moe", "Q4_K")), "lib": str(rpc_build.lib),
+                     "server": str(rpc_build.server)})
+    assert res["first"] and "Input/output error" in res["first"], res
+    assert res["again"], res
