@@ -50,7 +50,8 @@ build() {
       -DLLAMA_BUILD_COMMON=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > $OUT/cmake.log 2>&1 \
       || { tail -30 $OUT/cmake.log; return 1; }
   fi
-  timeout ${BUILD_S:-480} cmake --build $BUILD -j$(nproc) --target llama ggml > $OUT/build.log 2>&1
+  # ninja itself under the timeout, with SIGINT: it stops its compilers and keeps what is done for the next call
+  timeout -s INT -k 30 ${BUILD_S:-480} ninja -C $BUILD -j$(nproc) llama ggml > $OUT/build.log 2>&1
   local rc=$?
   echo "llama.cpp build: rc $rc after $(( $(date +%s) - t0 )) s (this call)"
   if [ $rc -eq 124 ]; then echo "BUILD INCOMPLETE: run 'bash tools/device/bench_gpu.sh build' again (ninja resumes)"; return 2; fi
