@@ -8,11 +8,14 @@
  * half every HALF_LIFE visits: the frequency of that expert in that layer, i.e. the layer's own popularity). The
  * policy learns, over all tensors, the hazard h(n, c) = P(the visit selects the expert | its state), from every
  * visit: each visit of a tensor counts one exposure for every expert of that tensor seen before and one event
- * for each expert it selects. Ranks are h of the state at the next visit (evict the lowest), and a missed expert
- * is cached only if its h after this use is above the victim's (otherwise read, used and dropped: a token whose
- * experts exceed the budget does not flush the hot ones). Recency (h falls with n: most reuse is within a few
- * tokens) and frequency (h grows with c), and their trade-off per trace and per budget, come from the table, not
- * from fixed weights; skewed layers hold more of the budget because their experts have larger c.
+ * for each expert it selects; the estimate is made non-increasing in age (a rarely seen old cell does not outrank
+ * a younger one). Ranks are h of the state at the next visit (evict the lowest; for the tensor being acquired,
+ * an expert this visit has not used yet is ranked by h at this visit, since it may be among the experts still to
+ * come), and a missed expert is cached only if its h after this use is above the victim's (otherwise read, used
+ * and dropped: a token whose experts exceed the budget does not flush the hot ones). Recency (h falls with n:
+ * most reuse is within a few tokens) and frequency (h grows with c), and their trade-off per trace and per budget,
+ * come from the table, not from fixed weights; skewed layers hold more of the budget because their experts have
+ * larger c.
  *
  * The visit pass costs O(experts seen in the tensor) per acquire, the rest O(1) per call. Ages and counts are
  * bucketed (AGE_EDGES, COUNT_EDGES); an unseen cell has the prior (1 event in 4 exposures). */
@@ -22,13 +25,13 @@
 
 #include "fm_policy.h"
 
-#define HALF_LIFE 16.0          /* visits of the expert's tensor */
+#define HALF_LIFE 32.0          /* visits of the expert's tensor */
 #define PRIOR_EVENTS 1.0
 #define PRIOR_EXPOSURES 4.0
 #define RANK_SCALE 1073741824.0 /* 2^30 rank units for h = 1 */
 
 static const int64_t AGE_EDGES[] = {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64}; /* bucket i: n >= edge i */
-static const double COUNT_EDGES[] = {1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0};
+static const double COUNT_EDGES[] = {1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 16.0};
 #define N_AGE ((int) (sizeof AGE_EDGES / sizeof AGE_EDGES[0]))
 #define N_COUNT ((int) (sizeof COUNT_EDGES / sizeof COUNT_EDGES[0]))
 
@@ -42,7 +45,19 @@ typedef struct {
     int64_t *visits;       /* [tensor] acquires so far */
     int cur;               /* the tensor of the acquire in progress, -1 before the first */
     double events[N_AGE][N_COUNT], exposures[N_AGE][N_COUNT];
+    double h[N_AGE][N_COUNT]; /* the estimate, made non-increasing in age (see refresh) */
 } hazard;
+
+/* h[a][k] = min over ages a' <= a of (events + prior) / (exposures + prior) in count bucket k: a cell seen
+   rarely (old ages) never ranks above a younger one of the same count */
+static void refresh(hazard *p, int k) {
+    double lo = 1.0;
+    for (int a = 0; a < N_AGE; a++) {
+        const double e = (p->events[a][k] + PRIOR_EVENTS) / (p->exposures[a][k] + PRIOR_EXPOSURES);
+        lo = e < lo ? e : lo;
+        p->h[a][k] = lo;
+    }
+}
 
 static void *hazard_create(size_t n_keys) {
     if (n_keys == 0 || n_keys > INT32_MAX) return NULL;
@@ -67,6 +82,7 @@ static void *hazard_create(size_t n_keys) {
     }
     for (size_t i = 0; i < n_keys; i++) p->tensor[i] = p->next[i] = p->head[i] = -1;
     p->cur = -1;
+    for (int k = 0; k < N_COUNT; k++) refresh(p, k);
     return p;
 }
 
@@ -96,8 +112,7 @@ static int count_bucket(double c) {
 
 /* P(a visit selects an expert of age n and count c), from what was seen so far */
 static double hazard_of(const hazard *p, int64_t n, double c) {
-    const int a = age_bucket(n), k = count_bucket(c);
-    return (p->events[a][k] + PRIOR_EVENTS) / (p->exposures[a][k] + PRIOR_EXPOSURES);
+    return p->h[age_bucket(n)][count_bucket(c)];
 }
 
 static void hazard_on_acquire(void *state, int tensor) {
@@ -110,6 +125,7 @@ static void hazard_on_acquire(void *state, int tensor) {
     const int64_t v = ++p->visits[tensor];
     for (int32_t k = p->head[tensor]; k >= 0; k = p->next[k])
         p->exposures[age_bucket(v - p->last[k])][count_bucket(p->count[k])] += 1.0;
+    for (int k = 0; k < N_COUNT; k++) refresh(p, k);
 }
 
 static void hazard_on_use(void *state, size_t key) {
@@ -123,7 +139,9 @@ static void hazard_on_use(void *state, size_t key) {
         p->count[key] = 1.0;
     } else if (p->last[key] < v) {
         const int64_t n = v - p->last[key];
-        p->events[age_bucket(n)][count_bucket(p->count[key])] += 1.0;
+        const int k = count_bucket(p->count[key]);
+        p->events[age_bucket(n)][k] += 1.0;
+        refresh(p, k);
         p->count[key] = p->count[key] * exp2(-(double) n / HALF_LIFE) + 1.0;
     } /* a second use in the same visit (never from the store: a MUL_MAT_ID's experts are distinct) */
     p->last[key] = v;
@@ -133,10 +151,14 @@ static unsigned rank_of(double h) {
     return (unsigned) (h * RANK_SCALE); /* 0 < h <= 1 */
 }
 
-/* h at the key's tensor's next visit; 0 for a key never used */
+/* h at the key's tensor's next visit, or at this one for a key of the tensor being acquired that this visit has
+   not used yet (the store asks while it goes through the acquire's experts: later ones may be among them); 0 for a
+   key never used */
 static double next_visit_hazard(const hazard *p, size_t key) {
     if (key >= p->n || p->tensor[key] < 0) return 0.0;
-    return hazard_of(p, p->visits[p->tensor[key]] + 1 - p->last[key], p->count[key]);
+    const int32_t t = p->tensor[key];
+    const int64_t v = p->visits[t], n = t == p->cur && p->last[key] < v ? v - p->last[key] : v + 1 - p->last[key];
+    return hazard_of(p, n, p->count[key]);
 }
 
 static unsigned hazard_rank(const void *state, size_t key) {
