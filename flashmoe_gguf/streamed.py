@@ -175,8 +175,9 @@ class StreamedModel:
         # (offload.py); llama.cpp reads the array during the load, the model keeps it
         self.gpu_hybrid = int(params.n_gpu_layers) != 0 and has_gpu()
         self._overrides = flashmoe_overrides(self.tensor_overrides, [e.name for e in self.experts], self.gpu_hybrid)
-        if self._overrides is not None:
-            params.tensor_buft_overrides = self._overrides.address
+        # ours or none (NULL, llama-cpp-python's own value): never an array a stock.tensor_overrides block around
+        # this load put into the default params
+        params.tensor_buft_overrides = self._overrides.address if self._overrides is not None else None
         # FLASHMOE_GPU_BLOCK=0 (measurements only): our backend takes the expert products alone, and the expert
         # block crosses devices four times per layer instead of stock's two (ggml_ext/fm_backend.c)
         block = os.environ.get("FLASHMOE_GPU_BLOCK", "1") != "0"
