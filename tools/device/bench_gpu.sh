@@ -16,7 +16,7 @@
 # (a) stock, everything on the GPU (--compare stock); (b) stock with the routed experts on the CPU, llama.cpp's
 # `-ot exps=CPU` (stock-exps-cpu); (c) flashmoe, every layer on the GPU except the streamed experts.
 # Model: `flashmoe synth qwen3-30b-a3b --layers 8 --experts Q4_K_M` (Qwen3-30B-A3B shapes, 8 of 48 layers).
-# Knobs: THREADS (8), CAP (2G), HEADROOM (1G), TOKENS (32), PROMPT (512), LAYERS (8), BUILD_S (480),
+# Knobs: THREADS (8), CAP (2.5G: the 8-layer slice's experts are about 3 GB), HEADROOM (1G), TOKENS (32), PROMPT (512), LAYERS (8), BUILD_S (480),
 # CUDA_ARCH (90). Off the device (tests of this script): NO_CUDA=1 builds llama.cpp for the CPU only and
 # FLASHMOE_RPC=LIB@HOST:PORT makes llama.cpp's RPC backend the GPU (tests/rpc_standin.py builds both).
 set -uo pipefail
@@ -91,7 +91,7 @@ parity() {
 
 bench() {   # $1: nocap | capped
   local name=$1 ram="--ram none"
-  [ "$name" = capped ] && ram="--ram ${CAP:-2G} --no-warm"
+  [ "$name" = capped ] && ram="--ram ${CAP:-2.5G} --no-warm"
   $PY -P -m flashmoe_gguf.cli bench $MODEL $ram --gpu-layers -1 --compare stock,stock-exps-cpu --threads $THREADS \
     --tokens ${TOKENS:-32} --prompt-tokens ${PROMPT:-512} --n-ctx $(( ${PROMPT:-512} + ${TOKENS:-32} + 64 )) \
     --headroom ${HEADROOM:-1G} --report /tmp/bench-gpu-$name --wait 0 --disk-repeats 0 --probe-pairs 0 \
