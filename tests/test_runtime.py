@@ -220,7 +220,8 @@ def test_loader_streams_expert_tensors_in_chunks() -> None:
     ref.close()
 
 
-@pytest.mark.parametrize("cache,direct", [("os", False), ("lru", False), ("lfu", False), ("lfu", True), ("lru", True)])
+@pytest.mark.parametrize("cache,direct", [("os", False), ("lru", False), ("lfu", False), ("lfu", True), ("lru", True),
+                                          ("hazard", False)])
 def test_cache_modes_match_stock(cache: str, direct: bool) -> None:
     """Every cache policy, and O_DIRECT reads, give stock's logits; lfu/lru under constant eviction."""
     path = gguf_for("qwen3_moe", "Q4_K")
@@ -344,7 +345,7 @@ def test_direct_io_auto(monkeypatch: pytest.MonkeyPatch) -> None:
         sm.StreamedModel(path, 1 << 20, direct_io="yes")
 
 
-@pytest.mark.parametrize("cache", ["lfu", "lru", "os"])
+@pytest.mark.parametrize("cache", ["lfu", "lru", "os", "hazard"])
 @pytest.mark.parametrize("budget_experts", [0, 64])
 def test_prefetch_reads_nothing_twice(cache: str, budget_experts: int) -> None:
     """A node's partner experts (up, down) are read ahead with the gate's, and never read in vain: during decode
