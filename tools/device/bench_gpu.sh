@@ -30,6 +30,9 @@ MODEL=${MODEL:-/tmp/q3-${LAYERS:-8}L-q4km.gguf}
 THREADS=${THREADS:-8}
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
 PY=${PYTHON:-python3}
+T0=$(date +%s)
+# the rest of this call's 10 minutes is too short for the next step: stop cleanly, the next call carries on
+late() { (( $(date +%s) - T0 > ${1:-420} )) && { echo "CALL TIME NEARLY UP before $2: run 'bash tools/device/bench_gpu.sh build' again"; return 0; }; return 1; }
 
 build() {
   test -f $K/llsrc.tgz || { echo "no $K/llsrc.tgz: run tools/device/make_kit.sh here and carry .devkit"; return 3; }
@@ -59,6 +62,7 @@ build() {
   grep -iE "CUDA|AVX512|x86 .*variant" $OUT/cmake.log | head -8
   mkdir -p /tmp/site/llama_cpp/lib && find $BUILD -name "*.so*" -exec cp -a {} /tmp/site/llama_cpp/lib/ \;
   if ! ( cd /tmp && $PY -c "import flashmoe_gguf._fmext" 2>/dev/null ); then
+    late 480 "installing flashmoe" && return 2
     $PY -m pip install -q --no-deps --no-build-isolation --no-cache-dir --target /tmp/site . > $OUT/pipfm.log 2>&1 \
       || { tail -30 $OUT/pipfm.log; return 1; }
   fi
@@ -67,6 +71,7 @@ from flashmoe_gguf import ggml_devices, extension
 extension.load()
 print('devices:', [(d.name, d.kind, d.buft_name) for d in ggml_devices.devices()])" ) || return 1
   if [ ! -f $MODEL ]; then
+    late 420 "synthesizing the model" && return 2
     local t1=$(date +%s)
     $PY -P -m flashmoe_gguf.cli synth qwen3-30b-a3b --layers ${LAYERS:-8} --experts Q4_K_M -o $MODEL -q || return 1
     echo "synth: $(( $(date +%s) - t1 )) s"
