@@ -265,3 +265,24 @@ def test_read_error_with_gpu_layers(rpc_build) -> None:  # type: ignore[no-untyp
                      "server": str(rpc_build.server)})
     assert res["first"] and "Input/output error" in res["first"], res
     assert res["again"], res
+
+
+def test_bench_budget_counts_host_weights_only_with_every_layer_on_the_gpu(cache: Path) -> None:
+    """flashmoe bench --gpu-layers -1: the capped budget leaves out the layers' weights (on the GPU), not the
+    embedding and output head; a partial offload and no offload count every resident weight, as before."""
+    from flashmoe_gguf.bench.model import model_info
+    from flashmoe_gguf.bench.plan import BenchPlanOptions, host_resident_bytes, make_plan
+    from test_bench import HEADROOM, _synth_cached
+    info = model_info(_synth_cached(cache, "qwen3-30b-a3b", 2))
+    assert host_resident_bytes(info, -1) == info.resident_fixed_bytes < info.resident_bytes
+    assert host_resident_bytes(info, 0) == host_resident_bytes(info, 1) == info.resident_bytes
+    cap = info.resident_bytes + info.kv_cache_bytes(512) + HEADROOM + 4 * info.bytes_per_expert
+    budgets = {}
+    for layers in (0, -1):
+        opt = BenchPlanOptions(caps=(cap,), warm=False, ks=(None,), configs=("flashmoe-lfu",), tokens=4,
+                               prompt_tokens=8, n_ctx=512, threads=1, headroom=HEADROOM, gpu_layers=layers)
+        (run,) = make_plan(info, opt)
+        assert run.spec.gpu_layers == layers
+        budgets[layers] = (run.spec.budget, run.spec.budget_before_context)
+    gap = info.resident_bytes - info.resident_fixed_bytes
+    assert budgets[-1] == (budgets[0][0] + gap, budgets[0][1] + gap)

@@ -87,8 +87,9 @@ def setup(args: argparse.Namespace) -> Setup:
     if args.gpu_layers:
         limitations.append(f"--gpu-layers {args.gpu_layers}: flashmoe keeps the routed experts streamed on the CPU "
                            "(GPU hybrid mode); stock puts them on the GPU too, stock-exps-cpu keeps them in host "
-                           "memory. Budgets under a cap still count every resident weight as host memory (most are "
-                           "on the GPU): flashmoe's expert cache is smaller than the cap allows")
+                           "memory. flashmoe's budget under a cap counts as host memory the resident weights outside "
+                           "the layers with --gpu-layers -1 (the token embedding stays on the CPU; the output head, "
+                           "counted too, does not), every resident weight otherwise")
     rule = QuietRule(wait_s=args.wait, max_busy=args.max_busy)
     dev = block_device_of(path).get("device", "")
     ram = meminfo().get("MemTotal", 0) or None

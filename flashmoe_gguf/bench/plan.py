@@ -49,11 +49,18 @@ class BenchPlanOptions:
     op_offload: bool = True
 
 
-def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int) -> int:
-    """ram_budget for a cap before llama.cpp's context is known: cap - resident weights - KV cache - headroom (may
-    be <= 0: the cap is too small). The worker then takes the whole context instead of the KV cache
-    (`budget_before_context`)."""
-    return cap - info.resident_bytes - info.kv_cache_bytes(n_ctx) - headroom
+def host_resident_bytes(info: ModelInfo, gpu_layers: int = 0) -> int:
+    """The non-expert weights in host memory: all of them without GPU layers; with every layer on the GPU
+    (gpu_layers -1) only those outside the layers (llama.cpp keeps the token embedding on the CPU; the output head
+    goes to the GPU, counted anyway); a partial offload counts them all (conservative)."""
+    return info.resident_fixed_bytes if gpu_layers == -1 else info.resident_bytes
+
+
+def flashmoe_budget(cap: int, info: ModelInfo, n_ctx: int, headroom: int, resident: int | None = None) -> int:
+    """ram_budget for a cap before llama.cpp's context is known: cap - resident weights (in host memory:
+    host_resident_bytes) - KV cache - headroom (may be <= 0: the cap is too small). The worker then takes the whole
+    context instead of the KV cache (`budget_before_context`)."""
+    return cap - (info.resident_bytes if resident is None else resident) - info.kv_cache_bytes(n_ctx) - headroom
 
 
 SAFETY = 0.9      # no-cap runs: flashmoe's budget and the worker's memory group stay within 90 % of the RAM
@@ -95,10 +102,11 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
             for cap, rnd in ((c, r) for c in caps for r in range(opt.rounds)):
                 for config in rotated(opt.configs, rnd):
                     fm = is_flashmoe(config)
-                    budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom) if cap is not None
+                    resident = host_resident_bytes(info, opt.gpu_layers)
+                    budget = (flashmoe_budget(cap, info, opt.n_ctx, opt.headroom, resident) if cap is not None
                               else nocap_budget(info, opt.n_ctx, opt.headroom, opt.ram_bytes)) if fm else 0
                     probe = opt.probe_pairs if setting == "nocap" else 0
-                    before_ctx = cap - info.resident_bytes - opt.headroom if fm and cap is not None else 0
+                    before_ctx = cap - resident - opt.headroom if fm and cap is not None else 0
                     spec = WorkerSpec(config, info.path, opt.threads, opt.tokens, opt.prompt_tokens, opt.n_ctx,
                                       budget, warmup=setting == "nocap", feed=opt.feed, kv_overrides=overrides,
                                       probe_pairs=probe, routing=opt.routing if fm else "router",
