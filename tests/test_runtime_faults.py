@@ -147,6 +147,50 @@ def test_inconsistent_expert_counts_are_errors_not_aborts(model_copy: Path, key:
     assert r.stdout.startswith("ERR ") and message in r.stdout, r.stdout
 
 
+TOKEN_EDITS = {   # tokenizer.ggml.tokens[3990:3992] of the test model
+    "duplicate": lambda t: [t[0], t[0]],
+    "empty-twice": lambda t: ["", ""],                      # llama.cpp names each "[EMPTY_<id>]": different
+    "empty-and-its-name": lambda t: ["", "[EMPTY_3990]"],
+}
+
+
+@pytest.mark.parametrize("edit", sorted(TOKEN_EDITS))
+def test_duplicate_tokens_are_errors_not_aborts(tmp_path: Path, edit: str) -> None:
+    """llama.cpp's vocabulary asserts that no two tokens have the same text (the fuzz case of llama seed 5 input
+    6881 aborted the process). Reference: stock llama.cpp on the same file in a child process (vocab_only); flashmoe
+    refuses exactly the files it aborts on, with a FlashMoeError naming both tokens, and loads the others."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from fuzzlib.gguf_struct import parse, serialize
+
+    from conftest import converted
+    g = parse(converted("qwen3_moe", "default").read_bytes())
+    kv = next(k for k in g.kvs if k.key == "tokenizer.ggml.tokens")
+    etype, tokens = kv.value
+    tokens = list(tokens)
+    tokens[3990:3992] = TOKEN_EDITS[edit](tokens[3990:3992])
+    kv.value = (etype, tokens)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(serialize(g))
+    stock = subprocess.run([sys.executable, "-c", "import sys, llama_cpp\n"
+                            "llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)\nprint('OK')",
+                            str(path)], capture_output=True, text=True, timeout=120)
+    aborts = stock.returncode == -6
+    assert aborts or stock.stdout.strip() == "OK", (stock.returncode, stock.stderr[-2000:])
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from flashmoe_gguf import FlashMoeError\n"
+            "from test_runtime import streamed\n"
+            "try:\n    streamed(sys.argv[2], '64M').close()\n    print('LOADED')\n"
+            "except FlashMoeError as e:\n    print('ERR', e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if aborts:
+        assert r.stdout.startswith("ERR ") and "tokens 3990 and 3991 of tokenizer.ggml.tokens" in r.stdout, r.stdout
+    else:
+        assert r.stdout.strip() == "LOADED", r.stdout
+    assert edit == "empty-twice" or aborts        # the edits that collide do abort stock
+
+
 # --- concurrent loads ----------------------------------------------------------------------------------------------
 
 CONCURRENT = """
