@@ -34,19 +34,28 @@ static const int64_t AGE_EDGES[] = {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64}; /*
 static const double COUNT_EDGES[] = {1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 16.0};
 #define N_AGE ((int) (sizeof AGE_EDGES / sizeof AGE_EDGES[0]))
 #define N_COUNT ((int) (sizeof COUNT_EDGES / sizeof COUNT_EDGES[0]))
+#define AGE_TABLE 64           /* the last age edge: older ages are all in the last bucket */
 
 typedef struct {
     size_t n;              /* keys */
     int32_t *tensor;       /* [key] the tensor that used it, -1 if never used */
     int64_t *last;         /* [key] visit number of its tensor at its last use */
     double *count;         /* [key] decayed use count just after its last use */
+    uint8_t *bucket;       /* [key] count_bucket(count[key]) */
     int32_t *next;         /* [key] the next key of the same tensor (list of keys seen), -1 at the end */
     int32_t *head;         /* [tensor] first key seen of the tensor, -1 if none; tensors < n */
     int64_t *visits;       /* [tensor] acquires so far */
     int cur;               /* the tensor of the acquire in progress, -1 before the first */
     double events[N_AGE][N_COUNT], exposures[N_AGE][N_COUNT];
     double h[N_AGE][N_COUNT]; /* the estimate, made non-increasing in age (see refresh) */
+    uint8_t age_of[AGE_TABLE]; /* age_bucket of n < AGE_TABLE, so that a rank is a few loads */
 } hazard;
+
+static int age_bucket_of(int64_t n) {
+    int b = 0;
+    while (b + 1 < N_AGE && n >= AGE_EDGES[b + 1]) b++;
+    return b;
+}
 
 /* h[a][k] = min over ages a' <= a of (events + prior) / (exposures + prior) in count bucket k: a cell seen
    rarely (old ages) never ranks above a younger one of the same count */
@@ -67,13 +76,15 @@ static void *hazard_create(size_t n_keys) {
     p->tensor = malloc(n_keys * sizeof *p->tensor);
     p->last = calloc(n_keys, sizeof *p->last);
     p->count = calloc(n_keys, sizeof *p->count);
+    p->bucket = calloc(n_keys, sizeof *p->bucket);
     p->next = malloc(n_keys * sizeof *p->next);
     p->head = malloc(n_keys * sizeof *p->head);
     p->visits = calloc(n_keys, sizeof *p->visits);
-    if (!p->tensor || !p->last || !p->count || !p->next || !p->head || !p->visits) {
+    if (!p->tensor || !p->last || !p->count || !p->bucket || !p->next || !p->head || !p->visits) {
         free(p->tensor);
         free(p->last);
         free(p->count);
+        free(p->bucket);
         free(p->next);
         free(p->head);
         free(p->visits);
@@ -83,6 +94,7 @@ static void *hazard_create(size_t n_keys) {
     for (size_t i = 0; i < n_keys; i++) p->tensor[i] = p->next[i] = p->head[i] = -1;
     p->cur = -1;
     for (int k = 0; k < N_COUNT; k++) refresh(p, k);
+    for (int n = 0; n < AGE_TABLE; n++) p->age_of[n] = (uint8_t) age_bucket_of(n);
     return p;
 }
 
@@ -92,16 +104,15 @@ static void hazard_destroy(void *state) {
     free(p->tensor);
     free(p->last);
     free(p->count);
+    free(p->bucket);
     free(p->next);
     free(p->head);
     free(p->visits);
     free(p);
 }
 
-static int age_bucket(int64_t n) {
-    int b = 0;
-    while (b + 1 < N_AGE && n >= AGE_EDGES[b + 1]) b++;
-    return b;
+static int age_bucket(const hazard *p, int64_t n) {
+    return n < 0 ? 0 : n < AGE_TABLE ? p->age_of[n] : N_AGE - 1;
 }
 
 static int count_bucket(double c) {
@@ -110,9 +121,9 @@ static int count_bucket(double c) {
     return b;
 }
 
-/* P(a visit selects an expert of age n and count c), from what was seen so far */
-static double hazard_of(const hazard *p, int64_t n, double c) {
-    return p->h[age_bucket(n)][count_bucket(c)];
+/* P(a visit selects an expert of age n and count bucket k), from what was seen so far */
+static double hazard_of(const hazard *p, int64_t n, int k) {
+    return p->h[age_bucket(p, n)][k];
 }
 
 static void hazard_on_acquire(void *state, int tensor) {
@@ -124,7 +135,7 @@ static void hazard_on_acquire(void *state, int tensor) {
     p->cur = tensor;
     const int64_t v = ++p->visits[tensor];
     for (int32_t k = p->head[tensor]; k >= 0; k = p->next[k])
-        p->exposures[age_bucket(v - p->last[k])][count_bucket(p->count[k])] += 1.0;
+        p->exposures[age_bucket(p, v - p->last[k])][p->bucket[k]] += 1.0;
     for (int k = 0; k < N_COUNT; k++) refresh(p, k);
 }
 
@@ -137,12 +148,14 @@ static void hazard_on_use(void *state, size_t key) {
         p->next[key] = p->head[p->cur];
         p->head[p->cur] = (int32_t) key;
         p->count[key] = 1.0;
+        p->bucket[key] = (uint8_t) count_bucket(1.0);
     } else if (p->last[key] < v) {
         const int64_t n = v - p->last[key];
-        const int k = count_bucket(p->count[key]);
-        p->events[age_bucket(n)][k] += 1.0;
+        const int k = p->bucket[key];
+        p->events[age_bucket(p, n)][k] += 1.0;
         refresh(p, k);
         p->count[key] = p->count[key] * exp2(-(double) n / HALF_LIFE) + 1.0;
+        p->bucket[key] = (uint8_t) count_bucket(p->count[key]);
     } /* a second use in the same visit (never from the store: a MUL_MAT_ID's experts are distinct) */
     p->last[key] = v;
 }
@@ -158,7 +171,7 @@ static double next_visit_hazard(const hazard *p, size_t key) {
     if (key >= p->n || p->tensor[key] < 0) return 0.0;
     const int32_t t = p->tensor[key];
     const int64_t v = p->visits[t], n = t == p->cur && p->last[key] < v ? v - p->last[key] : v + 1 - p->last[key];
-    return hazard_of(p, n, p->count[key]);
+    return hazard_of(p, n, p->bucket[key]);
 }
 
 static unsigned hazard_rank(const void *state, size_t key) {
@@ -177,7 +190,7 @@ static int hazard_admit(const void *state, size_t key, int prefetch, size_t vict
             const int64_t n = p->visits[p->tensor[key]] + 1 - p->last[key];
             c = p->count[key] * exp2(-(double) n / HALF_LIFE) + 1.0;
         }
-        h = hazard_of(p, 1, c);
+        h = hazard_of(p, 1, count_bucket(c));
     } else {
         h = next_visit_hazard(p, key);
     }
