@@ -99,6 +99,7 @@ class StreamedModel:
                  tensor_overrides: Sequence[tuple[str, str]] | None = None) -> None:
         self.tensor_overrides = check_overrides(tensor_overrides)   # offload.py: (regex, buffer type) pairs
         self.gpu_hybrid = False
+        self.all_layers_on_gpu = False
         ext = extension.load()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
         self.path = str(Path(path).resolve())
@@ -174,6 +175,11 @@ class StreamedModel:
         # layers on a GPU: the routed experts are overridden to the CPU list, where our device comes first
         # (offload.py); llama.cpp reads the array during the load, the model keeps it
         self.gpu_hybrid = int(params.n_gpu_layers) != 0 and has_gpu()
+        arch = self.model.scalars.get("general.architecture")
+        n_layer = self.model.scalars.get(f"{arch}.block_count")
+        # every layer (and the output head) on the GPU, no user override that could bring weights back
+        self.all_layers_on_gpu = (self.gpu_hybrid and not self.tensor_overrides and isinstance(n_layer, int)
+                                  and int(params.n_gpu_layers) > n_layer)
         self._overrides = flashmoe_overrides(self.tensor_overrides, [e.name for e in self.experts], self.gpu_hybrid)
         # ours or none (NULL, llama-cpp-python's own value): never an array a stock.tensor_overrides block around
         # this load put into the default params
@@ -234,8 +240,16 @@ class StreamedModel:
             warnings.warn("flashmoe: ram_budget='auto' could not measure llama.cpp's context buffers (no glibc "
                           "malloc counters here): the expert cache is sized without them, which may exceed a "
                           "memory limit; pass ram_budget explicitly", RuntimeWarning, stacklevel=3)
-        self.set_budget(auto_budget(self.model.size - self.expert_bytes, self.expert_bytes,
+        self.set_budget(auto_budget(self.host_resident_bytes(), self.expert_bytes,
                                     *self.auto_args(self.context_bytes or 0)))
+
+    def host_resident_bytes(self) -> int:
+        """The non-expert weights in host memory once loaded: all of them; with every layer on a GPU only the
+        tensors outside the layers (llama.cpp keeps the token embedding on the CPU; the output head and norm, on the
+        GPU, are counted anyway). The layers' weights reach the GPU through llama.cpp's small staging buffers."""
+        if not getattr(self, "all_layers_on_gpu", False):
+            return self.model.size - self.expert_bytes
+        return sum(t.nbytes for t in self.model.tensors if not t.name.startswith("blk."))
 
     def set_budget(self, budget: int) -> None:
         """Resize the expert cache (bytes; a smaller one evicts down to it). Not while the model computes."""

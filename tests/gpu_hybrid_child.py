@@ -100,11 +100,28 @@ def read_fault(spec: dict[str, Any], build: rpc_standin.RpcBuild) -> dict[str, A
     return out
 
 
+def resident(spec: dict[str, Any], build: rpc_standin.RpcBuild) -> dict[str, Any]:
+    """What ram_budget="auto" counts as host-resident weights, per offload setting."""
+    from flashmoe_gguf import Llama
+    out: dict[str, Any] = {}
+    with rpc_standin.server(build) as endpoint:
+        rpc_standin.register(build, endpoint)
+        for name, kw in (("cpu", {}), ("all", {"n_gpu_layers": -1}), ("partial", {"n_gpu_layers": 1}),
+                         ("all_with_override", {"n_gpu_layers": -1, "tensor_overrides": [("attn_q", "CPU")]})):
+            llm = Llama(model_path=spec["model"], n_ctx=64, verbose=False, **kw)
+            fm = llm._fm
+            out[name] = {"host_resident": fm.host_resident_bytes(), "all_layers_on_gpu": fm.all_layers_on_gpu,
+                         "outside_layers": sum(t.nbytes for t in fm.model.tensors if not t.name.startswith("blk.")),
+                         "non_expert": fm.model.size - fm.expert_bytes}
+            llm.close()
+    return out
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     build = rpc_standin.RpcBuild(Path(spec["lib"]), Path(spec["server"]), 0.0)
-    if spec.get("mode") in ("errors", "read_fault"):
-        run = errors if spec["mode"] == "errors" else read_fault
+    if spec.get("mode") in ("errors", "read_fault", "resident"):
+        run = {"errors": errors, "read_fault": read_fault, "resident": resident}[spec["mode"]]
         print("RESULT " + json.dumps(run(spec, build)), flush=True)
         return
     from flashmoe_gguf import Llama

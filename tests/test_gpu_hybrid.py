@@ -286,3 +286,15 @@ def test_bench_budget_counts_host_weights_only_with_every_layer_on_the_gpu(cache
         budgets[layers] = (run.spec.budget, run.spec.budget_before_context)
     gap = info.resident_bytes - info.resident_fixed_bytes
     assert budgets[-1] == (budgets[0][0] + gap, budgets[0][1] + gap)
+
+
+def test_auto_budget_leaves_out_weights_on_the_gpu(rpc_build) -> None:  # type: ignore[no-untyped-def]
+    """ram_budget="auto" subtracts the non-expert weights in host memory: all of them on the CPU, with a partial
+    offload or with user overrides (which may bring weights back); with every layer on the GPU only the tensors
+    outside the layers (embedding, output head and norm)."""
+    res = run_child({"mode": "resident", "model": str(gguf_for("qwen3_moe", "Q4_K")), "lib": str(rpc_build.lib),
+                     "server": str(rpc_build.server)})
+    for name in ("cpu", "partial", "all_with_override"):
+        assert res[name]["host_resident"] == res[name]["non_expert"] and not res[name]["all_layers_on_gpu"], name
+    a = res["all"]
+    assert a["all_layers_on_gpu"] and a["host_resident"] == a["outside_layers"] < a["non_expert"]
