@@ -14,8 +14,9 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
-# enum ggml_log_level of the pinned ggml (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5. (llama-cpp-python's
-# own callback still maps them as an older ggml numbered them, 3 = error: with verbose=False it prints warnings.)
+# enum ggml_log_level of the pinned ggml (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5.
+# (llama-cpp-python's own callback still maps them as an older ggml numbered them, 3 = error: with verbose=False it
+# prints warnings.)
 GGML_LOG_LEVEL_ERROR = 4
 GGML_LOG_LEVEL_CONT = 5      # continues the previous line
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import struct
-from pathlib import Path
 
 from .gguf_index import GGUFModel
 from .runtime_errors import FlashMoeError

@@ -85,8 +85,9 @@ def test_cli_run_quiet_on_success_and_verbose_shows_the_log(refused: Path) -> No
 
 def test_library_keeps_llama_cpp_pythons_log(refused: Path) -> None:
     """without the command line's quiet(), llama-cpp-python's own logging is unchanged after a flashmoe load"""
+    good = str(gguf_for("qwen3_moe", "Q4_K"))
     code = (f"import llama_cpp\nfrom flashmoe_gguf import Llama\n"
-            f"Llama(model_path={str(gguf_for('qwen3_moe', 'Q4_K'))!r}, ram_budget='8M', n_ctx=32, verbose=False).close()\n"
+            f"Llama(model_path={good!r}, ram_budget='8M', n_ctx=32, verbose=False).close()\n"
             f"try:\n    llama_cpp.Llama(model_path={str(refused)!r}, n_ctx=32, verbose=True)\n"
             f"except ValueError:\n    print('REFUSED')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
