@@ -197,3 +197,26 @@ def _stock(path: Path, kw: dict) -> object:  # type: ignore[type-arg]
     from reference import no_extra_buffer_types
     with no_extra_buffer_types():
         return llama_cpp.Llama(str(path), **kw)
+
+
+@pytest.mark.parametrize("cache", ["lfu", "lru"])
+def test_a_smaller_budget_evicts_down_to_it(cache: str) -> None:
+    """set_budget (how "auto" sizes the cache once llama.cpp's context exists) takes effect at once: four experts
+    cached under a four-expert budget, then a two-expert budget keeps two; the next misses stay within it."""
+    from test_runtime import gguf_for
+    from flashmoe_gguf.streamed import StreamedModel
+    path = gguf_for("qwen3_moe", "Q4_K")
+    m = StreamedModel(path, 1 << 30, io_threads=2, cache=cache)
+    try:
+        t = m.experts[0]
+        m.set_budget(4 * t.stride)
+        for e in range(4):
+            m.access(t.name, [e])
+        assert m.stats()["cache_bytes"] == 4 * t.stride
+        m.set_budget(2 * t.stride)
+        assert m.stats()["cache_bytes"] == 2 * t.stride and m.stats()["ram_budget"] == 2 * t.stride
+        for e in range(4, 7):
+            m.access(t.name, [e])
+        assert m.stats()["cache_bytes"] <= 2 * t.stride
+    finally:
+        m.close()
