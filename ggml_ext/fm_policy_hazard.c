@@ -28,7 +28,9 @@
 #define HALF_LIFE 32.0          /* visits of the expert's tensor */
 #define PRIOR_EVENTS 1.0
 #define PRIOR_EXPOSURES 4.0
-#define RANK_SCALE 1073741824.0 /* 2^30 rank units for h = 1 */
+#define H_SCALE 1048576.0      /* a rank is floor(h x 2^20) x 2^11 + the tie-break below 2^11 */
+#define TIE_BITS 11
+#define TIE_MAX 2047u
 
 static const int64_t AGE_EDGES[] = {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64}; /* bucket i: n >= edge i */
 static const double COUNT_EDGES[] = {1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 16.0};
@@ -45,6 +47,9 @@ typedef struct {
     int32_t *next;         /* [key] the next key of the same tensor (list of keys seen), -1 at the end */
     int32_t *head;         /* [tensor] first key seen of the tensor, -1 if none; tensors < n */
     int64_t *visits;       /* [tensor] acquires so far */
+    int64_t *seen_at;      /* [tensor] the acquire number (over all tensors) of its last acquire, 0 before */
+    int64_t acquires;      /* over all tensors */
+    int64_t cycle;         /* tensors acquired so far: the acquires in one token */
     int cur;               /* the tensor of the acquire in progress, -1 before the first */
     double events[N_AGE][N_COUNT], exposures[N_AGE][N_COUNT];
     double h[N_AGE][N_COUNT]; /* the estimate, made non-increasing in age (see refresh) */
@@ -80,7 +85,8 @@ static void *hazard_create(size_t n_keys) {
     p->next = malloc(n_keys * sizeof *p->next);
     p->head = malloc(n_keys * sizeof *p->head);
     p->visits = calloc(n_keys, sizeof *p->visits);
-    if (!p->tensor || !p->last || !p->count || !p->bucket || !p->next || !p->head || !p->visits) {
+    p->seen_at = calloc(n_keys, sizeof *p->seen_at);
+    if (!p->seen_at || !p->tensor || !p->last || !p->count || !p->bucket || !p->next || !p->head || !p->visits) {
         free(p->tensor);
         free(p->last);
         free(p->count);
@@ -88,6 +94,7 @@ static void *hazard_create(size_t n_keys) {
         free(p->next);
         free(p->head);
         free(p->visits);
+        free(p->seen_at);
         free(p);
         return NULL;
     }
@@ -108,6 +115,7 @@ static void hazard_destroy(void *state) {
     free(p->next);
     free(p->head);
     free(p->visits);
+    free(p->seen_at);
     free(p);
 }
 
@@ -133,6 +141,9 @@ static void hazard_on_acquire(void *state, int tensor) {
         return;
     }
     p->cur = tensor;
+    p->acquires++;
+    if (p->seen_at[tensor] == 0) p->cycle++;
+    p->seen_at[tensor] = p->acquires;
     const int64_t v = ++p->visits[tensor];
     for (int32_t k = p->head[tensor]; k >= 0; k = p->next[k])
         p->exposures[age_bucket(p, v - p->last[k])][p->bucket[k]] += 1.0;
@@ -160,8 +171,13 @@ static void hazard_on_use(void *state, size_t key) {
     p->last[key] = v;
 }
 
-static unsigned rank_of(double h) {
-    return (unsigned) (h * RANK_SCALE); /* 0 < h <= 1 */
+/* h first; among equal h, the expert whose tensor comes back last goes first (as Belady would choose between equal
+   chances): the tie-break grows as the acquires until its tensor's next acquire, d (1..cycle), fall. Without it
+   the store's least-recently-used order evicts the experts of the tensors about to be acquired */
+static unsigned rank_of(double h, int64_t d, int64_t cycle) {
+    const int64_t dd = d < 1 ? 1 : d > cycle ? cycle : d;
+    const unsigned tie = TIE_MAX - (unsigned) (dd * (int64_t) TIE_MAX / (cycle > 0 ? cycle : 1));
+    return ((unsigned) (h * H_SCALE) << TIE_BITS) | tie; /* 0 <= h <= 1: below 2^31 */
 }
 
 /* h at the key's tensor's next visit, or at this one for a key of the tensor being acquired that this visit has
@@ -175,7 +191,10 @@ static double next_visit_hazard(const hazard *p, size_t key) {
 }
 
 static unsigned hazard_rank(const void *state, size_t key) {
-    return rank_of(next_visit_hazard(state, key));
+    const hazard *p = state;
+    if (key >= p->n || p->tensor[key] < 0) return 0;
+    const int32_t t = p->tensor[key];
+    return rank_of(next_visit_hazard(p, key), p->seen_at[t] + p->cycle - p->acquires, p->cycle);
 }
 
 static int hazard_admit(const void *state, size_t key, int prefetch, size_t victim_key) {
@@ -194,8 +213,8 @@ static int hazard_admit(const void *state, size_t key, int prefetch, size_t vict
     } else {
         h = next_visit_hazard(p, key);
     }
-    /* a tie keeps the cached one */
-    return rank_of(h) > hazard_rank(state, victim_key);
+    /* its tensor comes back last (d = cycle: tie-break 0), so a tie keeps the cached one */
+    return rank_of(h, p->cycle, p->cycle) > hazard_rank(state, victim_key);
 }
 
 const fm_policy_ops fm_policy_hazard = {"hazard", 1, hazard_create, hazard_destroy, hazard_on_use, hazard_rank,

@@ -11,7 +11,8 @@ AGE_EDGES = np.array([1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64])
 COUNT_EDGES = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, 16.0])
 HALF_LIFE = 32.0
 PRIOR = (1.0, 4.0)       # events, exposures of a cell not seen yet
-RANK_SCALE = 2.0 ** 30   # the C policy's ranks are floor(h x 2^30)
+H_SCALE = 2.0 ** 20      # the C policy's ranks are floor(h x 2^20) x 2^11 + a tie-break below 2^11
+TIE_MAX = 2047
 
 
 class LRU:
@@ -74,6 +75,8 @@ class Hazard:
         shape = (len(AGE_EDGES), len(self.count_edges))
         self.events, self.exposures = np.zeros(shape), np.zeros(shape)
         self.cur = -1
+        self.acquires = 0
+        self.seen_at: dict[int, int] = {}
 
     def _age(self, n: np.ndarray | int) -> np.ndarray:
         return np.searchsorted(AGE_EDGES, n, side="right") - 1
@@ -87,6 +90,8 @@ class Hazard:
 
     def on_acquire(self, tensor: int) -> None:
         self.cur = tensor
+        self.acquires += 1
+        self.seen_at[tensor] = self.acquires
         v = self.visits[tensor] = self.visits.get(tensor, 0) + 1
         keys = self.keys_of.get(tensor)
         if keys:
@@ -107,15 +112,23 @@ class Hazard:
                 self.count[key] = self.count[key] * 2.0 ** (-n / HALF_LIFE) + 1.0
         self.last[key] = v
 
-    def ranks(self, keys: np.ndarray) -> np.ndarray:
+    def _h_next(self, keys: np.ndarray) -> np.ndarray:
+        """h at each key's tensor's next visit (this one for the tensor in progress if not used in it yet)"""
         t = self.tensor[keys]
-        seen = t >= 0
         v = np.array([self.visits.get(int(x), 0) for x in t])
         last = self.last[keys]
         n = np.where((t == self.cur) & (last < v), v - last, v + 1 - last)
-        out = np.floor(self.h()[self._age(np.maximum(n, 1)), self._cnt(self.count[keys])] * RANK_SCALE)
-        return np.where(seen, out, 0.0)
+        return self.h()[self._age(np.maximum(n, 1)), self._cnt(self.count[keys])]
+
+    def ranks(self, keys: np.ndarray) -> np.ndarray:
+        t = self.tensor[keys]
+        cycle = len(self.seen_at)
+        d = np.array([self.seen_at.get(int(x), 0) for x in t]) + cycle - self.acquires
+        d = np.clip(d, 1, max(cycle, 1))
+        tie = TIE_MAX - (d * TIE_MAX) // max(cycle, 1)
+        out = np.floor(self._h_next(keys) * H_SCALE) * (TIE_MAX + 1) + tie
+        return np.where(t >= 0, out, 0.0)
 
     def admit(self, key: int, victim: int) -> bool:
-        r = self.ranks(np.array([key, victim]))
-        return bool(r[0] > r[1])
+        mine = np.floor(self._h_next(np.array([key]))[0] * H_SCALE) * (TIE_MAX + 1)   # tie-break 0: comes back last
+        return bool(mine > self.ranks(np.array([victim]))[0])
