@@ -12,10 +12,11 @@
  * a younger one). Ranks are h of the state at the next visit (evict the lowest; for the tensor being acquired,
  * an expert this visit has not used yet is ranked by h at this visit, since it may be among the experts still to
  * come), and a missed expert is cached only if its h after this use is above the victim's (otherwise read, used
- * and dropped: a token whose experts exceed the budget does not flush the hot ones). Recency (h falls with n:
- * most reuse is within a few tokens) and frequency (h grows with c), and their trade-off per trace and per budget,
- * come from the table, not from fixed weights; skewed layers hold more of the budget because their experts have
- * larger c.
+ * and dropped: a token whose experts exceed the budget does not flush the hot ones). Among equal h, the expert whose
+ * tensor comes back last goes first (the store's own tie order, least recently used, would evict the experts of the
+ * tensors about to be acquired). Recency (h falls with n: most reuse is within a few tokens) and frequency (h grows
+ * with c), and their trade-off per trace and per budget, come from the table, not from fixed weights; skewed
+ * layers hold more of the budget because their experts have larger c.
  *
  * The visit pass costs O(experts seen in the tensor) per acquire, the rest O(1) per call. Ages and counts are
  * bucketed (AGE_EDGES, COUNT_EDGES); an unseen cell has the prior (1 event in 4 exposures). */
