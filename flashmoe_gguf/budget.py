@@ -88,9 +88,13 @@ def default_headroom(avail: Available) -> int:
     return max(512 * MiB, avail.bytes // 10)
 
 
+def room(non_expert_bytes: int, avail: Available, context_bytes: int = 0, headroom: int | None = None) -> int:
+    """What is left for the expert cache before the clamp (may be negative)."""
+    return avail.bytes - non_expert_bytes - context_bytes - (default_headroom(avail) if headroom is None else headroom)
+
+
 def auto_budget(non_expert_bytes: int, expert_bytes: int, avail: Available | None = None, context_bytes: int = 0,
                 headroom: int | None = None) -> int:
     a = avail if avail is not None else available_memory()
-    room = default_headroom(a) if headroom is None else headroom
-    budget = a.bytes - non_expert_bytes - context_bytes - room
+    budget = room(non_expert_bytes, a, context_bytes, headroom)
     return int(min(max(budget, FLOOR), max(expert_bytes, FLOOR)))

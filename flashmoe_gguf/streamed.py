@@ -240,8 +240,16 @@ class StreamedModel:
             warnings.warn("flashmoe: ram_budget='auto' could not measure llama.cpp's context buffers (no glibc "
                           "malloc counters here): the expert cache is sized without them, which may exceed a "
                           "memory limit; pass ram_budget explicitly", RuntimeWarning, stacklevel=3)
-        self.set_budget(auto_budget(self.host_resident_bytes(), self.expert_bytes,
-                                    *self.auto_args(self.context_bytes or 0)))
+        args = self.auto_args(self.context_bytes or 0)
+        left = budget_rule.room(self.host_resident_bytes(), *args)
+        if left < min(budget_rule.FLOOR, self.expert_bytes):
+            warnings.warn(f"flashmoe: ram_budget='auto': {args[0].bytes / 1e6:.0f} MB available leave "
+                          f"{max(left, 0) / 1e6:.0f} MB for the expert cache beside the resident weights "
+                          f"({self.host_resident_bytes() / 1e6:.0f} MB), llama.cpp's context "
+                          f"({(self.context_bytes or 0) / 1e6:.0f} MB) and the headroom; the cache gets the "
+                          f"{budget_rule.FLOOR >> 20} MiB floor, which may exceed the memory limit (a smaller "
+                          "n_ctx or n_ubatch, or flash_attn=True, shrinks the context)", RuntimeWarning, stacklevel=3)
+        self.set_budget(auto_budget(self.host_resident_bytes(), self.expert_bytes, *args))
 
     def host_resident_bytes(self) -> int:
         """The non-expert weights in host memory once loaded: all of them; with every layer on a GPU only the

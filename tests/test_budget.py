@@ -220,3 +220,29 @@ def test_a_smaller_budget_evicts_down_to_it(cache: str) -> None:
         assert m.stats()["cache_bytes"] <= 2 * t.stride
     finally:
         m.close()
+
+
+def test_auto_budget_below_the_floor_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Less available than the resident weights + llama.cpp's context + the headroom: the cache still gets the
+    floor (or all the experts, if fewer), and Llama says that this may exceed the limit; enough: no warning."""
+    import warnings
+
+    from test_runtime import expert_bytes, gguf_for
+    from flashmoe_gguf import Llama, budget
+    path = gguf_for("qwen3_moe", "Q4_K")
+    experts = expert_bytes(path)
+    monkeypatch.setattr(budget, "FLOOR", experts // 2)          # the tiny model's experts: 1.8 MB
+    monkeypatch.setattr(budget, "available_memory", lambda root=None: Available(path.stat().st_size, "test"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", RuntimeWarning)
+        llm = Llama(str(path), n_ctx=64, ram_headroom=0, verbose=False)
+    assert [w for w in seen if "floor, which may exceed the memory limit" in str(w.message)]
+    assert llm.flashmoe_stats()["ram_budget"] == experts // 2
+    llm.close()
+    monkeypatch.setattr(budget, "available_memory", lambda root=None: Available(16 << 30, "test"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", RuntimeWarning)
+        llm = Llama(str(path), n_ctx=64, ram_headroom=0, verbose=False)
+    assert not [w for w in seen if "floor" in str(w.message)]
+    assert llm.flashmoe_stats()["ram_budget"] == experts
+    llm.close()
