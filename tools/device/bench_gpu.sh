@@ -3,6 +3,7 @@
 #
 #   bash tools/device/make_kit.sh                      # here, once: .devkit/ (pass it as carry)
 #   bash tools/device/bench_gpu.sh build               # call 1: CUDA build of llama.cpp (resumable), install, synth
+#   bash tools/device/bench_gpu.sh diag                # first: one load + eval per configuration, logs kept
 #   bash tools/device/bench_gpu.sh bench               # call 2: parity (c) vs (b), warm bench (a) (b) (c)
 #   bash tools/device/bench_gpu.sh capped              # call 3: the same under a RAM cap the experts exceed
 #   bash tools/device/bench_gpu.sh crossings           # optional: (c) warm with the expert block crossing devices
@@ -23,6 +24,9 @@ set -uo pipefail
 STAGE=${1:-all}
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site FLASHMOE_CACHE=$PWD/.devkit/fmcache FLASHMOE_LLAMA_CPP_SRC=/tmp/llsrc
+# the libraries built there carry a RUNPATH to their build folder: without this, libllama would load ggml from
+# there and the extension (which binds to the copies in llama_cpp/lib) would find it 'not loaded'
+export LD_LIBRARY_PATH=/tmp/site/llama_cpp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 OUT=${OUT:-/tmp/bench-gpu-out}; mkdir -p "$OUT"
 K=.devkit
 BUILD=${LLBUILD:-/tmp/llbuild-cuda}
@@ -67,6 +71,7 @@ build() {
       || { tail -30 $OUT/pipfm.log; return 1; }
   fi
   ( cd /tmp && $PY -c "
+import llama_cpp
 from flashmoe_gguf import ggml_devices, extension
 extension.load()
 print('devices:', [(d.name, d.kind, d.buft_name) for d in ggml_devices.devices()])" ) || return 1
@@ -107,6 +112,36 @@ bench() {   # $1: nocap | capped
   return 0
 }
 
+diag() {   # one plain load + eval per configuration, llama.cpp's log and Python's faulthandler kept: on the first
+            # device run (2026-12-07) every bench configuration, stock with every layer on the GPU included, died of
+            # SIGSEGV in its decode step and tools/gpu_parity.py before its first line; run this first next time
+  test -f $MODEL || { echo "no $MODEL: run the build stage first"; return 3; }
+  local name ngl hide prog
+  for cfg in stock-gpu:-1:0 stock-cpu-only:0:1 stock-gpu-exps-cpu:-1:0:exps flashmoe-gpu:-1:0:fm; do
+    IFS=: read -r name ngl hide prog <<< "$cfg"
+    prog=${prog:-stock}
+    ( [ "$hide" = 1 ] && export CUDA_VISIBLE_DEVICES=; cd /tmp && timeout 120 $PY -X faulthandler -c "
+import sys, llama_cpp
+kind, path, ngl = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if kind == 'fm':
+    import flashmoe_gguf
+    m = flashmoe_gguf.Llama(path, n_gpu_layers=ngl, n_ctx=256, verbose=True)
+elif kind == 'exps':
+    from flashmoe_gguf import stock
+    with stock.tensor_overrides([('exps', 'CPU')]):
+        m = llama_cpp.Llama(path, n_gpu_layers=ngl, n_ctx=256, verbose=True)
+else:
+    m = llama_cpp.Llama(path, n_gpu_layers=ngl, n_ctx=256, verbose=True)
+print('loaded', flush=True)
+t = m.tokenize(b'hello world, this is a test')
+m.eval(t)
+print('eval ok', m.n_tokens, flush=True)
+" $prog $MODEL $ngl > $OUT/diag-$name.log 2>&1; echo "== diag $name rc $?"; \
+      grep -vE "^llama_model_loader: - |print_info|load_tensors: +layer" $OUT/diag-$name.log | tail -${DIAG_LINES:-15} )
+  done
+  return 0
+}
+
 crossings() {   # what the two extra device crossings per MoE layer cost: flashmoe alone, block ops off and on
   for block in 0 1; do
     FLASHMOE_GPU_BLOCK=$block $PY -P -m flashmoe_gguf.cli bench $MODEL --ram none --gpu-layers -1 --compare none \
@@ -124,6 +159,7 @@ case $STAGE in
   bench)  parity; bench nocap ;;
   capped) bench capped ;;
   crossings) crossings ;;
+  diag)   diag ;;
   all)    gpu_info; build && parity && bench nocap && bench capped ;;
-  *) echo "usage: $0 build|bench|capped|crossings|all"; exit 2 ;;
+  *) echo "usage: $0 build|diag|bench|capped|crossings|all"; exit 2 ;;
 esac

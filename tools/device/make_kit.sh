@@ -15,7 +15,9 @@ mkdir -p .devkit/whl
 tar czf .devkit/llsrc.tgz -C "$SDIST" --exclude=./models --exclude=./docs --exclude=./.git --exclude=./tests \
     --exclude='./tools/server/public*' --exclude=./examples --exclude=./media .
 SITE=$(python -c "import llama_cpp, os; print(os.path.dirname(os.path.dirname(llama_cpp.__file__)))")
-tar czf .devkit/llama_cpp_py.tgz -C "$SITE" --exclude='llama_cpp/lib' --exclude='__pycache__' llama_cpp
+# with its dist-info: flashmoe checks the installed llama-cpp-python version by its metadata
+tar czf .devkit/llama_cpp_py.tgz -C "$SITE" --exclude='llama_cpp/lib' --exclude='__pycache__' llama_cpp \
+    "$(cd "$SITE" && ls -d llama_cpp_python-*.dist-info)"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .devkit/whl \
     cffi==2.0.0 pycparser gguf==0.19.0 diskcache safetensors==0.8.0 tokenizers==0.23.3 pyyaml tqdm pytest==9.2.0 \

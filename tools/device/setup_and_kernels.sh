@@ -2,6 +2,9 @@
 # Device machine, call 1 (see make_kit.sh): build llama.cpp natively, install llama_cpp + flashmoe into /tmp/site, kernel tests, synth model
 set -e
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site FLASHMOE_CACHE=$PWD/.devkit/fmcache FLASHMOE_LLAMA_CPP_SRC=/tmp/llsrc
+# the libraries built there carry a RUNPATH to their build folder: without this, libllama would load ggml from
+# there and the extension (which binds to the copies in llama_cpp/lib) would find it 'not loaded'
+export LD_LIBRARY_PATH=/tmp/site/llama_cpp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 K=.devkit
 python3 --version; nproc; grep -m1 "model name" /proc/cpuinfo; grep -o 'avx512[a-z_0-9]*\|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
 which cmake ninja gcc cc || true
