@@ -14,6 +14,7 @@
  * so computing overlaps the remaining reads. */
 #include "fm_matmul.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,6 +266,20 @@ static int alloc_threads(mm_ctx *c, int nth, const int *uniq, int n_uniq) {
     return 0;
 }
 
+/* whether n experts of the tensor and the same n of each partner tensor fit the store's budget at once (in the
+   store's unit: as many of the tensor's experts as their bytes make) */
+static int chain_fits(fm_store *s, int tensor, int n) {
+    const uint64_t stride = fm_store_tensor(s, tensor)->stride;
+    uint64_t bytes = stride;
+    for (int p = fm_store_tensor(s, tensor)->partner, hops = 0; p >= 0 && hops < 4;
+         p = fm_store_tensor(s, p)->partner, hops++)
+        bytes += fm_store_tensor(s, p)->stride;
+    if (stride == 0) return 1;
+    const uint64_t need = ((uint64_t) n * bytes + stride - 1) / stride;
+    if (need > (uint64_t) INT_MAX) return 0;
+    return fm_store_wave(s, tensor, (int) need) == (int) need;
+}
+
 /* experts uniq[0..n_uniq) in waves the budget holds: acquire (and read ahead the partner tensors' same experts),
    multiply each as it arrives, release. 0, or -1 with the store's error set. */
 static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, int n_uniq, int *slots, char *done,
@@ -274,9 +289,11 @@ static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, i
     for (int w0 = 0; w0 < n_uniq; w0 += wave) {
         const int nw = n_uniq - w0 < wave ? n_uniq - w0 : wave;
         if (fm_store_acquire(s, tensor, uniq + w0, nw, slots + w0) != 0) return -1;
-        /* the same experts of the partner tensors (up, down) are needed next: read them now too. Not when the
-           node's experts do not fit the budget at once (waves): the prefetch would pin what the budget lacks */
-        if (nw == n_uniq) {
+        /* the same experts of the partner tensors (up, down) are needed next: read them now too. Only when the
+           node's experts and their partners' fit the budget together: the prefetch pins them all at once (a
+           node that fit alone, with two partners, pinned three times the budget: 213 MB for a 64 MB budget in a
+           prompt) */
+        if (nw == n_uniq && chain_fits(s, tensor, nw)) {
             for (int p = fm_store_tensor(s, tensor)->partner, hops = 0; p >= 0 && hops < 4;
                  p = fm_store_tensor(s, p)->partner, hops++)
                 fm_store_prefetch(s, p, uniq + w0, nw);

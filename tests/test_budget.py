@@ -246,3 +246,25 @@ def test_auto_budget_below_the_floor_warns(monkeypatch: pytest.MonkeyPatch) -> N
     assert not [w for w in seen if "floor" in str(w.message)]
     assert llm.flashmoe_stats()["ram_budget"] == experts
     llm.close()
+
+
+@pytest.mark.parametrize("cache", ["lfu", "lru", "hazard"])
+def test_a_prompt_keeps_the_cache_within_budget_plus_one_node(cache: str) -> None:
+    """ggml_ext/DESIGN.md's bound: the cache holds at most the budget plus the experts of the node in progress.
+    A budget of 10 experts, where a prompt's node uses all 8 of a tensor's experts: the node fits, the node with
+    its two partner tensors' same experts (24) does not, so those are not read ahead, and the cache never holds
+    more than 10 + 8 experts (it held 24 and more when the partners were prefetched anyway)."""
+    from test_runtime import PROMPT, gguf_for
+    from flashmoe_gguf import Llama
+    from flashmoe_gguf.experts import expert_tensors
+    path = gguf_for("qwen3_moe", "Q4_K")
+    tensors = expert_tensors(path)
+    stride = tensors[0].stride
+    assert {t.stride for t in tensors} == {stride} and {t.n_expert for t in tensors} == {8}
+    llm = Llama(str(path), ram_budget=10 * stride, cache=cache, n_ctx=256, verbose=False)
+    try:
+        llm.eval((PROMPT * 4)[:48])
+        st = llm.flashmoe_stats()
+    finally:
+        llm.close()
+    assert st["cache_peak_bytes"] <= 18 * stride, st["cache_peak_bytes"] / stride
