@@ -20,7 +20,8 @@ static int grow(void **p, size_t *cap, size_t need) {
 }
 
 int fm_ggml_expert_product(fm_ggml_scratch *sc, int type, int64_t ne00, const void *w, size_t w_row, int64_t n_rows,
-                           const float *act, int n_act, float *out, char *err, size_t err_len) {
+                           int act_type, const void *act, size_t act_row, int n_act, float *out, char *err,
+                           size_t err_len) {
     if (n_rows <= 0 || n_act <= 0) return 0;
     const size_t ctx_size = 5 * fm_g.ggml_tensor_overhead() + fm_g.ggml_graph_overhead_custom(FM_GRAPH_SIZE, false) + 1024;
     size_t ids_bytes = sc->ids_cap;
@@ -38,7 +39,7 @@ int fm_ggml_expert_product(fm_ggml_scratch *sc, int type, int64_t ne00, const vo
         return -1;
     }
     struct ggml_tensor *as = fm_g.ggml_new_tensor_3d(ctx, (enum ggml_type) type, ne00, n_rows, 1);
-    struct ggml_tensor *b = fm_g.ggml_new_tensor_3d(ctx, GGML_TYPE_F32, ne00, 1, n_act);
+    struct ggml_tensor *b = fm_g.ggml_new_tensor_3d(ctx, (enum ggml_type) act_type, ne00, 1, n_act);
     struct ggml_tensor *ids = fm_g.ggml_new_tensor_2d(ctx, GGML_TYPE_I32, 1, n_act);
     as->data = (void *) (uintptr_t) w;
     b->data = (void *) (uintptr_t) act;
@@ -47,6 +48,11 @@ int fm_ggml_expert_product(fm_ggml_scratch *sc, int type, int64_t ne00, const vo
     if (as->nb[1] != w_row) {
         snprintf(err, err_len, "MUL_MAT_ID: %s rows of %lld values are %zu bytes, not %zu",
                  fm_g.ggml_type_name((enum ggml_type) type), (long long) ne00, (size_t) as->nb[1], w_row);
+        goto out;
+    }
+    if (b->nb[1] != act_row) {
+        snprintf(err, err_len, "MUL_MAT_ID: %s activation rows of %lld values are %zu bytes, not %zu",
+                 fm_g.ggml_type_name((enum ggml_type) act_type), (long long) ne00, (size_t) b->nb[1], act_row);
         goto out;
     }
     struct ggml_tensor *dst = fm_g.ggml_mul_mat_id(ctx, as, b, ids);

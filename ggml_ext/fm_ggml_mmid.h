@@ -22,11 +22,14 @@ typedef struct {
     size_t ids_cap;
 } fm_ggml_scratch;
 
-/* out[p * n_rows + r] = weight row r (of type `type`, ne00 values, row r at w + r * w_row) . act[p * ne00 ..]
-   for p < n_act, r < n_rows. act: n_act float rows of ne00 values, contiguous. Returns 0, or -1 (out of
-   memory, or ggml's compute failed) with a message in err. */
+/* out[p * n_rows + r] = weight row r (of type `type`, ne00 values, row r at w + r * w_row) . activation row p
+   for p < n_act, r < n_rows. act: n_act rows of ne00 values of type act_type, act_row bytes each, contiguous:
+   F32, or the weight type's vec_dot_type already quantized with ggml's from_float (ggml's MUL_MAT_ID then uses
+   them as they are, as it uses the rows it quantizes itself: the same bytes give the same products). Returns 0,
+   or -1 (out of memory, a row size that is not ggml's, or ggml's compute failed) with a message in err. */
 int fm_ggml_expert_product(fm_ggml_scratch *sc, int type, int64_t ne00, const void *w, size_t w_row, int64_t n_rows,
-                           const float *act, int n_act, float *out, char *err, size_t err_len);
+                           int act_type, const void *act, size_t act_row, int n_act, float *out, char *err,
+                           size_t err_len);
 
 void fm_ggml_scratch_free(fm_ggml_scratch *sc);
 

@@ -9,7 +9,8 @@
  *     procedure ggml would choose for that expert: vec_dot, or the tiled K-quant path when the expert has 8 or
  *     more activation rows (GGML_CPU_TILED_MM / GGML_CPU_TILED_MM_FORCE change that choice in ggml, and here);
  *   - ggml's own MUL_MAT_ID code, one expert at a time (fm_ggml_mmid.h): for types without a kernel, when
- *     ggml-cpu's arithmetic is not the one our kernels reproduce, and when asked (kernels=False).
+ *     ggml-cpu's arithmetic is not the one our kernels reproduce, and when asked (kernels=False). The rows are
+ *     quantized once here too (ggml's from_float, as its MUL_MAT_ID does), not once per expert.
  * All selected experts are requested from the store at once; each is multiplied as soon as its bytes arrive,
  * so computing overlaps the remaining reads. */
 #include "fm_matmul.h"
@@ -48,10 +49,12 @@ typedef struct {
     const struct ggml_tensor *b;
     struct ggml_tensor *dst;
     int64_t ne00, ne01, ne11;
-    size_t act_row;              /* bytes of one quantized activation row (kernel path) */
+    size_t act_row;              /* bytes of one quantized activation row (when quantized) */
     size_t w_row;                /* bytes of one weight row */
-    char *act;                   /* quantized rows, index i11 + i12 * ne11 (kernel path) */
+    char *act;                   /* quantized rows, index i11 + i12 * ne11 (when quantized) */
     ggml_from_float_t from_float;
+    int act_type;                /* the type of the rows the products take: vec_dot_type, or F32 (not quantized) */
+    int quantized;               /* act holds the rows in act_type */
     const fm_kernel *kernel;     /* NULL: ggml's own MUL_MAT_ID */
     int tiled_mode;              /* FM_TILED_* */
     int type;
@@ -93,22 +96,26 @@ static int expert_rows(mm_ctx *c, mm_thread *th, int e, const char *w, int64_t r
     const int n_pairs = c->start[e + 1] - c->start[e];
     const int n_rows = (int) (r1 - r0);
     const char *wr = w + (size_t) r0 * c->w_row;
-    if (c->kernel) {
+    if (c->quantized) {
         for (int p = 0; p < n_pairs; p++) {
             int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
             memcpy(th->gathered + (size_t) p * c->act_row,
                    c->act + (size_t) ((k % c->ne11) + t * c->ne11) * c->act_row, c->act_row);
         }
-        /* the procedure ggml's MUL_MAT_ID picks for an expert with n_pairs rows */
-        const int tiled = c->tiled_mode == FM_TILED_FORCE || (c->tiled_mode == FM_TILED_ON && n_pairs >= FM_TILED_MIN_ROWS);
-        fm_kernel_matmul(c->kernel, c->type, tiled && c->kernel->dot_tiled, (int) c->ne00, wr, c->w_row, n_rows,
-                         th->gathered, c->act_row, n_pairs, th->out, (size_t) n_rows);
     } else {
         for (int p = 0; p < n_pairs; p++) {
             int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
             memcpy(th->gathered + (size_t) p * c->ne00 * sizeof(float), act_f32(c, k, t), (size_t) c->ne00 * sizeof(float));
         }
-        if (fm_ggml_expert_product(&th->ggml, c->type, c->ne00, wr, c->w_row, n_rows, (const float *) th->gathered,
+    }
+    if (c->kernel) {
+        /* the procedure ggml's MUL_MAT_ID picks for an expert with n_pairs rows */
+        const int tiled = c->tiled_mode == FM_TILED_FORCE || (c->tiled_mode == FM_TILED_ON && n_pairs >= FM_TILED_MIN_ROWS);
+        fm_kernel_matmul(c->kernel, c->type, tiled && c->kernel->dot_tiled, (int) c->ne00, wr, c->w_row, n_rows,
+                         th->gathered, c->act_row, n_pairs, th->out, (size_t) n_rows);
+    } else {
+        const size_t row = c->quantized ? c->act_row : (size_t) c->ne00 * sizeof(float);
+        if (fm_ggml_expert_product(&th->ggml, c->type, c->ne00, wr, c->w_row, n_rows, c->act_type, th->gathered, row,
                                    n_pairs, th->out, th->err, sizeof th->err) != 0)
             return -1;
     }
@@ -204,11 +211,13 @@ static void setup(mm_ctx *c, const fm_tensor_info *t, const fm_mm_opts *opts, st
     /* ggml switches to its tiled arithmetic for such types: a kernel without it cannot give ggml's bits */
     if (c->kernel && fm_kernel_ggml_tiled(t->type) && !c->kernel->dot_tiled) c->kernel = NULL;
     if (c->kernel && c->ne00 % fm_kernel_n_multiple(t->type) != 0) c->kernel = NULL;
-    if (c->kernel) {
-        c->from_float = fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
-        c->act_row = fm_g.ggml_row_size(vdt, c->ne00);
-        if (!c->from_float) c->kernel = NULL;
-    }
+    /* the rows in vec_dot_type, quantized once with ggml's from_float (ggml's MUL_MAT_ID would quantize them into
+       the same bytes); F32 rows as they are where ggml multiplies in F32 or has no from_float */
+    c->from_float = fm_g.ggml_get_type_traits_cpu(vdt)->from_float;
+    c->quantized = vdt != GGML_TYPE_F32 && c->from_float != NULL;
+    if (c->kernel && !c->quantized) c->kernel = NULL;
+    c->act_type = c->quantized ? (int) vdt : GGML_TYPE_F32;
+    c->act_row = c->quantized ? fm_g.ggml_row_size(vdt, c->ne00) : (size_t) c->ne00 * sizeof(float);
 }
 
 /* the (k, t) pairs grouped by expert, keeping first-seen order of experts: uniq[0..n_uniq) the experts, pairs of
@@ -257,7 +266,7 @@ static int alloc_threads(mm_ctx *c, int nth, const int *uniq, int n_uniq) {
         const size_t n = (size_t) (c->start[uniq[i] + 1] - c->start[uniq[i]]);
         if (n > max_pairs) max_pairs = n;
     }
-    const size_t row = c->kernel ? c->act_row : (size_t) c->ne00 * sizeof(float);
+    const size_t row = c->act_row;
     for (int i = 0; i < nth; i++) {
         c->th[i].gathered = malloc(max_pairs * row + 64);
         c->th[i].out = malloc((size_t) c->ne01 * max_pairs * sizeof(float));
@@ -338,15 +347,15 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
     char *done = calloc((size_t) n_exp, 1);
     int *order = malloc((size_t) n_exp * sizeof *order);
     c.th = calloc((size_t) nth, sizeof *c.th);
-    if (c.kernel) c.act = malloc((size_t) (c.ne11 * c.b->ne[2]) * c.act_row + 64);
+    if (c.quantized) c.act = malloc((size_t) (c.ne11 * c.b->ne[2]) * c.act_row + 64);
     c.pairs = pairs;
     c.start = start;
     int rc = -1, n_uniq;
-    if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.th || (c.kernel && !c.act)) {
+    if (!count || !start || !pairs || !uniq || !slots || !done || !order || !c.th || (c.quantized && !c.act)) {
         fm_store_set_error(s, "out of memory in MUL_MAT_ID");
     } else if ((n_uniq = group_by_expert(s, t, dst->src[2], opts->routing, count, start, pairs, uniq)) >= 0) {
-        /* the activations are quantized once, for all experts (ggml's code quantizes its own) */
-        if (c.kernel) fm_pool_run(pool, nth, quantize_task, &c);
+        /* the activations are quantized once, for all experts */
+        if (c.quantized) fm_pool_run(pool, nth, quantize_task, &c);
         if (alloc_threads(&c, nth, uniq, n_uniq) != 0) fm_store_set_error(s, "out of memory in MUL_MAT_ID");
         else rc = run_waves(&c, pool, nth, tensor, uniq, n_uniq, slots, done, order, &io_wait);
     }

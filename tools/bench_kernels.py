@@ -51,9 +51,12 @@ BENCH_C = r"""
 typedef void (*ggml_vec_dot_t)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by,
                                int nrc);
 
+#ifndef FM_BENCH_CLOCK
+#define FM_BENCH_CLOCK CLOCK_MONOTONIC
+#endif
 static double fm_now(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(FM_BENCH_CLOCK, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
@@ -99,12 +102,12 @@ double bench_ggml(void *vec_dot_ptr, int n, int rows, const uint8_t *W, size_t e
     return fm_now() - t0;
 }
 
-/* the runtime's path for a type without a kernel of ours (fm_matmul.c, expert_rows): each expert's tokens'
-   F32 activations gathered side by side, then ggml's own MUL_MAT_ID on that one expert
-   (fm_ggml_expert_product, compiled into this module). Returns seconds, or -1 on an error. */
-double bench_ggml_path(int type, int n, int rows, const uint8_t *W, size_t expert_bytes,
-                       size_t rb, const int *experts, const int *off, const int *tok, int n_steps, int per_step,
-                       const float *act, float *gather, float *out, float *tmp) {
+/* the runtime's path for a type without a kernel of ours (fm_matmul.c, expert_rows): the activations quantized
+   once to the vec_dot_type (act), each expert's rows gathered side by side, then ggml's own MUL_MAT_ID on that one
+   expert (fm_ggml_expert_product, compiled into this module). Returns seconds, or -1 on an error. */
+double bench_ggml_path(int type, int act_type, int n, int rows, const uint8_t *W, size_t expert_bytes, size_t rb,
+                       const int *experts, const int *off, const int *tok, int n_steps, int per_step,
+                       const uint8_t *act, size_t act_stride, uint8_t *gather, float *out, float *tmp) {
     fm_ggml_scratch sc;
     memset(&sc, 0, sizeof sc);
     char err[256];
@@ -114,8 +117,9 @@ double bench_ggml_path(int type, int n, int rows, const uint8_t *W, size_t exper
             const int nt = off[e + 1] - off[e];
             if (nt == 0) continue;
             for (int t = 0; t < nt; ++t)
-                memcpy(gather + (size_t)t * n, act + (size_t)tok[off[e] + t] * n, (size_t)n * sizeof(float));
-            if (fm_ggml_expert_product(&sc, type, n, W + (size_t)experts[e] * expert_bytes, rb, rows, gather, nt, tmp, err, sizeof err) != 0) {
+                memcpy(gather + (size_t)t * act_stride, act + (size_t)tok[off[e] + t] * act_stride, act_stride);
+            if (fm_ggml_expert_product(&sc, type, n, W + (size_t)experts[e] * expert_bytes, rb, rows, act_type, gather,
+                                       act_stride, nt, tmp, err, sizeof err) != 0) {
                 fm_ggml_scratch_free(&sc);
                 return -1.0;
             }
@@ -136,9 +140,9 @@ double bench_ours(const fm_kernel *k, int type, int n, int rows, const uint8_t *
 double bench_ggml(void *vec_dot_ptr, int n, int rows, const uint8_t *W, size_t expert_bytes, size_t rb,
                   const int *experts, const int *off, const int *tok, int n_steps, int per_step,
                   const uint8_t *act, size_t act_stride, float *out, float *tmp);
-double bench_ggml_path(int type, int n, int rows, const uint8_t *W, size_t expert_bytes,
-                       size_t rb, const int *experts, const int *off, const int *tok, int n_steps, int per_step,
-                       const float *act, float *gather, float *out, float *tmp);
+double bench_ggml_path(int type, int act_type, int n, int rows, const uint8_t *W, size_t expert_bytes, size_t rb,
+                       const int *experts, const int *off, const int *tok, int n_steps, int per_step,
+                       const uint8_t *act, size_t act_stride, uint8_t *gather, float *out, float *tmp);
 int fm_ggml_load(const char *lib_dir, char *err, size_t err_len);
 """
 
@@ -173,7 +177,7 @@ def quantize_any(ggml: GgmlCpu, gtype: int, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def build_bench(build_dir: Path):
+def build_bench(build_dir: Path, clock: str = "wall"):
     """the kernels, the bench loops and the runtime's ggml path (fm_ggml.c, fm_ggml_mmid.c, bound to the ggml
     llama_cpp loaded, as the extension binds it) in one module"""
     import llama_cpp  # noqa: F401  (loads libggml*.so.0, which fm_ggml_load resolves from)
@@ -187,7 +191,8 @@ def build_bench(build_dir: Path):
         f'#define FM_GGML_VERSION "{build_ffi.ggml_version(src)}"\n'
         f'#define FM_LLAMA_CPP_PYTHON_VERSION "{build_ffi.LLAMA_CPP_PYTHON_VERSION}"\n')
     sources = [EXT / n for n in (*SOURCES, "fm_ggml.c", "fm_ggml_mmid.c")]
-    mod = build_module("_fmkb", sources, KERNEL_CDEF + BENCH_CDEF, build_dir, extra_source=BENCH_C,
+    source = ("#define FM_BENCH_CLOCK CLOCK_THREAD_CPUTIME_ID\n" if clock == "cpu" else "") + BENCH_C
+    mod = build_module("_fmkb", sources, KERNEL_CDEF + BENCH_CDEF, build_dir, extra_source=source,
                        include_dirs=(str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src")))
     err = mod.ffi.new("char[512]")
     if mod.lib.fm_ggml_load(str(llama_cpp_lib_dir()).encode(), err, 512) != 0:
@@ -270,17 +275,20 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=7, help="measurements per case and kernel (the best counts)")
     ap.add_argument("--no-scalar", action="store_true", help="leave out the (slow) scalar kernels")
     ap.add_argument("--mul-mat-id", action="store_true", help="also time ggml's MUL_MAT_ID op on the same tensors")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: time each measurement in this thread's CPU time (CLOCK_THREAD_CPUTIME_ID), which leaves "
+                         "out the time the thread waits for a core on a busy machine; memory contention stays")
     ap.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "fm_kernels_bench"))
     args = ap.parse_args()
 
     types = parse_types(args.types)
     batches = [int(b) for b in args.batches.split(",")]
 
-    mod = build_bench(Path(args.build_dir))
+    mod = build_bench(Path(args.build_dir), args.clock)
     ffi, lib = mod.ffi, mod.lib
     ggml = GgmlCpu()
     best_isa = ISA_NAMES[lib.fm_kernel_best_isa()]
-    print(f"load average {os.getloadavg()[0]:.2f}; best ISA {best_isa}; one thread")
+    print(f"load average {os.getloadavg()[0]:.2f}; best ISA {best_isa}; one thread; {args.clock} clock")
     rng = np.random.default_rng(0)
     summary = []
 
@@ -309,7 +317,7 @@ def main() -> int:
                    if nm not in [m for m, _ in kernels[:i]] and not (args.no_scalar and nm == "scalar")]
         best = lib.fm_kernel_get(gtype, 0)  # the kernel the runtime picks: its name ends in its instruction set
         best_label = ffi.string(best.name).decode().rsplit("_", 1)[-1] if best != ffi.NULL else None
-        mmid = MulMatIdBench(ggml, gtype, W, ROWS, n, act_f32) if args.mul_mat_id else None
+        mmid = MulMatIdBench(ggml, gtype, W, ROWS, n, act_f32, args.clock) if args.mul_mat_id else None
         print(f"\n{name}: expert {expert_bytes} B, rows {ROWS} x {n}, {N_EXPERT} experts, {N_USED} used; "
               + ("ggml's tiled path (and our dot_tiled) from 8 tokens per expert" if gtype in TILED_TYPES else
                  "no tiled path (vec_dot at any batch)")
@@ -319,7 +327,6 @@ def main() -> int:
         if gpath:
             print(f"  ours: no kernel for {name} in ggml_ext: the runtime's path, ggml's MUL_MAT_ID one expert at a "
                   "time (fm_ggml_expert_product), as 'ours ggml'")
-            gather_f32 = np.zeros(max_batch * n, np.float32)
         cols = (["ggml vec_dot"] + [f"ours {nm}" for nm, _ in kernels] + (["ours ggml"] if gpath else [])
                 + (["ggml MMID"] if mmid else []))
         print(f"{'batch':>5} {'routing':>7} {'weights':>7} {'tok/expert':>10} " +
@@ -344,8 +351,7 @@ def main() -> int:
                     for _, kern in kernels]
             if gpath:
                 def ggml_path(k: int) -> float:
-                    dt = lib.bench_ggml_path(gtype, *common, k, per_step,
-                                             ffi.cast("float *", p(act_f32)), ffi.cast("float *", p(gather_f32)), fo, ft)
+                    dt = lib.bench_ggml_path(gtype, vdt, *common, k, *tail, fg, fo, ft)
                     if dt < 0:
                         raise SystemExit(f"bench_kernels: ggml's MUL_MAT_ID failed for {name}")
                     return dt
@@ -411,7 +417,10 @@ class MulMatIdBench:
     holding the very weight bytes W, b [n, 1, batch] F32 (the activations before quantization: the op quantizes
     them itself, as in llama.cpp), ids [N_USED, batch] I32 set per step from the same schedule."""
 
-    def __init__(self, ggml: GgmlCpu, gtype: int, W: np.ndarray, rows: int, n: int, act_f32: np.ndarray) -> None:
+    def __init__(self, ggml: GgmlCpu, gtype: int, W: np.ndarray, rows: int, n: int, act_f32: np.ndarray,
+                 clock: str = "wall") -> None:
+        import time
+        self.now = time.thread_time if clock == "cpu" else time.perf_counter
         from cffi import FFI
         from flashmoe_gguf.ggml_lib import llama_cpp_lib_dir
         self.ffi = ffi = FFI()
@@ -447,15 +456,15 @@ class MulMatIdBench:
         plan.work_data = ffi.cast("uint8_t *", ffi.from_buffer(work))
         self.keep.append(work)  # alive while the plan points at it
         flat = ids_steps.reshape(len(ids_steps), -1)
-        compute = self.cpu.ggml_graph_compute
+        compute, now = self.cpu.ggml_graph_compute, self.now
 
         def run(n_steps: int) -> float:
             total = 0.0
             for st in range(n_steps):
                 idv[:] = flat[st % len(flat)]
-                t0 = time.perf_counter()
+                t0 = now()
                 rc = compute(graph, plan)
-                total += time.perf_counter() - t0
+                total += now() - t0
                 assert rc == 0, rc
             return total
         return run
