@@ -3,7 +3,8 @@ before it sees the file, so that flashmoe_gguf.Llama raises FlashMoeError instea
 `tools/fuzz.py llama`: a norm stored in any type but F32 (ggml's CPU ggml_mul and fused RMS norm take an F32
 weight only: SIGABRT in the first decode), `block_count` 0, a negative or NaN RMS norm epsilon
 (GGML_ASSERT(eps >= 0.0f)), two tokens of the vocabulary with the same text (GGML_ASSERT(id_to_token.size() ==
-token_to_id.size()) in llama-vocab.cpp; llama.cpp names an empty token "[EMPTY_<id>]" first)."""
+token_to_id.size()) in llama-vocab.cpp; llama.cpp reads a token's text up to a NUL byte and names an empty one
+"[EMPTY_<id>]")."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def _duplicate_token(model: GGUFModel) -> tuple[int, int, str] | None:
         seen: dict[bytes, int] = {}
         for i in range(count):
             (n,) = struct.unpack_from("<Q", blob, pos)
-            text = blob[pos + 8:pos + 8 + n] or b"[EMPTY_%d]" % i
+            # llama.cpp takes each token as a C string (up to a NUL byte), and names an empty one
+            text = blob[pos + 8:pos + 8 + n].split(b"\0", 1)[0] or b"[EMPTY_%d]" % i
             pos += 8 + n
             j = seen.setdefault(text, i)
             if j != i:

@@ -58,9 +58,13 @@ class Llama(_llama_base()):  # type: ignore[misc]
             with loading(self._fm, outputs_max=1 if one_row else 0):
                 super().__init__(model_path, *args, **kwargs)
             self._fm.size_auto_budget()
-        except Exception:
+        except Exception as exc:
             self._fm.close()
             self._fm = None
+            import jinja2
+            if isinstance(exc, jinja2.TemplateError):     # llama-cpp-python compiles the file's chat template
+                raise FlashMoeError(f"{model_path}: the file's chat template (tokenizer.chat_template) is not valid "
+                                    f"Jinja: {exc}") from exc
             raise
 
     def eval(self, tokens: Sequence[int]) -> None:

@@ -151,6 +151,7 @@ TOKEN_EDITS = {   # tokenizer.ggml.tokens[3990:3992] of the test model
     "duplicate": lambda t: [t[0], t[0]],
     "empty-twice": lambda t: ["", ""],                      # llama.cpp names each "[EMPTY_<id>]": different
     "empty-and-its-name": lambda t: ["", "[EMPTY_3990]"],
+    "nul-cut": lambda t: [t[0], t[0] + "\0x"],            # llama.cpp reads a C string: the second is the first
 }
 
 
@@ -189,6 +190,28 @@ def test_duplicate_tokens_are_errors_not_aborts(tmp_path: Path, edit: str) -> No
     else:
         assert r.stdout.strip() == "LOADED", r.stdout
     assert edit == "empty-twice" or aborts        # the edits that collide do abort stock
+
+
+def test_bad_chat_template_is_a_flashmoe_error(tmp_path: Path) -> None:
+    """a chat template that is not valid Jinja (llama fuzz seed 6): stock llama-cpp-python raises jinja2's
+    TemplateSyntaxError from Llama(); flashmoe's Llama a FlashMoeError naming the file and the key"""
+    import jinja2
+    import llama_cpp
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from fuzzlib.gguf_struct import parse, serialize
+
+    from conftest import converted
+    from flashmoe_gguf import FlashMoeError, Llama
+    g = parse(converted("qwen3_moe", "default").read_bytes())
+    kv = next(k for k in g.kvs if k.key == "tokenizer.chat_template")
+    kv.value = "{{ messages }"
+    path = tmp_path / "m.gguf"
+    path.write_bytes(serialize(g))
+    with pytest.raises(jinja2.TemplateSyntaxError):
+        llama_cpp.Llama(model_path=str(path), n_ctx=32, verbose=False)
+    with pytest.raises(FlashMoeError, match="chat template.*not valid Jinja") as exc:
+        Llama(model_path=str(path), ram_budget="8M", n_ctx=32, verbose=False)
+    assert str(path) in str(exc.value)
 
 
 # --- concurrent loads ----------------------------------------------------------------------------------------------
