@@ -74,6 +74,20 @@ static void refresh(hazard *p, int k) {
     }
 }
 
+static void hazard_destroy(void *state) {
+    hazard *p = state;
+    if (!p) return;
+    free(p->tensor);
+    free(p->last);
+    free(p->count);
+    free(p->bucket);
+    free(p->next);
+    free(p->head);
+    free(p->visits);
+    free(p->seen_at);
+    free(p);
+}
+
 static void *hazard_create(size_t n_keys) {
     if (n_keys == 0 || n_keys > INT32_MAX) return NULL;
     hazard *p = calloc(1, sizeof *p);
@@ -88,15 +102,7 @@ static void *hazard_create(size_t n_keys) {
     p->visits = calloc(n_keys, sizeof *p->visits);
     p->seen_at = calloc(n_keys, sizeof *p->seen_at);
     if (!p->seen_at || !p->tensor || !p->last || !p->count || !p->bucket || !p->next || !p->head || !p->visits) {
-        free(p->tensor);
-        free(p->last);
-        free(p->count);
-        free(p->bucket);
-        free(p->next);
-        free(p->head);
-        free(p->visits);
-        free(p->seen_at);
-        free(p);
+        hazard_destroy(p);
         return NULL;
     }
     for (size_t i = 0; i < n_keys; i++) p->tensor[i] = p->next[i] = p->head[i] = -1;
@@ -104,20 +110,6 @@ static void *hazard_create(size_t n_keys) {
     for (int k = 0; k < N_COUNT; k++) refresh(p, k);
     for (int n = 0; n < AGE_TABLE; n++) p->age_of[n] = (uint8_t) age_bucket_of(n);
     return p;
-}
-
-static void hazard_destroy(void *state) {
-    hazard *p = state;
-    if (!p) return;
-    free(p->tensor);
-    free(p->last);
-    free(p->count);
-    free(p->bucket);
-    free(p->next);
-    free(p->head);
-    free(p->visits);
-    free(p->seen_at);
-    free(p);
 }
 
 static int age_bucket(const hazard *p, int64_t n) {

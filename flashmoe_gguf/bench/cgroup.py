@@ -28,13 +28,16 @@ class CgroupUnavailable(RuntimeError):
     """No writable cgroup v1 memory controller for this process."""
 
 
-def own_memcg(root: Path = MEMCG_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path:
-    """This process's memory cgroup directory (from /proc/self/cgroup, under the v1 memory mount)."""
+def _proc_cgroup_lines(proc_cgroup: Path) -> list[str]:
     try:
-        lines = proc_cgroup.read_text().splitlines()
+        return proc_cgroup.read_text().splitlines()
     except OSError as exc:
         raise CgroupUnavailable(f"cannot read {proc_cgroup}: {exc}") from exc
-    for line in lines:
+
+
+def own_memcg(root: Path = MEMCG_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path:
+    """This process's memory cgroup directory (from /proc/self/cgroup, under the v1 memory mount)."""
+    for line in _proc_cgroup_lines(proc_cgroup):
         parts = line.split(":", 2)
         if len(parts) == 3 and "memory" in parts[1].split(","):
             path = root / parts[2].lstrip("/")
@@ -47,11 +50,7 @@ def own_memcg(root: Path = MEMCG_ROOT, proc_cgroup: Path = Path("/proc/self/cgro
 
 def own_v2_group(root: Path = V2_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> Path:
     """This process's cgroup v2 directory (the "0::PATH" line), if the unified hierarchy is mounted at root."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError as exc:
-        raise CgroupUnavailable(f"cannot read {proc_cgroup}: {exc}") from exc
-    for line in lines:
+    for line in _proc_cgroup_lines(proc_cgroup):
         if line.startswith("0::"):
             path = root / line[3:].strip().lstrip("/")
             if not (path / "cgroup.controllers").exists():
