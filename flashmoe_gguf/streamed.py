@@ -199,8 +199,10 @@ class StreamedModel:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         params.load_mode = LOAD_MODE_NONE
         # no extra buffer types (CPU_REPACK, AMX) for the resident weights either: llama.cpp's repacked kernels
-        # add in another order, and the whole model is then stock's `--no-repack` configuration, bit for bit
-        params.use_extra_bufts = False
+        # add in another order, and the whole model is then stock's `--no-repack` configuration, bit for bit.
+        # FLASHMOE_RESIDENT_REPACK=1 (measurements only: the logits then equal no stock configuration) lets
+        # llama.cpp repack the resident weights, to measure what that is worth on CPUs with AMX
+        params.use_extra_bufts = os.environ.get("FLASHMOE_RESIDENT_REPACK", "0") == "1"
         if self.lib.fm_model_begin_load(self.handle, err, 1024) != 0:
             self.lib.fm_close_file(fp)
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))

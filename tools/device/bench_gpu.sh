@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site FLASHMOE_CACHE=$PWD/.devkit/fmcac
 export LD_LIBRARY_PATH=/tmp/site/llama_cpp/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 OUT=${OUT:-/tmp/bench-gpu-out}; mkdir -p "$OUT"
 K=.devkit
-BUILD=${LLBUILD:-/tmp/llbuild-cuda}
+BUILD=${LLBUILD:-/tmp/llbuild-cuda-sys}
 MODEL=${MODEL:-/tmp/q3-${LAYERS:-8}L-q4km.gguf}
 THREADS=${THREADS:-8}
 [ -d /usr/local/cuda/bin ] && export PATH=/usr/local/cuda/bin:$PATH
@@ -49,10 +49,17 @@ build() {
   local t0=$(date +%s) gpu="-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} -DGGML_CUDA_FA=OFF
       -DGGML_CUDA_NCCL=OFF -DGGML_CUDA_COMPRESSION_MODE=none"
   [ -n "${NO_CUDA:-}" ] && gpu="-DGGML_CUDA=OFF"
+  # the device's default compilers (CC/CXX=/opt/gcc/bin/*) link libstdc++ statically into every library and export
+  # its symbols: once numpy (which loads the system libstdc++) is imported before llama_cpp, llama.cpp's
+  # print_info crashes (SIGSEGV in std::ostream inside libggml-cuda.so; 2026-12-07). The system compilers link
+  # libstdc++.so like every pip wheel does.
+  local cc=""
+  [ -x /usr/bin/g++ ] && cc="-DCMAKE_C_COMPILER=/usr/bin/gcc -DCMAKE_CXX_COMPILER=/usr/bin/g++ -DCMAKE_CUDA_HOST_COMPILER=/usr/bin/g++"
   if [ ! -f $BUILD/build.ninja ]; then
     # only libllama and ggml; flash-attention CUDA kernels off (their ~80 template instances compile empty),
     # one architecture, no NCCL, no fatbin compression
-    cmake -S /tmp/llsrc -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON $gpu \
+    env -u CC -u CXX -u CUDAHOSTCXX cmake -S /tmp/llsrc -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON $cc $gpu \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
       -DLLAMA_BUILD_COMMON=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF > $OUT/cmake.log 2>&1 \
       || { tail -30 $OUT/cmake.log; return 1; }
@@ -70,7 +77,10 @@ build() {
     $PY -m pip install -q --no-deps --no-build-isolation --no-cache-dir --target /tmp/site . > $OUT/pipfm.log 2>&1 \
       || { tail -30 $OUT/pipfm.log; return 1; }
   fi
+  readelf -d /tmp/site/llama_cpp/lib/libllama.so | grep -q "libstdc++" \
+    || { echo "libllama.so does not link libstdc++.so: a compiler that links it statically was used"; return 1; }
   ( cd /tmp && $PY -c "
+import numpy  # first, as the bench's workers do: catches a libstdc++ clash at once
 import llama_cpp
 from flashmoe_gguf import ggml_devices, extension
 extension.load()
