@@ -65,14 +65,16 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run import run
     run(str(args.file), args.prompt, args.tokens, args.ram_budget, args.ctx, args.threads, args.temp, args.cache,
-        verbose=args.verbose, gpu_layers=args.gpu_layers, tensor_overrides=args.override_tensor)
+        verbose=args.verbose, gpu_layers=args.gpu_layers, tensor_overrides=args.override_tensor,
+        resident_repack=args.resident_repack)
     return 0
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .terminal_chat import chat
     chat(str(args.file), args.ram_budget, args.ctx, args.threads, args.cache, args.temp, args.tokens, args.system,
-         verbose=args.verbose, gpu_layers=args.gpu_layers, tensor_overrides=args.override_tensor)
+         verbose=args.verbose, gpu_layers=args.gpu_layers, tensor_overrides=args.override_tensor,
+         resident_repack=args.resident_repack)
     return 0
 
 
@@ -144,13 +146,20 @@ class _Extend(argparse.Action):
         setattr(ns, self.dest, (getattr(ns, self.dest) or []) + list(values))  # type: ignore[call-overload]
 
 
-def _offload_arguments(p: argparse.ArgumentParser, default_layers: int | None) -> None:
+RESIDENT_REPACK_HELP = ("llama.cpp's extra buffer types (CPU_REPACK, AMX) for the resident weights, as stock "
+                        "loads them: faster where they apply; logits then equal stock's with them on and -ot "
+                        "exps=CPU instead of stock's -nr (default off)")
+
+
+def _offload_arguments(p: argparse.ArgumentParser, default_layers: int | None, serve: bool = False) -> None:
     p.add_argument("--gpu-layers", "-ngl", type=int, default=default_layers,
                    help="layers to offload to the GPU (-1: all; needs a GPU build of llama-cpp-python): everything "
                         "but the routed experts, which stay streamed (default 0)")
     p.add_argument("--override-tensor", "-ot", type=_override_list, action=_Extend, default=None,
                    metavar="REGEX=BUFT[,...]", help="llama.cpp's tensor buffer-type overrides, e.g. 'attn=CPU' "
                    "(routed experts cannot be sent to a GPU)")
+    p.add_argument("--resident-repack", action="store_true", default=None if serve else False,
+                   help=RESIDENT_REPACK_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--config", type=Path, default=None,
                     help="llama-cpp-python's server config file (JSON or YAML) with flashmoe's model settings "
                          "(ram_budget, expert_cache, direct_io, io_threads, isa, kernels); several models")
-    _offload_arguments(sv, None)
+    _offload_arguments(sv, None, serve=True)
     sv.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="build a tiny random MoE, convert it and run it through llama-cpp-python")

@@ -10,7 +10,8 @@ from typing import TextIO
 
 def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "auto", n_ctx: int = 2048,
         threads: int | None = None, temperature: float = 0.0, cache: str = "lfu", out: TextIO = sys.stdout,
-        verbose: bool = False, gpu_layers: int = 0, tensor_overrides: list[tuple[str, str]] | None = None) -> dict:
+        verbose: bool = False, gpu_layers: int = 0, tensor_overrides: list[tuple[str, str]] | None = None,
+        resident_repack: bool = False) -> dict:
     from .offload import llama_kwargs
     from .runtime import Llama
     from .runtime_errors import FlashMoeError
@@ -24,7 +25,8 @@ def run(path: str, prompt: str, n_tokens: int = 64, ram_budget: str | int = "aut
     t0 = time.monotonic()
     kw = {"n_threads": threads} if threads else {}
     kw.update(llama_kwargs(gpu_layers, tensor_overrides))   # GPU layers next to the streamed experts (offload.py)
-    llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=verbose, cache=cache, **kw)
+    llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=verbose, cache=cache,
+                resident_repack=resident_repack, **kw)
     load_s = time.monotonic() - t0
     try:
         before = llm.flashmoe_stats()

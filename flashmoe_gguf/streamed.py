@@ -96,7 +96,10 @@ class StreamedModel:
     def __init__(self, path: str | Path, ram_budget: int | str, io_threads: int = 8, cache: str = "lfu",
                  direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None,
                  ram_headroom: int | str | None = None,
-                 tensor_overrides: Sequence[tuple[str, str]] | None = None) -> None:
+                 tensor_overrides: Sequence[tuple[str, str]] | None = None, resident_repack: bool = False) -> None:
+        if not isinstance(resident_repack, bool):
+            raise TypeError(f"resident_repack must be True or False, not {resident_repack!r}")
+        self.resident_repack = resident_repack      # llama.cpp's extra buffer types for the resident weights
         self.tensor_overrides = check_overrides(tensor_overrides)   # offload.py: (regex, buffer type) pairs
         self.gpu_hybrid = False
         self.all_layers_on_gpu = False
@@ -198,11 +201,13 @@ class StreamedModel:
         if fp == self.ffi.NULL:
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
         params.load_mode = LOAD_MODE_NONE
-        # no extra buffer types (CPU_REPACK, AMX) for the resident weights either: llama.cpp's repacked kernels
-        # add in another order, and the whole model is then stock's `--no-repack` configuration, bit for bit.
-        # FLASHMOE_RESIDENT_REPACK=1 (measurements only: the logits then equal no stock configuration) lets
-        # llama.cpp repack the resident weights, to measure what that is worth on CPUs with AMX
-        params.use_extra_bufts = os.environ.get("FLASHMOE_RESIDENT_REPACK", "0") == "1"
+        # llama.cpp's extra buffer types (CPU_REPACK, AMX) for the resident weights: off by default, and the whole
+        # model is stock's `--no-repack` configuration, bit for bit. resident_repack=True turns them on: the
+        # resident weights then go where stock puts them (repacked kernels add in another order), and the routed
+        # experts still come to our device, first in the CPU list, ahead of the extra types; the model is then
+        # stock with extra buffer types on and `-ot exps=CPU`, bit for bit where CPU_REPACK does not take the
+        # expert type (with that override stock repacks a type it takes: Q4_0, Q4_K, IQ4_NL, MXFP4 on x86)
+        params.use_extra_bufts = self.resident_repack
         if self.lib.fm_model_begin_load(self.handle, err, 1024) != 0:
             self.lib.fm_close_file(fp)
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))

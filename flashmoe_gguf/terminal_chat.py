@@ -136,7 +136,8 @@ def chat_loop(llm: Any, conv: Conversation, readline: Callable[[str], str], out:
 def chat(path: str, ram_budget: str | int = "auto", n_ctx: int = 4096, threads: int | None = None,
          cache: str = "lfu", temperature: float = 0.7, max_tokens: int | None = None, system: str | None = None,
          readline: Callable[[str], str] = input, out: TextIO = sys.stdout, verbose: bool = False,
-         gpu_layers: int = 0, tensor_overrides: list[tuple[str, str]] | None = None) -> None:
+         gpu_layers: int = 0, tensor_overrides: list[tuple[str, str]] | None = None,
+         resident_repack: bool = False) -> None:
     from .offload import llama_kwargs
     from .runtime import Llama
     from .runtime_errors import FlashMoeError
@@ -146,7 +147,8 @@ def chat(path: str, ram_budget: str | int = "auto", n_ctx: int = 4096, threads: 
         raise FlashMoeError(f"-n/--tokens must be at least 1, got {max_tokens}")
     kw = {"n_threads": threads} if threads else {}
     kw.update(llama_kwargs(gpu_layers, tensor_overrides))   # GPU layers next to the streamed experts (offload.py)
-    llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=verbose, cache=cache, **kw)
+    llm = Llama(model_path=path, ram_budget=ram_budget, n_ctx=n_ctx, verbose=verbose, cache=cache,
+                resident_repack=resident_repack, **kw)
     try:
         _install_chat_handler(llm)
         conv = Conversation(system=system)

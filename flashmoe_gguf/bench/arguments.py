@@ -73,7 +73,8 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--compare", default="stock", help="stock configurations to run: stock (default), "
                    "stock-norepack (CPU_REPACK off: experts paged from the mmap), stock-exps-cpu (CPU_REPACK off, "
                    "routed experts overridden to the CPU: llama.cpp's -ot exps=CPU, with --gpu-layers the reference "
-                   "of GPU hybrid mode), comma-separated, or none")
+                   "of GPU hybrid mode), stock-exps-cpu-repack (the same with CPU_REPACK on: the reference of "
+                   "--resident-repack), comma-separated, or none")
     b.add_argument("--cache", default=None, help="flashmoe cache modes, comma-separated: the runtime's (e.g. lru, os; "
                    "MODE-direct forces O_DIRECT reads, MODE-buffered page-cache reads; direct: the default mode with O_DIRECT) (default: the runtime's "
                    "default mode)")
@@ -97,6 +98,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--no-op-offload", action="store_true",
                    help="llama.cpp's op_offload off: a big batch's ops on host weights (stock-exps-cpu's experts) stay "
                         "on the CPU instead of being copied to the GPU")
+    b.add_argument("--resident-repack", action="store_true",
+                   help="flashmoe runs with llama.cpp's extra buffer types (CPU_REPACK, AMX) for the resident weights "
+                        "(flashmoe_gguf.Llama's resident_repack; compare with stock-exps-cpu-repack)")
     b.add_argument("--flash-attn", action="store_true",
                    help="flash attention (its compute buffer does not grow with n_ctx x n_ubatch)")
     b.add_argument("--headroom", default="768M", help="part of a cap kept for the interpreter and libraries, the "

@@ -90,6 +90,10 @@ def setup(args: argparse.Namespace) -> Setup:
                            "memory. flashmoe's budget under a cap counts as host memory the resident weights outside "
                            "the layers with --gpu-layers -1 (the token embedding stays on the CPU; the output head, "
                            "counted too, does not), every resident weight otherwise")
+    if args.resident_repack:
+        limitations.append("--resident-repack: flashmoe's resident weights in llama.cpp's extra buffer types "
+                           "(CPU_REPACK, AMX), as stock loads them; the stock configuration it equals bit for bit is "
+                           "stock-exps-cpu-repack, where CPU_REPACK leaves the expert type alone")
     rule = QuietRule(wait_s=args.wait, max_busy=args.max_busy)
     dev = block_device_of(path).get("device", "")
     ram = meminfo().get("MemTotal", 0) or None
@@ -108,7 +112,7 @@ def setup(args: argparse.Namespace) -> Setup:
                            args.threads, headroom, args.feed, args.probe_pairs, ram, args.rounds,
                            routing=args.routing, n_batch=args.n_batch or args.n_ubatch, n_ubatch=args.n_ubatch,
                            flash_attn=args.flash_attn, gpu_layers=args.gpu_layers,
-                           op_offload=not args.no_op_offload)
+                           op_offload=not args.no_op_offload, resident_repack=args.resident_repack)
     second = None
     if args.slice is not None:
         second = model_info(Path(args.slice).resolve(), args.full_layers or info.full_layers)

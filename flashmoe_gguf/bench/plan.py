@@ -47,6 +47,7 @@ class BenchPlanOptions:
     flash_attn: bool = False
     gpu_layers: int = 0                # llama.cpp's n_gpu_layers for every run (GPU hybrid mode for flashmoe)
     op_offload: bool = True
+    resident_repack: bool = False      # flashmoe runs: extra buffer types for the resident weights
 
 
 def host_resident_bytes(info: ModelInfo, gpu_layers: int = 0) -> int:
@@ -112,7 +113,7 @@ def make_plan(info: ModelInfo, opt: BenchPlanOptions) -> list[RunPlan]:
                                       probe_pairs=probe, routing=opt.routing if fm else "router",
                                       budget_before_context=max(before_ctx, 0), n_batch=opt.n_batch,
                                       n_ubatch=opt.n_ubatch, flash_attn=opt.flash_attn, gpu_layers=opt.gpu_layers,
-                                      op_offload=opt.op_offload)
+                                      op_offload=opt.op_offload, resident_repack=opt.resident_repack and fm)
                     where = _label(cap) if cap is not None else "no cap, warm"
                     name = f"{where} / K={k_eff} / {config}" + (f" / round {rnd + 1}" if opt.rounds > 1 else "")
                     runs.append(RunPlan(name, config, setting, cap, k_eff, bool(k), spec, cold=setting == "capped",

@@ -35,8 +35,10 @@ PROMPT_TEXT = ("The quick brown fox jumps over the lazy dog. Mixture-of-experts 
                "a runtime can keep those weights on disk until a token asks for them.")
 # stock-exps-cpu: extra buffer types off and the routed experts overridden to the CPU (llama.cpp's `-ot exps=CPU`):
 # with --gpu-layers, stock's GPU offload with experts in host memory, the configuration flashmoe's GPU hybrid mode
-# reproduces bit for bit (offload.py)
-STOCK_CONFIGS = ("stock", "stock-norepack", "stock-exps-cpu")
+# reproduces bit for bit (offload.py). stock-exps-cpu-repack: the same with extra buffer types on (llama.cpp's
+# default), the configuration flashmoe with --resident-repack reproduces bit for bit where CPU_REPACK leaves the
+# expert type alone (it repacks experts of the types it takes, overridden to the CPU or not)
+STOCK_CONFIGS = ("stock", "stock-norepack", "stock-exps-cpu", "stock-exps-cpu-repack")
 
 
 def is_flashmoe(config: str) -> bool:
@@ -81,6 +83,7 @@ class WorkerSpec:
     flash_attn: bool = False
     gpu_layers: int = 0              # llama.cpp's n_gpu_layers (-1: all), for every configuration
     op_offload: bool = True          # llama.cpp's op_offload (False: host-weight ops of big batches stay on the CPU)
+    resident_repack: bool = False    # flashmoe only: extra buffer types for the resident weights (Llama's option)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -120,7 +123,7 @@ def make_llama(spec: WorkerSpec) -> Any:
         # MODE: the runtime's choice of O_DIRECT ("auto"); MODE-direct / MODE-buffered force it on / off
         direct: bool | str = True if mode.endswith("-direct") else False if mode.endswith("-buffered") else "auto"
         llm = Llama(spec.model, ram_budget=spec.budget, cache=mode.removesuffix("-direct").removesuffix("-buffered"),
-                    direct_io=direct, **kw)
+                    direct_io=direct, resident_repack=spec.resident_repack, **kw)
         size_for_context(llm, spec)
         trace = routing_trace(spec.routing)
         if trace is not None:
@@ -134,6 +137,9 @@ def make_llama(spec: WorkerSpec) -> Any:
         return llama_cpp.Llama(spec.model, **kw)
     if spec.config == "stock-exps-cpu":
         with no_extra_buffer_types(), tensor_overrides(experts_to_cpu()):
+            return llama_cpp.Llama(spec.model, **kw)
+    if spec.config == "stock-exps-cpu-repack":
+        with tensor_overrides(experts_to_cpu()):
             return llama_cpp.Llama(spec.model, **kw)
     raise ValueError(f"unknown configuration {spec.config!r}")
 

@@ -18,7 +18,7 @@ from .settings import (
 SERVER_OPTIONS = {"host": "host", "port": "port", "queue": "queue", "api_key": "api_key"}
 # command-line option -> model setting; with --config they belong in the file
 MODEL_OPTIONS = {"ram_budget": "ram_budget", "ctx": "n_ctx", "cache": "expert_cache", "isa": "isa",
-                 "alias": "model_alias", "gpu_layers": "n_gpu_layers"}
+                 "alias": "model_alias", "gpu_layers": "n_gpu_layers", "resident_repack": "resident_repack"}
 
 
 def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[FlashMoeServerSettings
             raise ServeError("give MODEL.gguf or --config FILE, not both (the config file lists the models)")
         if model_values:
             raise ServeError("with --config, model settings (--ram-budget, --ctx, --threads, --cache, --isa, "
-                             "--embedding, --alias, --gpu-layers, -ot) go in the config file")
+                             "--embedding, --alias, --gpu-layers, -ot, --resident-repack) go in the config file")
         config = read_config(args.config)
         base = config.model_dump(exclude={"models"}, exclude_unset=True)
         return server_settings(**{**base, **server_values}), list(config.models)

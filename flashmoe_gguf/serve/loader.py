@@ -17,7 +17,8 @@ PASSED = ("n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "vocab_only"
           "yarn_beta_slow", "yarn_orig_ctx", "mul_mat_q", "logits_all", "embedding", "offload_kqv", "flash_attn",
           "last_n_tokens_size", "lora_base", "lora_path", "numa", "chat_format", "type_k", "type_v", "verbose")
 # flashmoe_gguf.Llama's own arguments (expert_cache is its `cache`)
-FLASHMOE = ("ram_budget", "io_threads", "direct_io", "kernels", "isa", "expert_cache", "tensor_overrides")
+FLASHMOE = ("ram_budget", "io_threads", "direct_io", "kernels", "isa", "expert_cache", "tensor_overrides",
+            "resident_repack")
 # settings read here with a conversion, or used around the constructor
 CONVERTED = ("model", "model_alias", "kv_overrides", "pooling_type", "draft_model", "draft_model_num_pred_tokens",
              "hf_tokenizer_config_path", "hf_pretrained_model_name_or_path", "chat_template_kwargs", "cache",
@@ -103,6 +104,7 @@ def llama_arguments(settings: FlashMoeModelSettings) -> dict[str, Any]:
               ram_budget=settings.ram_budget, io_threads=settings.io_threads, direct_io=settings.direct_io,
               kernels=settings.kernels, isa=settings.isa, cache=settings.expert_cache,
               tensor_overrides=_tensor_overrides(settings.tensor_overrides),
+              resident_repack=settings.resident_repack,
               chat_handler=_hf_chat_handler(settings))
     pooling = _pooling(settings)
     if pooling is not None:

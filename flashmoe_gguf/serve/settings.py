@@ -58,6 +58,10 @@ class FlashMoeModelSettings(_InitOnly, ModelSettings):
     tensor_overrides: Optional[List[str]] = Field(
         default=None, description="llama.cpp's tensor buffer-type overrides, REGEX=BUFT each (e.g. attn=CPU); with "
                                   "n_gpu_layers the routed experts stay streamed on the CPU whatever these say")
+    resident_repack: bool = Field(
+        default=False, description="llama.cpp's extra buffer types (CPU_REPACK, AMX) for the resident weights, as "
+                                   "stock loads them: faster where they apply; the logits then equal stock's with "
+                                   "them on and the routed experts overridden to the CPU (-ot exps=CPU)")
     pooling_type: Optional[int] = Field(
         default=None, description="llama.cpp pooling type for /v1/embeddings (default: the model's, else mean)")
     # stock defaults changed: no llama.cpp log on stderr; logits kept for the last token only (logits for every
