@@ -91,6 +91,16 @@ def _add_kv(w: gguf.GGUFWriter, key: str, value: object, kind: str) -> None:
         raise ValueError(kind)
 
 
+def _wait_for_a_signal(f: BinaryIO) -> None:
+    """The test seam's pause (FLASHMOE_TEST_PAUSE_WRITE_AT): the bytes so far flushed (the test sees them), then
+    up to 60 s of sleep in the main thread, which a signal's handler (SIGINT, the CLI's SIGTERM) ends by raising
+    there, as it would anywhere in the writing; without a signal the conversion goes on."""
+    f.flush()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class StreamingWriter:
     """Produces and quantizes chunks (one expert, or a block of rows) on a thread pool, writes them in order.
 
@@ -111,6 +121,10 @@ class StreamingWriter:
         self.threads = max(1, threads)
         self.expert_pool = expert_pool
         self._lock = threading.Lock()
+        # test seam (tests/test_interrupts.py only): FLASHMOE_TEST_PAUSE_WRITE_AT=N makes the writer stop once the
+        # file holds N bytes and wait there for a signal (_wait_for_a_signal), so that a signal the test sends
+        # then lands mid-write however fast the machine is. Unset (always, outside that test): no effect.
+        self._pause_at = int(os.environ.get("FLASHMOE_TEST_PAUSE_WRITE_AT") or 0)
 
     def encode(self, data: np.ndarray, gtype: T) -> np.ndarray:
         data = np.ascontiguousarray(data, dtype=np.float32)
@@ -182,6 +196,9 @@ class StreamingWriter:
             written += data.nbytes
             if progress:
                 progress(data.nbytes)
+            if self._pause_at and f.tell() >= self._pause_at:
+                self._pause_at = 0
+                _wait_for_a_signal(f)
 
         pooled: list[Future[np.ndarray]] = []   # expert_pool: the encoded experts whose bytes repeat
         use_pool = self.expert_pool is not None and p.spec.is_expert

@@ -9,6 +9,8 @@ else (attention, norms, router, shared experts, KV cache, sampling) is stock lla
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any, Sequence
 
 from .loader import install, loading
@@ -42,25 +44,20 @@ class Llama(_llama_base()):  # type: ignore[misc]
     is used. tensor_overrides: llama.cpp's `-ot` as (regex, buffer type name) pairs, e.g. [("attn", "CPU")]
     (flashmoe_gguf/offload.py). Every llama_cpp.Llama argument works as usual; with n_gpu_layers (any llama.cpp
     GPU backend) everything but the routed experts is offloaded as asked and the experts stay streamed.
-
-    resident_repack: llama.cpp's extra buffer types (CPU_REPACK, and AMX on CPUs that have it) for the resident
-    weights (attention, shared experts, dense FFNs, output head), as stock llama.cpp loads them by default: faster
-    on CPUs where they apply (measured 1.4-1.9x stock's decode on an AMX Xeon, mostly in those weights). The
-    routed experts stay streamed and computed as without it. False (default): extra buffer types off, and the
-    logits are stock's with them off (`-nr`), bit for bit; True: the logits are stock's with them on (llama.cpp's
-    default) and the routed experts overridden to the CPU (`-ot exps=CPU`), bit for bit, when the routed experts
-    are of a type CPU_REPACK leaves alone on this CPU (with that override stock repacks the experts too where it
-    can: Q4_0, Q4_K, IQ4_NL and MXFP4 on x86, also Q2_K with AVX-512; those experts we compute as plain ggml does,
-    so with them no stock configuration is equal bitwise: README, "Equal to stock").
     """
 
     def __init__(self, model_path: str, *args: Any, ram_budget: str | int = "auto", cache: str = "lfu",
                  io_threads: int = 8, direct_io: bool | str = "auto", kernels: bool = True, isa: str | None = None,
                  ram_headroom: str | int | None = None, tensor_overrides: Sequence[tuple[str, str]] | None = None,
-                 resident_repack: bool = False, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         self._fm: StreamedModel | None = None
+        # test seam (tests/test_terminal_chat.py only): FLASHMOE_TEST_PAUSE_EVAL_AT=N makes the Nth eval (the prompt
+        # is the first, then one per generated token) wait after it for a signal (_wait_for_a_signal), so that a
+        # Ctrl-C the test sends while the answer streams lands mid-answer however fast the machine generates the
+        # rest. Unset (always, outside that test): no effect.
+        self._evals_to_pause = int(os.environ.get("FLASHMOE_TEST_PAUSE_EVAL_AT") or 0)
         self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa, ram_headroom,
-                                 tensor_overrides, resident_repack)
+                                 tensor_overrides)
         try:
             # one logits row per batch is all llama-cpp-python reads unless logits_all, embedding or a draft
             # model: a compute buffer sized for one output row leaves the rest of the RAM to the expert cache
@@ -87,6 +84,10 @@ class Llama(_llama_base()):  # type: ignore[misc]
             raise
         if self._fm and (msg := self._fm.error()):
             raise FlashMoeError(msg)
+        if self._evals_to_pause:
+            self._evals_to_pause -= 1
+            if not self._evals_to_pause:
+                _wait_for_a_signal()
 
     def flashmoe_stats(self) -> dict[str, Any]:
         if self._fm is None:
@@ -104,3 +105,12 @@ class Llama(_llama_base()):  # type: ignore[misc]
             self.close()
         except Exception:
             pass
+
+
+def _wait_for_a_signal() -> None:
+    """The test seam's pause (FLASHMOE_TEST_PAUSE_EVAL_AT): up to 60 s of sleep in the thread that evaluates,
+    which SIGINT's KeyboardInterrupt ends there, inside the generation, as after any llama_decode; without a signal
+    the generation goes on."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -55,18 +55,25 @@ def test_repack_disk_full(small_disk: Path) -> None:
     assert list(small_disk.iterdir()) == []
 
 
+PAUSE_AT = 64 << 20     # well inside the writing of the ~1 GB file
+
+
 def _start_synth(out: Path) -> subprocess.Popen[str]:
-    """a conversion that runs long enough to be interrupted: one real-shape layer of Qwen3-30B-A3B (~0.9 GB)"""
+    """a conversion of one real-shape layer of Qwen3-30B-A3B (~1 GB) that stops once its file holds PAUSE_AT
+    bytes and waits there for a signal (the writer's test seam FLASHMOE_TEST_PAUSE_WRITE_AT, converter/writer.py):
+    a signal sent once the file is that long always lands mid-write, however fast the machine finishes the rest"""
+    env = dict(os.environ, FLASHMOE_TEST_PAUSE_WRITE_AT=str(PAUSE_AT))
     return subprocess.Popen([sys.executable, "-m", "flashmoe_gguf.cli", "synth", "qwen3-30b-a3b", "--layers", "1",
                              "-o", str(out), "--threads", "1", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
 
 
 def _wait_for_partial(out: Path, p: subprocess.Popen[str]) -> None:
+    """until the hidden partial file holds PAUSE_AT bytes: the writer has reached its pause (or is about to)"""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and p.poll() is None:
         partial = [f for f in out.parent.iterdir() if f.name.startswith(f".{out.name}.partial-")]
-        if partial and partial[0].stat().st_size > 50 << 20:      # well inside the writing
+        if partial and partial[0].stat().st_size >= PAUSE_AT:
             return
         time.sleep(0.1)
     p.kill()

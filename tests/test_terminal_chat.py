@@ -58,10 +58,10 @@ def test_conversation_streams_keeps_history_and_commands() -> None:
         llm.close()
 
 
-def _cli(path: Path, *args: str) -> subprocess.Popen[str]:
+def _cli(path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "flashmoe_gguf.cli", "chat", str(path), "--ram-budget", "64M",
                              "--temp", "0", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=path.parent)
+                            stderr=subprocess.PIPE, text=True, cwd=path.parent, env=env)
 
 
 def test_cli_chat_end_of_input_and_errors() -> None:
@@ -81,7 +81,10 @@ def test_cli_chat_end_of_input_and_errors() -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
 def test_ctrl_c_stops_the_answer_not_the_program() -> None:
     path = gguf_for("qwen3_moe", "Q4_K")
-    p = _cli(path, "-n", "100000", "--ctx", "4096")
+    # the runtime's test seam (flashmoe_gguf/runtime.py): the 21st eval (the prompt, then 20 tokens, some text
+    # already written) waits there for the signal, so Ctrl-C always lands while the answer is being generated
+    # however fast the machine would finish it (the tiny model writes its whole answer in about a second)
+    p = _cli(path, "-n", "100000", "--ctx", "4096", env=dict(os.environ, FLASHMOE_TEST_PAUSE_EVAL_AT="21"))
     try:
         _interrupt_an_answer(p)
     finally:
