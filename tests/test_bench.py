@@ -22,6 +22,7 @@ from flashmoe_gguf.bench.extrapolate import (extrapolate_run, extrapolate_time, 
                                              fixed_from_two_slices, full_model_ram)
 from flashmoe_gguf.bench.model import FULL_LAYERS_KEY, model_info
 from flashmoe_gguf.bench.plan import BenchPlanOptions, flashmoe_budget, make_plan, nocap_budget
+from flashmoe_gguf.bench.worker import WorkerSpec
 from flashmoe_gguf.cli import build_parser
 from flashmoe_gguf.gguf_index import read_index
 from flashmoe_gguf.experts import expert_tensors
@@ -387,6 +388,67 @@ def test_own_memcg_reports_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "memory.limit_in_bytes").write_text("1\n")
     assert cgroup_mod.own_memcg(tmp_path, pc) == tmp_path / "a" / "b"
+
+
+# -- a worker that dies ---------------------------------------------------------------------------------------
+
+# the real worker (flashmoe_gguf.bench.worker.main) on the tiny model, made to die of SIGSEGV at one point: inside
+# make_llama (as llama.cpp did inside llama_model_load_from_file on a device, before the 'loaded' event), or right
+# after it emitted a given event
+_DYING_WORKER = """
+import os, signal, sys
+from flashmoe_gguf.bench import worker
+where = sys.argv[2]
+if where == "make_llama":
+    def make_llama(spec):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    worker.make_llama = make_llama
+else:
+    emit = worker.emit
+    def dying_emit(kind, **data):
+        emit(kind, **data)
+        if kind == where:
+            os.kill(os.getpid(), signal.SIGSEGV)
+    worker.emit = dying_emit
+sys.exit(worker.main([sys.argv[1]]))
+"""
+
+
+class _DyingSpec(WorkerSpec):
+    where = ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _DYING_WORKER, self.to_json(), self.where]
+
+
+@pytest.mark.parametrize("where,warmup,phase", [("make_llama", True, "load"), ("loaded", True, "warmup"),
+                                                ("loaded", False, "prompt"), ("warm", True, "prompt"),
+                                                ("prompt", False, "decode"), ("token", False, "decode"),
+                                                ("done", False, "close")])
+def test_a_dead_worker_says_where_it_died(tiny: Path, where: str, warmup: bool, phase: str) -> None:
+    from dataclasses import asdict
+    from flashmoe_gguf.bench.command import _line, summary_lines
+    from flashmoe_gguf.bench.machine import QuietRule
+    from flashmoe_gguf.bench.runner import Control, RunPlan, run_config
+    info = model_info(tiny)
+    spec = _DyingSpec("flashmoe-lru", str(tiny), threads=1, tokens=2, prompt_tokens=8, n_ctx=512, budget=64 << 20,
+                      warmup=warmup)
+    spec.where = where
+    plan = RunPlan("K=4 / flashmoe-lru", "flashmoe-lru", "nocap", None, 4, False, spec, cold=False)
+    control = Control(cgroup=False, drop_caches=False, timeout_s=120, quiet=QuietRule(wait_s=0), retries=0,
+                      hang_retries=0)
+    r = run_config(plan, info, control, lambda line: None)
+    assert r.status == "killed(SIGSEGV)", r.stderr_tail
+    assert r.phase == phase and r.attempts[0]["phase"] == phase
+    assert _line(r).startswith(f"killed(SIGSEGV) during {phase}: load ")
+    assert (r.load_s is None) == (phase == "load")
+    line = summary_lines({"runs": [asdict(r)], "per_run": {}, "ratios": [], "extrapolation": {}}).splitlines()
+    if where in ("token", "done"):      # tokens decoded before it died (1, or all 2): said as such
+        assert r.decode_tokens_done == (1 if where == "token" else 2) and r.decode_tok_s
+        assert line == [(f"{plan.name:45s} killed(SIGSEGV) during {phase} (decode {r.decode_tok_s:.3f} tok/s over "
+                         f"{r.decode_tokens_done} tokens before)")]
+    else:
+        assert line == [f"{plan.name:45s} killed(SIGSEGV) during {phase}"]
 
 
 # -- end to end ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .machine import QuietRule, block_device_of, describe, meminfo, wait_quiet
 from .model import ModelInfo, model_info
 from .plan import BUDGET_DOC, SAFETY, BenchPlanOptions, flashmoe_budget, make_plan
 from .report import build, derive, render_markdown, round_ratios_text, sanitize, write_json
-from .runner import Control, RunPlan, RunResult, run_config
+from .runner import Control, RunPlan, RunResult, run_config, status_text
 from .routing import Trace
 from .traces import check_fits, routing_trace, save_trace
 from .worker import is_flashmoe
@@ -308,7 +308,7 @@ def _run_one(p: RunPlan, info: ModelInfo, control: Control, say: Callable[[str],
 def _line(r: RunResult) -> str:
     def f(x: float | None, spec: str) -> str:
         return "-" if x is None else format(x, spec)
-    return (f"{r.status}: load {f(r.load_s, '.2f')} s, TTFT {f(r.ttft_s, '.3f')} s, prompt "
+    return (f"{r.status_text()}: load {f(r.load_s, '.2f')} s, TTFT {f(r.ttft_s, '.3f')} s, prompt "
             f"{f(r.prompt_tok_s, '.1f')} tok/s, decode {f(r.decode_tok_s, '.3f')} tok/s, peak "
             f"{f(r.peak_memory_bytes / MB if r.peak_memory_bytes else None, '.0f')} MB"
             + (f", expert {r.expert_bytes_per_token / MB:.2f} MB/token, hit rate {r.hit_rate_bytes:.3f}"
@@ -323,9 +323,14 @@ def summary_lines(rep: dict[str, Any]) -> str:
     for r in rep["runs"]:
         pr = rep["per_run"].get(r["name"], {})
         frac = pr.get("fraction_of_bound_at_hit_rate")
-        out.append(f"{r['name']:45s} {r['status']:10s} decode "
-                   f"{'-' if r['decode_tok_s'] is None else format(r['decode_tok_s'], '.3f'):>8} tok/s"
-                   + (f"  ({frac:.0%} of the disk bound at its hit rate)" if frac else ""))
+        if r["status"] == "ok":
+            out.append(f"{r['name']:45s} {r['status']:10s} decode "
+                       f"{'-' if r['decode_tok_s'] is None else format(r['decode_tok_s'], '.3f'):>8} tok/s"
+                       + (f"  ({frac:.0%} of the disk bound at its hit rate)" if frac else ""))
+        else:       # where the worker stopped, and what it decoded before (never a bare "decode" beside it)
+            out.append(f"{r['name']:45s} {status_text(r['status'], r.get('phase'))}"
+                       + (f" (decode {r['decode_tok_s']:.3f} tok/s over {r['decode_tokens_done']} tokens before)"
+                          if r["decode_tok_s"] else ""))
     for x in rep["ratios"]:
         if x["ratio"]:
             out.append(f"{x['flashmoe']} / {x['versus']} ({x['setting']}, K={x['k']}, cap "

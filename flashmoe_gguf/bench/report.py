@@ -18,7 +18,7 @@ from . import extrapolate as _extrapolate_module
 from .extrapolate import FixedPart, extrapolate_run, fixed_from_probe, full_model_ram
 from .model import ModelInfo
 from .plan import BUDGET_DOC as BUDGET_RULE
-from .runner import RunResult
+from .runner import RunResult, status_text
 from .worker import is_flashmoe
 
 MB = 1e6
@@ -372,7 +372,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
         d = per.get(r["name"], {})
         mc = d.get("memory_check")
         L.append(" | ".join([
-            f"| {r['name']}", r["status"] + (" (OOM)" if r["oom"] and "oom" not in r["status"] else ""),
+            f"| {r['name']}",
+            status_text(r["status"], r.get("phase")) + (" (OOM)" if r["oom"] and "oom" not in r["status"] else ""),
             _f(r["load_s"], ".2f"), _f(r["ttft_s"], ".3f"), _f(r["prompt_tok_s"], ".1f"),
             _f(r["decode_tok_s"], ".3f") + ("*" if r["status"] != "ok" and r["decode_tok_s"] else ""),
             _f(r["expert_bytes_per_token"], ".2f", 1 / MB), _f(r["hit_rate_bytes"], ".3f"),

@@ -93,11 +93,44 @@ class RunResult:
     probe: dict[str, Any] = field(default_factory=dict)
     stderr_tail: str = ""
     last_event: str = ""
+    phase: str = ""               # where a worker that did not finish stopped: start | load | warmup | prompt | ...
     attempts: list[dict[str, Any]] = field(default_factory=list)
     round: int = 0
 
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def status_text(self) -> str:
+        return status_text(self.status, self.phase)
+
+
+def status_text(status: str, phase: str | None) -> str:
+    """e.g. "killed(SIGSEGV) during load": the status, and for a worker that did not finish, where it stopped"""
+    return f"{status} during {phase}" if phase else status
+
+
+def phase_of(events: list[dict[str, Any]], spec: WorkerSpec) -> str:
+    """The phase a worker was in when it stopped, from its last event (worker.main's order: start, loaded, warm
+    (with warmup), prompt, token..., done, probe (with probe_pairs), closed): "start" before its first event
+    (imports), "load" after start (llama.cpp loading the model), "warmup" or "prompt" after loaded, "prompt" after
+    warm, "decode" after prompt or a token, "probe" or "close" after done, "close" after probe, "exit" after
+    closed."""
+    if not events:
+        return "start"
+    last = events[-1]["event"]
+    if last == "start":
+        return "load"
+    if last == "loaded":
+        return "warmup" if spec.warmup else "prompt"
+    if last == "warm":
+        return "prompt"
+    if last in ("prompt", "token"):
+        return "decode"
+    if last == "done":
+        return "probe" if spec.probe_pairs > 0 else "close"
+    if last == "probe":
+        return "close"
+    return "exit" if last == "closed" else f"after {last}"
 
 
 def run_worker(spec: WorkerSpec, cap: int | None, control: Control,
@@ -217,6 +250,8 @@ def summarize(plan: RunPlan, info: ModelInfo, events: list[dict[str, Any]], fig:
     if events:
         last = events[-1]
         r.last_event = last["event"] + (f" {last['i']}" if "i" in last else "")
+    if not r.ok():
+        r.phase = phase_of(events, spec)
     by = {e["event"]: e for e in events}
     steps = [e["seconds"] for e in events if e["event"] == "token"]
     r.decode_tokens_done = len(steps)
@@ -321,8 +356,9 @@ def run_config(plan: RunPlan, info: ModelInfo, control: Control, log: Callable[[
         break
     done = [a for a in attempts if a.status != "hung"] or attempts
     best = min(done, key=lambda a: (_disturbed(a, control), a.others_cores))
-    best.attempts = [{"status": a.status, "last_event": a.last_event, "others_cores": a.others_cores,
-                      "others_disk_bytes": a.others_disk_bytes, "decode_tok_s": a.decode_tok_s}
+    best.attempts = [{"status": a.status, "phase": a.phase, "last_event": a.last_event,
+                      "others_cores": a.others_cores, "others_disk_bytes": a.others_disk_bytes,
+                      "decode_tok_s": a.decode_tok_s}
                      for a in attempts]
     return best
 
