@@ -3,8 +3,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
-#define FM_FREE_BUFS 32 /* free slots that keep their buffer */
 
 int fm_slots_init(fm_slots *t, int cap, size_t align) {
     memset(t, 0, sizeof *t);
@@ -13,11 +14,41 @@ int fm_slots_init(fm_slots *t, int cap, size_t align) {
     t->cap = cap;
     t->free_head = -1;
     t->align = align;
+    const long page = sysconf(_SC_PAGESIZE);
+    t->mapped = page > 0 && align <= (size_t) page;
     return 0;
 }
 
+static void *buf_alloc(const fm_slots *t, size_t need) {
+    if (t->mapped) {
+        void *p = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    void *p = NULL;
+    return posix_memalign(&p, t->align, need) == 0 ? p : NULL;
+}
+
+static void buf_free(const fm_slots *t, void *buf, size_t cap) {
+    if (!buf) return;
+    if (t->mapped) {
+        /* cannot fail for a whole mapping made by buf_alloc; nothing to do if it did */
+        if (munmap(buf, cap) != 0) return;
+    } else {
+        free(buf);
+    }
+}
+
+/* a free slot's kept buffer goes back */
+static void drop_buf(fm_slots *t, fm_slot *sl) {
+    buf_free(t, sl->buf, sl->cap);
+    t->free_bytes -= sl->cap;
+    t->n_free_bufs--;
+    sl->buf = NULL;
+    sl->cap = 0;
+}
+
 void fm_slots_destroy(fm_slots *t) {
-    for (int i = 0; i < t->n; i++) free(t->v[i].buf);
+    for (int i = 0; i < t->n; i++) buf_free(t, t->v[i].buf, t->v[i].cap);
     free(t->v);
     memset(t, 0, sizeof *t);
 }
@@ -28,15 +59,24 @@ static int fits(size_t cap, size_t need) {
     return cap >= need && cap <= need + need / 8;
 }
 
-/* a free slot whose buffer fits, else the first free slot (its buffer dropped), else a new slot; -1 if none */
+/* a free slot whose buffer fits, else a free slot without a buffer (the kept buffers stay for the reads they
+   fit), else the first free slot (its buffer dropped), else a new slot; -1 if none */
 static int pick_free(fm_slots *t, size_t need) {
-    int prev = -1, fit = -1, fit_prev = -1;
+    int prev = -1, fit = -1, fit_prev = -1, bare = -1, bare_prev = -1;
     for (int i = t->free_head, n = 0; i >= 0 && n < 2 * FM_FREE_BUFS; prev = i, i = t->v[i].next_free, n++) {
         if (fits(t->v[i].cap, need)) {
             fit = i;
             fit_prev = prev;
             break;
         }
+        if (!t->v[i].buf && bare < 0) {
+            bare = i;
+            bare_prev = prev;
+        }
+    }
+    if (fit < 0 && bare >= 0) {
+        fit = bare;
+        fit_prev = bare_prev;
     }
     if (fit < 0 && t->free_head >= 0) fit = t->free_head;
     if (fit < 0) {
@@ -47,11 +87,10 @@ static int pick_free(fm_slots *t, size_t need) {
     if (fit_prev >= 0) t->v[fit_prev].next_free = t->v[fit].next_free;
     else t->free_head = t->v[fit].next_free;
     fm_slot *sl = &t->v[fit];
-    if (sl->buf) t->n_free_bufs--;
-    if (!fits(sl->cap, need)) {
-        free(sl->buf);
-        sl->buf = NULL;
-        sl->cap = 0;
+    if (sl->buf && !fits(sl->cap, need)) drop_buf(t, sl);
+    if (sl->buf) {      /* reused: no longer a kept buffer */
+        t->n_free_bufs--;
+        t->free_bytes -= sl->cap;
     }
     return fit;
 }
@@ -61,8 +100,8 @@ int fm_slots_take(fm_slots *t, size_t need) {
     if (idx < 0) return -1;
     fm_slot *sl = &t->v[idx];
     if (!sl->buf) {
-        void *p = NULL;
-        if (posix_memalign(&p, t->align, need) != 0) {
+        void *p = buf_alloc(t, need);
+        if (!p) {
             sl->state = FM_SLOT_FREE;
             sl->next_free = t->free_head;
             t->free_head = idx;
@@ -79,16 +118,24 @@ int fm_slots_take(fm_slots *t, size_t need) {
     return idx;
 }
 
-void fm_slots_give_back(fm_slots *t, int idx) {
+void fm_slots_give_back(fm_slots *t, int idx, size_t keep_limit) {
     fm_slot *sl = &t->v[idx];
     sl->state = FM_SLOT_FREE;
     sl->transient = 0;
-    if (sl->buf && t->n_free_bufs >= FM_FREE_BUFS) {
-        free(sl->buf);
+    if (sl->buf && t->n_free_bufs >= FM_FREE_BUFS && t->free_bytes + sl->cap > keep_limit) {
+        buf_free(t, sl->buf, sl->cap);
         sl->buf = NULL;
         sl->cap = 0;
     }
-    if (sl->buf) t->n_free_bufs++;
+    if (sl->buf) {
+        t->n_free_bufs++;
+        t->free_bytes += sl->cap;
+    }
     sl->next_free = t->free_head;
     t->free_head = idx;
+}
+
+void fm_slots_trim(fm_slots *t, size_t keep_limit) {
+    for (int i = t->free_head; i >= 0 && t->free_bytes > keep_limit; i = t->v[i].next_free)
+        if (t->v[i].buf) drop_buf(t, &t->v[i]);
 }

@@ -74,6 +74,11 @@ static size_t slot_key(const fm_store *s, const fm_slot *sl) {
     return key_of(s, sl->tensor, sl->expert);
 }
 
+/* caller holds mu: how many bytes of free buffers the budget leaves room for (kept for the next reads) */
+static size_t keep_limit_locked(const fm_store *s) {
+    return s->budget > s->used ? (size_t) (s->budget - s->used) : 0;
+}
+
 /* caller holds mu: the slot's expert leaves the cache and the slot (with its buffer) goes back */
 static void free_slot_locked(fm_store *s, int idx) {
     fm_slot *sl = &s->slots.v[idx];
@@ -85,7 +90,7 @@ static void free_slot_locked(fm_store *s, int idx) {
         sl->cpos = -1;
     }
     s->used -= s->tensors[sl->tensor]->info.stride;
-    fm_slots_give_back(&s->slots, idx);
+    fm_slots_give_back(&s->slots, idx, keep_limit_locked(s));
 }
 
 /* caller holds mu: the entry to evict next (unpinned, read or failed): lowest policy rank, then least recently
@@ -333,6 +338,7 @@ void fm_store_set_budget(fm_store *s, uint64_t budget) {
     pthread_mutex_lock(&s->mu);
     s->budget = budget;
     evict_locked(s, 0);
+    fm_slots_trim(&s->slots, keep_limit_locked(s));
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -382,6 +388,7 @@ void fm_store_get_stats(fm_store *s, fm_stats *out) {
     pthread_mutex_lock(&s->mu);
     *out = s->stats;
     out->cache_bytes = s->used;
+    out->kept_buffer_bytes = s->slots.free_bytes;
     pthread_mutex_unlock(&s->mu);
 }
 
