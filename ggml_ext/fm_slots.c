@@ -15,22 +15,28 @@ int fm_slots_init(fm_slots *t, int cap, size_t align) {
     t->free_head = -1;
     t->align = align;
     const long page = sysconf(_SC_PAGESIZE);
-    t->mapped = page > 0 && align <= (size_t) page;
+    t->may_map = page > 0 && align <= (size_t) page;
     return 0;
 }
 
-static void *buf_alloc(const fm_slots *t, size_t need) {
-    if (t->mapped) {
+/* a buffer of need bytes; *mapped says how it was made. A mapping of its own where the alignment allows; the
+   heap when not, or when the process may not map more (vm.max_map_count: a large cache of small experts) */
+static void *buf_alloc(const fm_slots *t, size_t need, int *mapped) {
+    if (t->may_map) {
         void *p = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        return p == MAP_FAILED ? NULL : p;
+        if (p != MAP_FAILED) {
+            *mapped = 1;
+            return p;
+        }
     }
+    *mapped = 0;
     void *p = NULL;
     return posix_memalign(&p, t->align, need) == 0 ? p : NULL;
 }
 
-static void buf_free(const fm_slots *t, void *buf, size_t cap) {
+static void buf_free(void *buf, size_t cap, int mapped) {
     if (!buf) return;
-    if (t->mapped) {
+    if (mapped) {
         /* cannot fail for a whole mapping made by buf_alloc; nothing to do if it did */
         if (munmap(buf, cap) != 0) return;
     } else {
@@ -40,7 +46,7 @@ static void buf_free(const fm_slots *t, void *buf, size_t cap) {
 
 /* a free slot's kept buffer goes back */
 static void drop_buf(fm_slots *t, fm_slot *sl) {
-    buf_free(t, sl->buf, sl->cap);
+    buf_free(sl->buf, sl->cap, sl->mapped);
     t->free_bytes -= sl->cap;
     t->n_free_bufs--;
     sl->buf = NULL;
@@ -48,7 +54,7 @@ static void drop_buf(fm_slots *t, fm_slot *sl) {
 }
 
 void fm_slots_destroy(fm_slots *t) {
-    for (int i = 0; i < t->n; i++) buf_free(t, t->v[i].buf, t->v[i].cap);
+    for (int i = 0; i < t->n; i++) buf_free(t->v[i].buf, t->v[i].cap, t->v[i].mapped);
     free(t->v);
     memset(t, 0, sizeof *t);
 }
@@ -100,7 +106,8 @@ int fm_slots_take(fm_slots *t, size_t need) {
     if (idx < 0) return -1;
     fm_slot *sl = &t->v[idx];
     if (!sl->buf) {
-        void *p = buf_alloc(t, need);
+        int mapped = 0;
+        void *p = buf_alloc(t, need, &mapped);
         if (!p) {
             sl->state = FM_SLOT_FREE;
             sl->next_free = t->free_head;
@@ -109,6 +116,7 @@ int fm_slots_take(fm_slots *t, size_t need) {
         }
         sl->buf = p;
         sl->cap = need;
+        sl->mapped = mapped;
     }
     sl->state = FM_SLOT_LOADING;
     sl->pins = 1;
@@ -123,7 +131,7 @@ void fm_slots_give_back(fm_slots *t, int idx, size_t keep_limit) {
     sl->state = FM_SLOT_FREE;
     sl->transient = 0;
     if (sl->buf && t->n_free_bufs >= FM_FREE_BUFS && t->free_bytes + sl->cap > keep_limit) {
-        buf_free(t, sl->buf, sl->cap);
+        buf_free(sl->buf, sl->cap, sl->mapped);
         sl->buf = NULL;
         sl->cap = 0;
     }

@@ -27,6 +27,7 @@ typedef struct fm_slot {
     uint64_t last_use;
     void *buf;         /* allocation (aligned for O_DIRECT) */
     size_t cap;
+    int mapped;        /* buf is a mapping of its own (else from posix_memalign) */
     const void *data;  /* READY: the expert's bytes within buf */
     int transient;     /* not cached: freed when its last pin goes */
     int cpos;          /* index in the store's list of cached slots, or -1 */
@@ -39,7 +40,7 @@ typedef struct {
     int free_head, n_free_bufs;
     size_t free_bytes; /* bytes of the buffers kept by free slots */
     size_t align;
-    int mapped;        /* buffers are mmap'ed (align <= the page size), else posix_memalign'ed */
+    int may_map;       /* buffers may be mappings of their own (align <= the page size) */
 } fm_slots;
 
 /* room for cap slots, buffers aligned to align; 0 or -1 (out of memory) */
