@@ -22,6 +22,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
+from flashmoe_gguf import seams
 from flashmoe_gguf.ggml_lib import Ggml
 from flashmoe_gguf.layout import FORMAT_VERSION, IndexEntry, StreamingLayout
 from .archs.base import TensorSpec
@@ -91,16 +92,6 @@ def _add_kv(w: gguf.GGUFWriter, key: str, value: object, kind: str) -> None:
         raise ValueError(kind)
 
 
-def _wait_for_a_signal(f: BinaryIO) -> None:
-    """The test seam's pause (FLASHMOE_TEST_PAUSE_WRITE_AT): the bytes so far flushed (the test sees them), then
-    up to 60 s of sleep in the main thread, which a signal's handler (SIGINT, the CLI's SIGTERM) ends by raising
-    there, as it would anywhere in the writing; without a signal the conversion goes on."""
-    f.flush()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 class StreamingWriter:
     """Produces and quantizes chunks (one expert, or a block of rows) on a thread pool, writes them in order.
 
@@ -121,10 +112,7 @@ class StreamingWriter:
         self.threads = max(1, threads)
         self.expert_pool = expert_pool
         self._lock = threading.Lock()
-        # test seam (tests/test_interrupts.py only): FLASHMOE_TEST_PAUSE_WRITE_AT=N makes the writer stop once the
-        # file holds N bytes and wait there for a signal (_wait_for_a_signal), so that a signal the test sends
-        # then lands mid-write however fast the machine is. Unset (always, outside that test): no effect.
-        self._pause_at = int(os.environ.get("FLASHMOE_TEST_PAUSE_WRITE_AT") or 0)
+        self._pause_at = seams.pause_at(seams.WRITE_AT)     # tests/test_interrupts.py only
 
     def encode(self, data: np.ndarray, gtype: T) -> np.ndarray:
         data = np.ascontiguousarray(data, dtype=np.float32)
@@ -198,7 +186,8 @@ class StreamingWriter:
                 progress(data.nbytes)
             if self._pause_at and f.tell() >= self._pause_at:
                 self._pause_at = 0
-                _wait_for_a_signal(f)
+                f.flush()                       # the test waits to see these bytes, then signals
+                seams.wait_for_a_signal()
 
         pooled: list[Future[np.ndarray]] = []   # expert_pool: the encoded experts whose bytes repeat
         use_pool = self.expert_pool is not None and p.spec.is_expert

@@ -9,10 +9,9 @@ else (attention, norms, router, shared experts, KV cache, sampling) is stock lla
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any, Sequence
 
+from . import seams
 from .loader import install, loading
 from .runtime_errors import FlashMoeError
 from .streamed import StreamedModel
@@ -62,11 +61,7 @@ class Llama(_llama_base()):  # type: ignore[misc]
                  ram_headroom: str | int | None = None, tensor_overrides: Sequence[tuple[str, str]] | None = None,
                  resident_repack: bool = False, **kwargs: Any) -> None:
         self._fm: StreamedModel | None = None
-        # test seam (tests/test_terminal_chat.py only): FLASHMOE_TEST_PAUSE_EVAL_AT=N makes the Nth eval (the prompt
-        # is the first, then one per generated token) wait after it for a signal (_wait_for_a_signal), so that a
-        # Ctrl-C the test sends while the answer streams lands mid-answer however fast the machine generates the
-        # rest. Unset (always, outside that test): no effect.
-        self._evals_to_pause = int(os.environ.get("FLASHMOE_TEST_PAUSE_EVAL_AT") or 0)
+        self._evals_to_pause = seams.pause_at(seams.EVAL_AT)     # tests/test_terminal_chat.py only
         self._fm = StreamedModel(model_path, ram_budget, io_threads, cache, direct_io, kernels, isa, ram_headroom,
                                  tensor_overrides, resident_repack)
         try:
@@ -98,7 +93,7 @@ class Llama(_llama_base()):  # type: ignore[misc]
         if self._evals_to_pause:
             self._evals_to_pause -= 1
             if not self._evals_to_pause:
-                _wait_for_a_signal()
+                seams.wait_for_a_signal()      # inside the generation, as after any llama_decode
 
     def flashmoe_stats(self) -> dict[str, Any]:
         if self._fm is None:
@@ -117,11 +112,3 @@ class Llama(_llama_base()):  # type: ignore[misc]
         except Exception:
             pass
 
-
-def _wait_for_a_signal() -> None:
-    """The test seam's pause (FLASHMOE_TEST_PAUSE_EVAL_AT): up to 60 s of sleep in the thread that evaluates,
-    which SIGINT's KeyboardInterrupt ends there, inside the generation, as after any llama_decode; without a signal
-    the generation goes on."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.05)

@@ -6,7 +6,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-
 int fm_slots_init(fm_slots *t, int cap, size_t align) {
     memset(t, 0, sizeof *t);
     t->v = calloc((size_t) (cap > 0 ? cap : 1), sizeof *t->v);
@@ -130,14 +129,11 @@ void fm_slots_give_back(fm_slots *t, int idx, size_t keep_limit) {
     fm_slot *sl = &t->v[idx];
     sl->state = FM_SLOT_FREE;
     sl->transient = 0;
-    if (sl->buf && t->n_free_bufs >= FM_FREE_BUFS && t->free_bytes + sl->cap > keep_limit) {
-        buf_free(sl->buf, sl->cap, sl->mapped);
-        sl->buf = NULL;
-        sl->cap = 0;
-    }
-    if (sl->buf) {
+    if (sl->buf) {      /* kept, unless there are enough kept buffers and the budget has no room for it */
+        const int room = t->n_free_bufs < FM_FREE_BUFS || t->free_bytes + sl->cap <= keep_limit;
         t->n_free_bufs++;
         t->free_bytes += sl->cap;
+        if (!room) drop_buf(t, sl);
     }
     sl->next_free = t->free_head;
     t->free_head = idx;

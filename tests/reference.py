@@ -5,7 +5,11 @@ knows how to turn them off in llama-cpp-python; test_reference_really_turns_repa
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,3 +93,14 @@ def llama_greedy(gguf: Path, ids: list[int], n: int) -> list[int]:
 
 def rel_max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def run_result_child(script: Path, spec: dict[str, Any], timeout: int = 900) -> dict[str, Any]:
+    """Runs `python SCRIPT SPEC_JSON` (a child that compares stock and flashmoe in a process of its own, e.g. to
+    read llama.cpp's log from fd 2) and returns the JSON of its last `RESULT {json}` line; fails the test with the
+    child's output if it exits non-zero or prints none."""
+    proc = subprocess.run([sys.executable, str(script), json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT "):])

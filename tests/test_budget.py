@@ -190,8 +190,7 @@ def test_one_output_row_is_reserved_unless_more_are_read() -> None:
     (which reserves n_batch rows; by how much depends on what the graph allocator can overlap: on the 8-layer
     Qwen3 slice at n_ubatch 2048 with flash attention 1,306 MB against 327 MB); a prompt of several batches still
     gives stock's logits bit for bit. With logits_all the reservation is stock's."""
-    import llama_cpp
-    from reference import last_logits, no_extra_buffer_types
+    from reference import last_logits
     from test_runtime import assert_same_logits, gguf_for
     from flashmoe_gguf import Llama
     path = gguf_for("qwen3_moe", "Q4_K")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from reference import run_result_child
 from conftest import cache_root
 from flashmoe_gguf.offload import (EXPERT_PATTERN, TensorOverrideError, check_experts_stay, check_overrides,
                                    experts_to_cpu, parse_overrides)
@@ -42,11 +43,7 @@ def rpc_build():  # type: ignore[no-untyped-def]
 
 
 def run_child(spec: dict[str, Any], timeout: int = 900) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(HERE / "gpu_hybrid_child.py"), json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_result_child(HERE / "gpu_hybrid_child.py", spec, timeout)
 
 
 @pytest.mark.parametrize("arch,experts", CASES, ids=[f"{a}-{t}" for a, t in CASES])

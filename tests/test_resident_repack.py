@@ -18,15 +18,13 @@ Each model runs in a child process (resident_repack_child.py): llama.cpp's log o
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reference import run_result_child
 from conftest import cache_root, checkpoint, spec_key
 from flashmoe_gguf.converter import convert
 from test_runtime import expert_bytes
@@ -45,11 +43,7 @@ def gguf_for(arch: str, experts: str = EXPERT_TYPE, dense: str = RESIDENT_TYPE) 
 
 
 def run_child(spec: dict[str, Any], timeout: int = 900) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(HERE / "resident_repack_child.py"), json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_result_child(HERE / "resident_repack_child.py", spec, timeout)
 
 
 def resident_names(path: Path, arch: str) -> set[str]:

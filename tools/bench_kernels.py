@@ -438,7 +438,6 @@ class MulMatIdBench:
 
     def stepper(self, batch: int, ids_steps: np.ndarray):
         """fn(n_steps) -> seconds spent in ggml_graph_compute for the first n_steps steps of ids_steps"""
-        import time
         ffi, base = self.ffi, self.base
         ctx = base.ggml_init({"mem_size": batch * self.n * 4 + batch * N_USED * 4 + batch * N_USED * self.rows * 4
                               + (16 << 20), "mem_buffer": ffi.NULL, "no_alloc": False})
