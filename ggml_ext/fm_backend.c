@@ -5,8 +5,9 @@
  * the model being loaded through flashmoe on this thread (the load scope, fm_backend_begin_load), so stock
  * models, in the same process and on other threads, are untouched. Our buffer type
  * is not host memory: the loader hands us expert bytes through set_tensor and we drop them (usage WEIGHTS),
- * backing the buffer with an untouched MAP_NORESERVE mapping; intermediates in our buffers are real memory.
- * The backend accepts host buffers, so activations and router ids are read in place, without copies. */
+ * backing the buffer with an untouched MAP_NORESERVE mapping. Only weights live in our buffer type: the
+ * scheduler's compute buffers for our backend come from a host buffer type (compute_buft). The backend accepts
+ * host buffers, so activations and router ids are read in place, without copies. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -142,7 +143,26 @@ static const char *buft_get_name(ggml_backend_buffer_type_t buft) {
     return FM_NAME;
 }
 
+/* Where the scheduler's intermediates for our backend live: host memory that the GPU copies to and from directly,
+ * as stock llama.cpp gives its CPU backend (llama_context: the first GPU device's host buffer type, CUDA's pinned
+ * CUDA_Host, else the CPU buffer type). In our own buffer type every crossing from or to a GPU went through
+ * ggml_backend_tensor_copy's slow path (neither side host: a malloc'ed staging copy and a pageable transfer). */
+static ggml_backend_buffer_type_t compute_buft(void) {
+    size_t n = fm_g.ggml_backend_dev_count();
+    for (size_t i = 0; i < n; i++) {
+        ggml_backend_dev_t dev = fm_g.ggml_backend_dev_get(i);
+        if (dev && fm_g.ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_GPU) {
+            ggml_backend_buffer_type_t host = fm_g.ggml_backend_dev_host_buffer_type(dev);
+            if (host) return host;
+            break;
+        }
+    }
+    return fm_g.ggml_backend_cpu_buffer_type();
+}
+
 static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
+    /* outside a flashmoe load: the scheduler's compute buffers (weights are only placed here during a load) */
+    if (!tl_loading) return fm_g.ggml_backend_buft_alloc_buffer(compute_buft(), size);
     fm_buffer_ctx *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     size_t page = (size_t) sysconf(_SC_PAGESIZE);
@@ -153,7 +173,7 @@ static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, 
         free(c);
         return NULL;
     }
-    c->model = tl_loading; /* NULL outside a flashmoe load: intermediates */
+    c->model = tl_loading;
     return fm_g.ggml_backend_buffer_init(buft, g_buffer_iface, c, size);
 }
 

@@ -22,6 +22,9 @@
     X(base, ggml_graph_node)                \
     X(base, ggml_backend_buffer_init)       \
     X(base, ggml_backend_buft_is_host)      \
+    X(base, ggml_backend_buft_alloc_buffer) \
+    X(base, ggml_backend_dev_type)          \
+    X(base, ggml_backend_dev_host_buffer_type) \
     X(base, ggml_init)                      \
     X(base, ggml_free)                      \
     X(base, ggml_tensor_overhead)           \
@@ -33,6 +36,8 @@
     X(base, ggml_build_forward_expand)      \
     X(base, ggml_graph_add_node)            \
     X(reg, ggml_backend_register)           \
+    X(reg, ggml_backend_dev_count)          \
+    X(reg, ggml_backend_dev_get)            \
     X(cpu, ggml_get_type_traits_cpu)        \
     X(cpu, ggml_backend_cpu_buffer_type)    \
     X(cpu, ggml_cpu_init)                   \

@@ -295,3 +295,39 @@ def test_auto_budget_leaves_out_weights_on_the_gpu(rpc_build) -> None:  # type: 
         assert res[name]["host_resident"] == res[name]["non_expert"] and not res[name]["all_layers_on_gpu"], name
     a = res["all"]
     assert a["all_layers_on_gpu"] and a["host_resident"] == a["outside_layers"] < a["non_expert"]
+
+
+def test_compute_buffers_are_host_memory() -> None:
+    """The scheduler's buffers for our backend's intermediates (allocated outside a load, from our device's buffer
+    type) are host memory of the type stock llama.cpp gives its CPU backend (the first GPU's host buffer type, else
+    the CPU buffer type; no GPU here: CPU), so a crossing from or to a GPU is one direct transfer (ggml's
+    ggml_backend_tensor_copy), not a staging copy between two non-host buffers. Checked with ggml's own calls."""
+    import ctypes
+
+    from flashmoe_gguf import Llama, ggml_devices
+    llm = Llama(model_path=str(gguf_for("qwen3_moe", "Q4_K")), ram_budget="64M", n_ctx=64, verbose=False)
+    try:
+        ours = [d for d in ggml_devices.devices() if d.name == "FLASHMOE"]
+        assert len(ours) == 1 and ours[0].buft_name == "FLASHMOE"
+        base = ggml_devices.libs().base
+        vp = ctypes.c_void_p
+        base.ggml_backend_buft_alloc_buffer.restype = vp
+        base.ggml_backend_buft_alloc_buffer.argtypes = [vp, ctypes.c_size_t]
+        base.ggml_backend_buffer_is_host.restype = ctypes.c_bool
+        base.ggml_backend_buffer_is_host.argtypes = [vp]
+        base.ggml_backend_buffer_get_type.restype = vp
+        base.ggml_backend_buffer_get_type.argtypes = [vp]
+        base.ggml_backend_buffer_free.restype = None
+        base.ggml_backend_buffer_free.argtypes = [vp]
+        buf = base.ggml_backend_buft_alloc_buffer(ours[0].buft, 1 << 20)
+        assert buf
+        try:
+            assert base.ggml_backend_buffer_is_host(buf)
+            name = base.ggml_backend_buft_name(base.ggml_backend_buffer_get_type(buf)).decode()
+            assert name == "CPU" and not ggml_devices.has_gpu()
+        finally:
+            base.ggml_backend_buffer_free(buf)
+        # and the model still computes (its compute buffers came the same way)
+        assert llm.eval([1, 2, 3]) is None
+    finally:
+        llm.close()
