@@ -102,6 +102,7 @@ class StreamedModel:
         self.resident_repack = resident_repack      # llama.cpp's extra buffer types for the resident weights
         self.tensor_overrides = check_overrides(tensor_overrides)   # offload.py: (regex, buffer type) pairs
         self.gpu_hybrid = False
+        self.expert_block = False
         self.all_layers_on_gpu = False
         ext = extension.load()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
@@ -187,10 +188,11 @@ class StreamedModel:
         # ours or none (NULL, llama-cpp-python's own value): never an array a stock.tensor_overrides block around
         # this load put into the default params
         params.tensor_buft_overrides = self._overrides.address if self._overrides is not None else None
-        # FLASHMOE_GPU_BLOCK=0 (measurements only): our backend takes the expert products alone, and the expert
-        # block crosses devices four times per layer instead of stock's two (ggml_ext/fm_backend.c)
-        block = os.environ.get("FLASHMOE_GPU_BLOCK", "1") != "0"
-        self.lib.fm_model_set_gpu_hybrid(self.handle, int(self.gpu_hybrid and block))
+        # the expert block (the ops between the expert products) on our backend: with GPU layers, so that the block
+        # crosses devices once each way as in stock; FLASHMOE_EXPERT_BLOCK=0/1 (measurements only) forces it
+        block = os.environ.get("FLASHMOE_EXPERT_BLOCK", "")
+        self.expert_block = block == "1" or (block != "0" and self.gpu_hybrid)
+        self.lib.fm_model_set_expert_block(self.handle, int(self.expert_block))
         counter = self.ffi.new("uint64_t *")
         err = self.ffi.new("char[1024]")
         read_err = self.ffi.new("char[1024]")     # why a read of the FILE* failed: llama.cpp only says it failed

@@ -102,8 +102,8 @@ int fm_model_set_partner(fm_model *m, const char *a, const char *b) {
     return fm_store_set_partner(m->store, fm_store_find(m->store, a), fm_store_find(m->store, b));
 }
 
-void fm_model_set_gpu_hybrid(fm_model *m, int on) {
-    m->gpu_hybrid = on != 0;
+void fm_model_set_expert_block(fm_model *m, int on) {
+    m->expert_block = on != 0;
 }
 
 int fm_model_begin_load(fm_model *m, char *err, size_t err_len) {

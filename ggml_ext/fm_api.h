@@ -50,7 +50,7 @@ void fm_model_free(fm_model *m);
 void fm_model_set_budget(fm_model *m, uint64_t budget);
 /* on: the model is loaded with layers on a GPU (set before the load); the backend then also takes the routed-expert
    block's element-wise ops (activation, expert biases) so that the block crosses devices once, as stock's does */
-void fm_model_set_gpu_hybrid(fm_model *m, int on);
+void fm_model_set_expert_block(fm_model *m, int on);
 void fm_model_get_stats(fm_model *m, fm_stats *out);
 /* Non-zero if the model failed (read error, file changed...); the message goes into buf. */
 int fm_model_error(fm_model *m, char *buf, size_t len);

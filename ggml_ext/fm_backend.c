@@ -143,10 +143,13 @@ static const char *buft_get_name(ggml_backend_buffer_type_t buft) {
     return FM_NAME;
 }
 
-/* Where the scheduler's intermediates for our backend live: host memory that the GPU copies to and from directly,
- * as stock llama.cpp gives its CPU backend (llama_context: the first GPU device's host buffer type, CUDA's pinned
- * CUDA_Host, else the CPU buffer type). In our own buffer type every crossing from or to a GPU went through
- * ggml_backend_tensor_copy's slow path (neither side host: a malloc'ed staging copy and a pageable transfer). */
+/* Where the scheduler's intermediates for our backend live (the default buffer type of our backend, see
+ * g_dev_compute): the buffer type stock llama.cpp gives its CPU backend (llama_context: the first GPU device's host
+ * buffer type, CUDA's pinned CUDA_Host, else the CPU buffer type). The scheduler then sees the same buffer type for
+ * the CPU backend and ours, so neither copies the other's results (a CPU-only decode step made a copy at each of
+ * the four crossings of every MoE layer), and a crossing from or to a GPU is one transfer from pinned memory, as for
+ * stock's CPU split (in our own buffer type, not host, each went through ggml_backend_tensor_copy's slow path: a
+ * malloc'ed staging copy and a pageable transfer). */
 static ggml_backend_buffer_type_t compute_buft(void) {
     size_t n = fm_g.ggml_backend_dev_count();
     for (size_t i = 0; i < n; i++) {
@@ -161,8 +164,6 @@ static ggml_backend_buffer_type_t compute_buft(void) {
 }
 
 static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
-    /* outside a flashmoe load: the scheduler's compute buffers (weights are only placed here during a load) */
-    if (!tl_loading) return fm_g.ggml_backend_buft_alloc_buffer(compute_buft(), size);
     fm_buffer_ctx *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     size_t page = (size_t) sysconf(_SC_PAGESIZE);
@@ -251,7 +252,7 @@ static fm_model *expert_block_model(const struct ggml_tensor *t, int depth) {
         const struct ggml_tensor *as = t->src[0];
         if (!as || !as->extra || !as->buffer || as->buffer->buft != &g_buft || !as->buffer->context) return NULL;
         fm_model *m = ((fm_buffer_ctx *) as->buffer->context)->model;
-        return m && m->gpu_hybrid ? m : NULL;
+        return m && m->expert_block ? m : NULL;
     }
     return block_op_model(t, depth + 1);
 }
@@ -362,6 +363,10 @@ static void fm_set_n_threads(ggml_backend_t backend, int n_threads) {
 /* ---- device ------------------------------------------------------------------------------------------ */
 
 static struct ggml_backend_device g_dev;
+/* The device our backends report (ggml_backend_get_device): g_dev's functions except the buffer type, which
+ * ggml_backend_get_default_buffer_type takes from the backend's device for the scheduler's compute buffers. The
+ * registry lists g_dev only: llama.cpp places weights with its buffer type (experts in our own, not host, type). */
+static struct ggml_backend_device g_dev_compute;
 static struct ggml_backend_reg g_reg;
 
 static const char *dev_get_name(ggml_backend_dev_t dev) {
@@ -423,6 +428,7 @@ static void dev_event_synchronize(ggml_backend_dev_t dev, ggml_backend_event_t e
 }
 
 static ggml_backend_t dev_init_backend(ggml_backend_dev_t dev, const char *params) {
+    (void) dev;
     (void) params;
     fm_backend_ctx *c = calloc(1, sizeof *c);
     ggml_backend_t be = calloc(1, sizeof *be);
@@ -441,7 +447,7 @@ static ggml_backend_t dev_init_backend(ggml_backend_dev_t dev, const char *param
     }
     be->guid = &g_guid;
     be->iface = g_backend_iface;
-    be->device = dev;
+    be->device = &g_dev_compute;
     be->context = c;
     return be;
 }
@@ -449,6 +455,11 @@ static ggml_backend_t dev_init_backend(ggml_backend_dev_t dev, const char *param
 static ggml_backend_buffer_type_t dev_get_buffer_type(ggml_backend_dev_t dev) {
     (void) dev;
     return &g_buft;
+}
+
+static ggml_backend_buffer_type_t dev_compute_get_buffer_type(ggml_backend_dev_t dev) {
+    (void) dev;
+    return compute_buft();
 }
 
 static bool dev_supports_op(ggml_backend_dev_t dev, const struct ggml_tensor *op) {
@@ -566,6 +577,8 @@ int fm_backend_register(char *err, size_t err_len) {
     g_dev.iface = g_dev_iface;
     g_dev.reg = &g_reg;
     g_dev.context = NULL;
+    g_dev_compute = g_dev;
+    g_dev_compute.iface.get_buffer_type = dev_compute_get_buffer_type;
     g_reg.api_version = GGML_BACKEND_API_VERSION;
     g_reg.iface = g_reg_iface;
     g_reg.context = NULL;

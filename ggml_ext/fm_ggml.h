@@ -22,7 +22,6 @@
     X(base, ggml_graph_node)                \
     X(base, ggml_backend_buffer_init)       \
     X(base, ggml_backend_buft_is_host)      \
-    X(base, ggml_backend_buft_alloc_buffer) \
     X(base, ggml_backend_dev_type)          \
     X(base, ggml_backend_dev_host_buffer_type) \
     X(base, ggml_init)                      \

@@ -10,8 +10,8 @@ typedef struct fm_model {
     fm_mm_opts mm;        /* how expert products are computed */
     int n_bound;          /* expert tensors placed in flashmoe buffers by the loader */
     uint64_t dropped;     /* expert bytes the loader handed over and we did not keep */
-    int gpu_hybrid;       /* loaded with layers on a GPU: the backend also computes the element-wise ops between
-                             the expert products (fm_backend.c, expert_block_model), as stock's CPU does */
+    int expert_block;     /* the backend also computes the element-wise ops between the expert products
+                             (fm_backend.c, expert_block_model), as stock's CPU does in a GPU-hybrid model */
 } fm_model;
 
 /* The load scope: llama.cpp loads m's weights on this thread until fm_backend_end_load (buffers allocated

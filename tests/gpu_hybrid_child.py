@@ -131,7 +131,7 @@ def main() -> None:
     import llama_cpp
     path = spec["model"]
     if not spec.get("gpu_block", True):
-        os.environ["FLASHMOE_GPU_BLOCK"] = "0"      # flashmoe takes the expert products alone (streamed.py)
+        os.environ["FLASHMOE_EXPERT_BLOCK"] = "0"      # flashmoe takes the expert products alone (streamed.py)
     kw = dict(n_ctx=256, n_batch=256, logits_all=True, verbose=True, seed=0, n_threads=2, type_k=0, type_v=0,
               n_gpu_layers=spec.get("n_gpu_layers", -1))
     out: dict[str, Any] = {}

@@ -242,7 +242,7 @@ def test_partial_offload_matches_stock(rpc_build) -> None:  # type: ignore[no-un
 
 
 def test_products_alone_cross_four_times(rpc_build) -> None:  # type: ignore[no-untyped-def]
-    """The control of the split counts: with FLASHMOE_GPU_BLOCK=0 our backend takes the expert products alone and
+    """The control of the split counts: with FLASHMOE_EXPERT_BLOCK=0 our backend takes the expert products alone and
     the activation goes back to the "GPU" between them: 2 splits more per MoE layer than stock's (2 layers: 10
     against 6). The logits stay equal here (the RPC server computes the activation with ggml-cpu too; a real GPU
     would not), so only the splits tell the block ops apart."""
@@ -298,10 +298,11 @@ def test_auto_budget_leaves_out_weights_on_the_gpu(rpc_build) -> None:  # type: 
 
 
 def test_compute_buffers_are_host_memory() -> None:
-    """The scheduler's buffers for our backend's intermediates (allocated outside a load, from our device's buffer
-    type) are host memory of the type stock llama.cpp gives its CPU backend (the first GPU's host buffer type, else
-    the CPU buffer type; no GPU here: CPU), so a crossing from or to a GPU is one direct transfer (ggml's
-    ggml_backend_tensor_copy), not a staging copy between two non-host buffers. Checked with ggml's own calls."""
+    """Our backend's default buffer type (the scheduler's compute buffers for its intermediates) is host memory of
+    the type stock llama.cpp gives its CPU backend (the first GPU's host buffer type, else the CPU buffer type; no
+    GPU here: CPU), so a crossing from or to a GPU is one direct transfer (ggml_backend_tensor_copy) and the CPU
+    backend reads our results in place (tests/test_splits.py); our device's buffer type, where llama.cpp places
+    the expert weights, stays ours and not host. Checked with ggml's own calls."""
     import ctypes
 
     from flashmoe_gguf import Llama, ggml_devices
@@ -309,25 +310,25 @@ def test_compute_buffers_are_host_memory() -> None:
     try:
         ours = [d for d in ggml_devices.devices() if d.name == "FLASHMOE"]
         assert len(ours) == 1 and ours[0].buft_name == "FLASHMOE"
-        base = ggml_devices.libs().base
+        lib = ggml_devices.libs()
         vp = ctypes.c_void_p
-        base.ggml_backend_buft_alloc_buffer.restype = vp
-        base.ggml_backend_buft_alloc_buffer.argtypes = [vp, ctypes.c_size_t]
-        base.ggml_backend_buffer_is_host.restype = ctypes.c_bool
-        base.ggml_backend_buffer_is_host.argtypes = [vp]
-        base.ggml_backend_buffer_get_type.restype = vp
-        base.ggml_backend_buffer_get_type.argtypes = [vp]
-        base.ggml_backend_buffer_free.restype = None
-        base.ggml_backend_buffer_free.argtypes = [vp]
-        buf = base.ggml_backend_buft_alloc_buffer(ours[0].buft, 1 << 20)
-        assert buf
+        for name, res, args in (("ggml_backend_dev_init", vp, [vp, ctypes.c_char_p]),
+                                ("ggml_backend_get_default_buffer_type", vp, [vp]),
+                                ("ggml_backend_buft_is_host", ctypes.c_bool, [vp]),
+                                ("ggml_backend_free", None, [vp])):
+            getattr(lib.base, name).restype = res
+            getattr(lib.base, name).argtypes = args
+        dev = [lib.reg.ggml_backend_dev_get(i) for i in range(lib.reg.ggml_backend_dev_count())
+               if lib.base.ggml_backend_dev_name(lib.reg.ggml_backend_dev_get(i)) == b"FLASHMOE"][0]
+        assert not lib.base.ggml_backend_buft_is_host(lib.base.ggml_backend_dev_buffer_type(dev))
+        backend = lib.base.ggml_backend_dev_init(dev, None)
+        assert backend
         try:
-            assert base.ggml_backend_buffer_is_host(buf)
-            name = base.ggml_backend_buft_name(base.ggml_backend_buffer_get_type(buf)).decode()
-            assert name == "CPU" and not ggml_devices.has_gpu()
+            buft = lib.base.ggml_backend_get_default_buffer_type(backend)
+            assert lib.base.ggml_backend_buft_is_host(buft)
+            assert lib.base.ggml_backend_buft_name(buft).decode() == "CPU" and not ggml_devices.has_gpu()
         finally:
-            base.ggml_backend_buffer_free(buf)
-        # and the model still computes (its compute buffers came the same way)
-        assert llm.eval([1, 2, 3]) is None
+            lib.base.ggml_backend_free(backend)
+        assert llm.eval([1, 2, 3]) is None      # and the model computes (its compute buffers came the same way)
     finally:
         llm.close()

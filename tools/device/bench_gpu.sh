@@ -7,7 +7,7 @@
 #   bash tools/device/bench_gpu.sh bench               # call 2: parity (c) vs (b), warm bench (a) (b) (c)
 #   bash tools/device/bench_gpu.sh capped              # call 3: the same under a RAM cap the experts exceed
 #   bash tools/device/bench_gpu.sh crossings           # optional: (c) warm with the expert block crossing devices
-#                                                      # 4x per layer (FLASHMOE_GPU_BLOCK=0) against 2x (default)
+#                                                      # 4x per layer (FLASHMOE_EXPERT_BLOCK=0) against 2x (default)
 #
 # Each stage stays under the 10-minute limit of one call; run the next one while the machine is warm (it is
 # given back 30 s after a call; a fresh machine has nothing of the earlier calls). `build` stops its compile at
@@ -154,11 +154,11 @@ print('eval ok', m.n_tokens, flush=True)
 
 crossings() {   # what the two extra device crossings per MoE layer cost: flashmoe alone, block ops off and on
   for block in 0 1; do
-    FLASHMOE_GPU_BLOCK=$block $PY -P -m flashmoe_gguf.cli bench $MODEL --ram none --gpu-layers -1 --compare none \
+    FLASHMOE_EXPERT_BLOCK=$block $PY -P -m flashmoe_gguf.cli bench $MODEL --ram none --gpu-layers -1 --compare none \
       --threads $THREADS --tokens ${TOKENS:-32} --prompt-tokens ${PROMPT:-512} \
       --n-ctx $(( ${PROMPT:-512} + ${TOKENS:-32} + 64 )) --rounds ${ROUNDS:-3} --report /tmp/bench-gpu-block$block \
       --wait 0 --disk-repeats 0 --probe-pairs 0 -q > $OUT/crossings-block$block.log 2>&1
-    echo "== FLASHMOE_GPU_BLOCK=$block (rc $?)"; grep -E "tok/s" $OUT/crossings-block$block.log | grep -v extrapolated
+    echo "== FLASHMOE_EXPERT_BLOCK=$block (rc $?)"; grep -E "tok/s" $OUT/crossings-block$block.log | grep -v extrapolated
     cp /tmp/bench-gpu-block$block/report.md $OUT/crossings-block$block.md 2>/dev/null
   done
   return 0

@@ -1,0 +1,45 @@
+"""Where a decode step crosses between llama.cpp's CPU backend and ours (CPU only): what the scheduler copies.
+
+Our backend's compute buffers are of the buffer type the CPU backend's are (ggml_ext/fm_backend.c, compute_buft),
+so the scheduler lets each read the other's results in place: no split of the step has inputs to copy. Read from
+ggml's own account of the splits (GGML_SCHED_DEBUG=1 prints each split and its inputs through llama.cpp's log).
+Before, the CPU split after our gate and up products copied both, and the one after down copied its result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from test_runtime import gguf_for
+
+CHILD = """
+import sys
+from flashmoe_gguf import Llama
+llm = Llama(model_path=sys.argv[1], ram_budget="64M", n_ctx=64, n_threads=2, verbose=True)
+llm.eval([1, 2, 3, 4])
+print("==== DECODE STEP", file=sys.stderr, flush=True)
+llm.eval([5])
+print("==== END", file=sys.stderr, flush=True)
+llm.close()
+"""
+
+SPLIT = re.compile(r"## SPLIT #(\d+): (\S+) # (\d+) inputs(?::(.*))?")
+
+
+@pytest.mark.parametrize("arch,experts", [("qwen3_moe", "Q4_K"), ("gpt_oss", "MXFP4")])
+def test_decode_step_copies_nothing(arch: str, experts: str) -> None:
+    env = dict(os.environ, GGML_SCHED_DEBUG="1")
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(gguf_for(arch, experts))], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = proc.stderr.split("==== DECODE STEP", 1)[1].split("==== END", 1)[0]
+    splits = [(m.group(2), int(m.group(3)), (m.group(4) or "").strip()) for m in SPLIT.finditer(step)]
+    ours = [s for s in splits if s[0] == "FLASHMOE"]
+    assert ours, f"no split ran on our backend:\n{step[-2000:]}"
+    copied = [s for s in splits if s[1] != 0]
+    assert not copied, f"splits with inputs copied from another backend: {copied}"
