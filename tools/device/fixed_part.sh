@@ -22,7 +22,7 @@ run() {  # name threads env...
 for t in ${THREADS:-4 16}; do
   run t$t-default $t X=1
   run t$t-active $t OMP_WAIT_POLICY=active
-  run t$t-passive $t OMP_WAIT_POLICY=passive
+  run t$t-block $t FLASHMOE_EXPERT_BLOCK=1
   run t$t-bind $t OMP_PROC_BIND=close OMP_PLACES=cores
 done
 # one decode step's splits, flashmoe (resident repack) and stock, 4 threads
