@@ -212,15 +212,15 @@ static void be_free(ggml_backend_t backend) {
  * the first expert product to the last on the CPU: gate and up, the activation (GLU), the expert biases (ADD_ID),
  * down; the weighting and the sum go back to the GPU. The scheduler gives us the products (their weights are in
  * our buffer); the ops between them would go to the GPU, four device crossings per layer instead of two. So in a
- * model loaded with GPU layers (fm_model.gpu_hybrid) we also take those ops when every input they compute from
- * is one of our products or such an op: the same ops stock's CPU runs, computed by ggml-cpu's own code
- * (run_cpu_ops), so the results are stock's bit for bit. CPU-only models never take them. */
+ * model marked so (fm_model.expert_block: set with GPU layers) we also take those ops when every input they compute
+ * from is one of our products or such an op: the same ops stock's CPU runs, computed by ggml-cpu's own code
+ * (run_cpu_ops), so the results are stock's bit for bit. */
 
 #define FM_BLOCK_DEPTH 8
 
 static fm_model *expert_block_model(const struct ggml_tensor *t, int depth);
 
-/* the GPU-hybrid model whose expert block op `op` belongs to, or NULL (then we do not take it) */
+/* the marked model whose expert block op `op` belongs to, or NULL (then we do not take it) */
 static fm_model *block_op_model(const struct ggml_tensor *op, int depth) {
     if (op->type != GGML_TYPE_F32) return NULL;
     switch (op->op) {
@@ -244,7 +244,7 @@ static fm_model *block_op_model(const struct ggml_tensor *op, int depth) {
     }
 }
 
-/* t (through views) is the output of one of our products in a GPU-hybrid model, or of a block op we take */
+/* t (through views) is the output of one of our products in a marked model, or of a block op we take */
 static fm_model *expert_block_model(const struct ggml_tensor *t, int depth) {
     while (t && t->view_src) t = t->view_src;
     if (!t || depth >= FM_BLOCK_DEPTH) return NULL;
