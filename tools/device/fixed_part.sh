@@ -45,4 +45,10 @@ for w in flashmoe stock; do
   echo "splits in the decode step: $(grep -c '## SPLIT' /tmp/step-$w.log)"; grep -E "buffer size" $OUT/splits-$w.log | head -12
   grep -E "result_output|ffn_moe_gate-0 |attn_norm-1 " /tmp/step-$w.log | head -6
 done
+# the earlier all-cores runs' configuration (README, issue 14), for before/after ratios
+for t in 4 16; do
+  python3 -P -m flashmoe_gguf.cli bench /tmp/q3-8L.gguf --ram none --compare stock,stock-norepack --threads $t --tokens 24 \
+    --prompt-tokens 128 --report /tmp/b$t --wait 0 --disk-repeats 0 --probe-pairs 8 -q > /tmp/b$t.log 2>&1
+  echo "== b$t rc $?"; grep -E " / stock" /tmp/b$t.log | head -6; grep -A4 "^| prompt tok/s" /tmp/b$t/report.md | head -6; cp /tmp/b$t/report.md $OUT/b$t.md 2>/dev/null
+done
 echo DONE-FP
