@@ -29,6 +29,16 @@
 /* ggml-cpu/tiled/tiled.cpp: an expert's MUL_MAT_ID goes through the tiled path from this many rows on */
 #define FM_TILED_MIN_ROWS 8
 
+/* A thread's results for one expert wait in th->out until they are scattered into dst. expert_rows computes the
+   weight rows in blocks so that out holds at most FM_OUT_CAP bytes: block_rows() x the node's largest pair count
+   floats, the block a multiple of FM_BLOCK_UNIT rows and at least that (only an expert of more than
+   FM_OUT_CAP / (4 x FM_BLOCK_UNIT) = 4096 pairs goes over the cap). Without blocks out was ne01 x pairs floats a
+   thread: 4.9 MB for 2048 rows x 600 pairs. Every (weight row, activation row) product is the same whatever rows
+   are computed with it: our kernels and ggml take any row count and any first row (the wave already splits an
+   expert's rows between threads at arbitrary rows), so blocks change no bit. */
+#define FM_OUT_CAP ((size_t) 256 << 10)
+#define FM_BLOCK_UNIT 16
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -38,7 +48,7 @@ static double now_s(void) {
 /* per compute thread */
 typedef struct {
     char *gathered;              /* an expert's activation rows, contiguous (quantized, or float for ggml) */
-    float *out;                  /* [n_pairs][rows] results */
+    float *out;                  /* [n_pairs][rows of a block] results: block_rows x the node's largest pair count */
     fm_ggml_scratch ggml;
     char err[256];
 } mm_thread;
@@ -49,6 +59,7 @@ typedef struct {
     const struct ggml_tensor *b;
     struct ggml_tensor *dst;
     int64_t ne00, ne01, ne11;
+    int64_t block_rows;          /* weight rows per kernel call in expert_rows (see FM_OUT_CAP) */
     size_t act_row;              /* bytes of one quantized activation row (when quantized) */
     size_t w_row;                /* bytes of one weight row */
     char *act;                   /* quantized rows, index i11 + i12 * ne11 (when quantized) */
@@ -90,12 +101,11 @@ static const float *act_f32(const mm_ctx *c, int k, int t) {
     return (const float *) ((const char *) c->b->data + (size_t) (k % c->ne11) * c->b->nb[1] + (size_t) t * c->b->nb[2]);
 }
 
-/* rows r0..r1 of expert e (bytes w) for all of its (k, t) pairs; 0, or -1 with th->err set */
+/* rows r0..r1 of expert e (bytes w) for all of its (k, t) pairs, block_rows rows at a time; 0, or -1 with th->err
+   set */
 static int expert_rows(mm_ctx *c, mm_thread *th, int e, const char *w, int64_t r0, int64_t r1) {
     const int *pairs = c->pairs + c->start[e];
     const int n_pairs = c->start[e + 1] - c->start[e];
-    const int n_rows = (int) (r1 - r0);
-    const char *wr = w + (size_t) r0 * c->w_row;
     if (c->quantized) {
         for (int p = 0; p < n_pairs; p++) {
             int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
@@ -108,22 +118,27 @@ static int expert_rows(mm_ctx *c, mm_thread *th, int e, const char *w, int64_t r
             memcpy(th->gathered + (size_t) p * c->ne00 * sizeof(float), act_f32(c, k, t), (size_t) c->ne00 * sizeof(float));
         }
     }
-    if (c->kernel) {
-        /* the procedure ggml's MUL_MAT_ID picks for an expert with n_pairs rows */
-        const int tiled = c->tiled_mode == FM_TILED_FORCE || (c->tiled_mode == FM_TILED_ON && n_pairs >= FM_TILED_MIN_ROWS);
-        fm_kernel_matmul(c->kernel, c->type, tiled && c->kernel->dot_tiled, (int) c->ne00, wr, c->w_row, n_rows,
-                         th->gathered, c->act_row, n_pairs, th->out, (size_t) n_rows);
-    } else {
-        const size_t row = c->quantized ? c->act_row : (size_t) c->ne00 * sizeof(float);
-        if (fm_ggml_expert_product(&th->ggml, c->type, c->ne00, wr, c->w_row, n_rows, c->act_type, th->gathered, row,
-                                   n_pairs, th->out, th->err, sizeof th->err) != 0)
-            return -1;
-    }
-    /* out is [n_pairs][n_rows] */
-    for (int p = 0; p < n_pairs; p++) {
-        int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
-        char *d = (char *) c->dst->data + (size_t) k * c->dst->nb[1] + (size_t) t * c->dst->nb[2];
-        memcpy((float *) d + r0, th->out + (size_t) p * (size_t) n_rows, (size_t) n_rows * sizeof(float));
+    /* the procedure ggml's MUL_MAT_ID picks for an expert with n_pairs rows (all of them, whatever the block) */
+    const int tiled = c->kernel && c->kernel->dot_tiled &&
+                      (c->tiled_mode == FM_TILED_FORCE || (c->tiled_mode == FM_TILED_ON && n_pairs >= FM_TILED_MIN_ROWS));
+    for (int64_t b0 = r0; b0 < r1; b0 += c->block_rows) {
+        const int n_rows = (int) (r1 - b0 < c->block_rows ? r1 - b0 : c->block_rows);
+        const char *wr = w + (size_t) b0 * c->w_row;
+        if (c->kernel) {
+            fm_kernel_matmul(c->kernel, c->type, tiled, (int) c->ne00, wr, c->w_row, n_rows, th->gathered,
+                             c->act_row, n_pairs, th->out, (size_t) n_rows);
+        } else {
+            const size_t row = c->quantized ? c->act_row : (size_t) c->ne00 * sizeof(float);
+            if (fm_ggml_expert_product(&th->ggml, c->type, c->ne00, wr, c->w_row, n_rows, c->act_type, th->gathered,
+                                       row, n_pairs, th->out, th->err, sizeof th->err) != 0)
+                return -1;
+        }
+        /* out is [n_pairs][n_rows]: rows b0 .. b0 + n_rows of each pair's dst column */
+        for (int p = 0; p < n_pairs; p++) {
+            int k = pairs[p] % c->n_used, t = pairs[p] / c->n_used;
+            char *d = (char *) c->dst->data + (size_t) k * c->dst->nb[1] + (size_t) t * c->dst->nb[2];
+            memcpy((float *) d + b0, th->out + (size_t) p * (size_t) n_rows, (size_t) n_rows * sizeof(float));
+        }
     }
     return 0;
 }
@@ -259,17 +274,29 @@ static int group_by_expert(fm_store *s, const fm_tensor_info *t, const struct gg
     return n_uniq;
 }
 
-/* per-thread scratch for the largest expert of the node; 0 or -1 */
+/* weight rows per block for an expert of max_pairs pairs: block x max_pairs floats within FM_OUT_CAP, a multiple
+   of FM_BLOCK_UNIT and at least that, at most ne01 (the rows a call can ask for) */
+static int64_t block_rows(size_t max_pairs, int64_t ne01) {
+    size_t r = max_pairs ? FM_OUT_CAP / (max_pairs * sizeof(float)) : FM_OUT_CAP;
+    r -= r % FM_BLOCK_UNIT;
+    if (r < FM_BLOCK_UNIT) r = FM_BLOCK_UNIT;
+    if (ne01 < 1) return 1;
+    return (uint64_t) ne01 < r ? ne01 : (int64_t) r;
+}
+
+/* per-thread scratch for the largest expert of the node (its activation rows, a block of its results), and the
+   block size; 0 or -1 */
 static int alloc_threads(mm_ctx *c, int nth, const int *uniq, int n_uniq) {
     size_t max_pairs = 0;
     for (int i = 0; i < n_uniq; i++) {
         const size_t n = (size_t) (c->start[uniq[i] + 1] - c->start[uniq[i]]);
         if (n > max_pairs) max_pairs = n;
     }
+    c->block_rows = block_rows(max_pairs, c->ne01);
     const size_t row = c->act_row;
     for (int i = 0; i < nth; i++) {
         c->th[i].gathered = malloc(max_pairs * row + 64);
-        c->th[i].out = malloc((size_t) c->ne01 * max_pairs * sizeof(float));
+        c->th[i].out = malloc((size_t) c->block_rows * max_pairs * sizeof(float));
         if (!c->th[i].gathered || !c->th[i].out) return -1;
     }
     return 0;

@@ -125,6 +125,48 @@ def test_matches_stock(arch: str, experts: str, isa: str) -> None:
         llm.close()
 
 
+# One prompt micro-batch of 2048 tokens: 4096 (token, expert) rows over the tiny models' 8 experts, so the busiest
+# expert of every node receives at least 512 and each thread's results for its 256 weight rows would exceed
+# fm_matmul.c's 256 KiB cap (FM_OUT_CAP): they are computed in blocks of rows, each scattered into dst at its own
+# rows. Measured on qwen3_moe Q4_K: 700 pairs in one layer (blocks of 80 rows: 80, 80, 80 and a partial 16), 967 in the
+# other (64 rows, 4 blocks); a scatter at the call's first row instead of the block's fails every case.
+LARGE_BATCH = [int(t) for t in np.random.default_rng(1).integers(5, 3900, 2048)]
+
+
+@functools.lru_cache(maxsize=None)
+def stock_large_batch(arch: str, experts: str) -> np.ndarray:
+    import llama_cpp
+
+    from reference import GGML_TYPE_F32, no_extra_buffer_types
+    n = len(LARGE_BATCH)
+    with no_extra_buffer_types():
+        ref = llama_cpp.Llama(model_path=str(gguf_for(arch, experts)), n_ctx=n, n_batch=n, n_ubatch=n,
+                              logits_all=True, verbose=False, seed=0, n_threads=2, type_k=GGML_TYPE_F32,
+                              type_v=GGML_TYPE_F32)
+    out = logits(ref, LARGE_BATCH, batch=True)
+    ref.close()
+    return out
+
+
+@pytest.mark.parametrize("experts", ["Q4_K", "Q8_0"])     # ggml's tiled path (and our VNNI mm_tiled), vec_dot only
+@pytest.mark.parametrize("isa", ISAS)
+def test_large_micro_batch_matches_stock(experts: str, isa: str) -> None:
+    """Every logit of a 2048-token micro-batch (expert products computed in row blocks) is stock's, bit for bit."""
+    if isa != "ggml" and isa not in cpu_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    from flashmoe_gguf import Llama
+    path = gguf_for("qwen3_moe", experts)
+    want = stock_large_batch("qwen3_moe", experts)
+    n = len(LARGE_BATCH)
+    llm = Llama(model_path=str(path), ram_budget=2 * expert_bytes(path), n_ctx=n, n_batch=n, n_ubatch=n,
+                logits_all=True, verbose=False, seed=0, n_threads=2, type_k=0, type_v=0, isa=isa)
+    try:
+        assert_same_logits(logits(llm, LARGE_BATCH, batch=True), want, f"{n}-token micro-batch, isa {isa}")
+        assert llm.flashmoe_stats()["mul_mat_id_calls"] > 0
+    finally:
+        llm.close()
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("experts", ["Q4_K", "Q4_0"])    # the types CPU_REPACK takes over
 def test_stock_default_differs_only_as_stock_does(arch: str, experts: str) -> None:
