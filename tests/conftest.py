@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -99,3 +100,18 @@ def served_tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 def openai_client(served_tiny):  # type: ignore[no-untyped-def]
     """The official openai client (no retries, 60 s timeout) on served_tiny's /v1."""
     return served_tiny.client()
+
+
+@pytest.fixture
+def sigint_default():  # type: ignore[no-untyped-def]
+    """Children started meanwhile get SIGINT at its default, as from a terminal. A test run launched in the
+    background by a non-interactive shell (`pytest &`, nohup) ignores SIGINT, children inherit that, and a Ctrl-C
+    test would then test nothing (its child never sees the signal: both such tests failed that way in a full run
+    started with `&`)."""
+    old = signal.getsignal(signal.SIGINT)
+    if old == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)

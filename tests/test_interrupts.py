@@ -81,7 +81,8 @@ def _wait_for_partial(out: Path, p: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-def test_signal_during_conversion_leaves_nothing(tmp_path: Path, sig: int, code: int, word: str) -> None:
+def test_signal_during_conversion_leaves_nothing(tmp_path: Path, sig: int, code: int, word: str,
+                                               sigint_default) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "x.gguf"
     p = _start_synth(out)
     try:

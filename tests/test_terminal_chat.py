@@ -79,7 +79,7 @@ def test_cli_chat_end_of_input_and_errors() -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
-def test_ctrl_c_stops_the_answer_not_the_program() -> None:
+def test_ctrl_c_stops_the_answer_not_the_program(sigint_default) -> None:  # type: ignore[no-untyped-def]
     path = gguf_for("qwen3_moe", "Q4_K")
     # the runtime's test seam (flashmoe_gguf/runtime.py): the 21st eval (the prompt, then 20 tokens, some text
     # already written) waits there for the signal, so Ctrl-C always lands while the answer is being generated
