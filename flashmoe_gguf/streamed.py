@@ -102,7 +102,6 @@ class StreamedModel:
         self.resident_repack = resident_repack      # llama.cpp's extra buffer types for the resident weights
         self.tensor_overrides = check_overrides(tensor_overrides)   # offload.py: (regex, buffer type) pairs
         self.gpu_hybrid = False
-        self.expert_block = False
         self.all_layers_on_gpu = False
         ext = extension.load()
         self.ext, self.ffi, self.lib = ext, ext.ffi, ext.lib
@@ -191,8 +190,7 @@ class StreamedModel:
         # the expert block (the ops between the expert products) on our backend: with GPU layers, so that the block
         # crosses devices once each way as in stock; FLASHMOE_EXPERT_BLOCK=0/1 (measurements only) forces it
         block = os.environ.get("FLASHMOE_EXPERT_BLOCK", "")
-        self.expert_block = block == "1" or (block != "0" and self.gpu_hybrid)
-        self.lib.fm_model_set_expert_block(self.handle, int(self.expert_block))
+        self.lib.fm_model_set_expert_block(self.handle, int(block == "1" or (block != "0" and self.gpu_hybrid)))
         counter = self.ffi.new("uint64_t *")
         err = self.ffi.new("char[1024]")
         read_err = self.ffi.new("char[1024]")     # why a read of the FILE* failed: llama.cpp only says it failed

@@ -385,8 +385,8 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
     } else if ((n_uniq = group_by_expert(s, t, dst->src[2], opts->routing, count, start, pairs, uniq)) >= 0) {
         /* the activations are quantized once, for all experts; a decode step's few rows on this thread (a parallel
            region per node costs more than quantizing them: one row for gate and up, K rows for down) */
-        if (c.quantized && c.ne11 * c.b->ne[2] <= FM_QUANTIZE_INLINE_ROWS) quantize_task(&c, 0, 1);
-        else if (c.quantized) fm_pool_run(pool, nth, quantize_task, &c);
+        if (c.quantized)
+            fm_pool_run(pool, c.ne11 * c.b->ne[2] <= FM_QUANTIZE_INLINE_ROWS ? 1 : nth, quantize_task, &c);
         if (alloc_threads(&c, nth, uniq, n_uniq) != 0) fm_store_set_error(s, "out of memory in MUL_MAT_ID");
         else rc = run_waves(&c, pool, nth, tensor, uniq, n_uniq, slots, done, order, &io_wait);
     }

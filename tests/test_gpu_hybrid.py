@@ -329,6 +329,6 @@ def test_compute_buffers_are_host_memory() -> None:
             assert lib.base.ggml_backend_buft_name(buft).decode() == "CPU" and not ggml_devices.has_gpu()
         finally:
             lib.base.ggml_backend_free(backend)
-        assert llm.eval([1, 2, 3]) is None      # and the model computes (its compute buffers came the same way)
+        llm.eval([1, 2, 3])     # and the model computes (its compute buffers came the same way)
     finally:
         llm.close()
