@@ -19,7 +19,9 @@ run() {  # name threads env...
   grep -E "^\| (flashmoe|stock)[-a-z]* K=" /tmp/fp-$name/report.md | head -2
   cp /tmp/fp-$name/report.md $OUT/fp-$name.md 2>/dev/null
 }
+PARTS=${PARTS:-variants splits before}  # which of the three parts to run
 for t in ${THREADS:-4 16}; do
+  [[ " $PARTS " == *" variants "* ]] || break
   run t$t-default $t X=1
   run t$t-active $t OMP_WAIT_POLICY=active
   run t$t-block $t FLASHMOE_EXPERT_BLOCK=1
@@ -40,13 +42,15 @@ print("==== DECODE STEP", file=sys.stderr, flush=True)
 llm.eval([5])
 PY
 for w in flashmoe stock; do
+  [[ " $PARTS " == *" splits "* ]] || break
   GGML_SCHED_DEBUG=2 python3 -P /tmp/splits.py $w > $OUT/splits-$w.log 2>&1; echo "splits $w rc $?"
   sed -n '/==== DECODE STEP/,$p' $OUT/splits-$w.log > /tmp/step-$w.log
   echo "splits in the decode step: $(grep -c '## SPLIT' /tmp/step-$w.log)"; grep -E "buffer size" $OUT/splits-$w.log | head -12
   grep -E "result_output|ffn_moe_gate-0 |attn_norm-1 " /tmp/step-$w.log | head -6
 done
 # the earlier all-cores runs' configuration (README, issue 14), for before/after ratios
-for t in 4 16; do
+for t in ${THREADS:-4 16}; do
+  [[ " $PARTS " == *" before "* ]] || break
   python3 -P -m flashmoe_gguf.cli bench /tmp/q3-8L.gguf --ram none --compare stock,stock-norepack --threads $t --tokens 24 \
     --prompt-tokens 128 --report /tmp/b$t --wait 0 --disk-repeats 0 --probe-pairs 8 -q > /tmp/b$t.log 2>&1
   echo "== b$t rc $?"; grep -E " / stock" /tmp/b$t.log | head -6; grep -A4 "^| prompt tok/s" /tmp/b$t/report.md | head -6; cp /tmp/b$t/report.md $OUT/b$t.md 2>/dev/null
