@@ -48,6 +48,10 @@ class _Libs:
         self.base.ggml_backend_buft_name.argtypes = [vp]
         self.base.ggml_backend_cpu_buffer_type.restype = vp
         self.base.ggml_backend_cpu_buffer_type.argtypes = []
+        self.base.ggml_backend_dev_init.restype = vp
+        self.base.ggml_backend_dev_init.argtypes = [vp, ctypes.c_char_p]
+        self.base.ggml_backend_free.restype = None
+        self.base.ggml_backend_free.argtypes = [vp]
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +76,25 @@ def devices() -> list[Device]:
 def has_gpu() -> bool:
     """Whether a device llama.cpp offloads layers to (GPU or integrated GPU) is registered."""
     return any(d.kind in ("GPU", "IGPU") for d in devices())
+
+
+def open_gpu_devices() -> list[str]:
+    """Start a backend on every GPU device and free it again; the names of those started. What a GPU runtime maps
+    into the process when a device is first opened (the CUDA context: hundreds of MB of host memory) stays for the
+    process's lifetime, so memory measured after this call no longer counts it (the bench's RSS baseline)."""
+    lib = libs()
+    opened = []
+    for i in range(lib.reg.ggml_backend_dev_count()):
+        dev = lib.reg.ggml_backend_dev_get(i)
+        if DEVICE_TYPES[lib.base.ggml_backend_dev_type(dev)] not in ("GPU", "IGPU"):
+            continue
+        name = lib.base.ggml_backend_dev_name(dev).decode(errors="replace")
+        backend = lib.base.ggml_backend_dev_init(dev, None)
+        if not backend:
+            raise RuntimeError(f"ggml could not start a backend on the device {name}")
+        lib.base.ggml_backend_free(backend)
+        opened.append(name)
+    return opened
 
 
 def cpu_buffer_type() -> int:

@@ -332,3 +332,28 @@ def test_compute_buffers_are_host_memory() -> None:
         llm.eval([1, 2, 3])     # and the model computes (its compute buffers came the same way)
     finally:
         llm.close()
+
+
+def test_bench_worker_opens_the_gpu_before_its_baseline(rpc_build) -> None:  # type: ignore[no-untyped-def]
+    """The bench's worker with GPU layers starts a backend on every GPU device before it measures its baseline RSS
+    (a GPU runtime's context is host memory that stays with the process, not flashmoe's memory): the real worker
+    with the RPC stand-in names the RPC device in its start event, before the load, and finishes its run."""
+    import os
+
+    import rpc_standin
+    from flashmoe_gguf.bench.worker import EVENT, WorkerSpec
+    path = gguf_for("qwen3_moe", "Q4_K")
+    spec = WorkerSpec(config="flashmoe-lfu", model=str(path), threads=2, tokens=2, prompt_tokens=4, n_ctx=64,
+                      budget=expert_bytes(path), gpu_layers=-1)
+    with rpc_standin.server(rpc_build) as endpoint:
+        env = dict(os.environ, FLASHMOE_RPC=f"{rpc_build.lib}@{endpoint}")
+        r = subprocess.run(spec.command(), capture_output=True, text=True, env=env, timeout=600)
+        cpu = subprocess.run(WorkerSpec(**{**spec.__dict__, "gpu_layers": 0}).command(), capture_output=True,
+                             text=True, env=env, timeout=600)
+    assert r.returncode == 0 and cpu.returncode == 0, r.stderr[-3000:] + cpu.stderr[-3000:]
+    events = [json.loads(ln[len(EVENT):]) for ln in r.stdout.splitlines() if ln.startswith(EVENT)]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "loaded" in kinds and "done" in kinds
+    assert events[0]["gpus_opened"] == ["RPC0"]          # the RPC backend's device name (its buffer type: RPC0[HOST:PORT])
+    cpu_start = [json.loads(ln[len(EVENT):]) for ln in cpu.stdout.splitlines() if ln.startswith(EVENT)][0]
+    assert cpu_start["event"] == "start" and cpu_start["gpus_opened"] == []

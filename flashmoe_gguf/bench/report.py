@@ -40,8 +40,9 @@ def bound_hit_rate(r: RunResult) -> float:
 def memory_check(r: RunResult, info: ModelInfo, n_ctx: int) -> dict[str, Any] | None:
     """Issue 3's memory rule for a flashmoe run: RSS at the end of decode against
     1.1 x (non-expert weights + ram_budget + KV cache). The interpreter and libraries (RSS before the model
-    loads) are not in that formula: `pass` compares the RSS above that baseline, `pass_including_baseline` the
-    whole RSS. Nor are llama.cpp's compute and output buffers: `pass_with_context` puts the whole context the
+    loads; with GPU layers, after a backend was started on every GPU, so that the GPU runtime's own host memory,
+    the CUDA context, is in it) are not in that formula: `pass` compares the RSS above that baseline,
+    `pass_including_baseline` the whole RSS. Nor are llama.cpp's compute and output buffers: `pass_with_context` puts the whole context the
     worker measured (KV cache, compute and output buffers) where the rule has the KV cache."""
     if not is_flashmoe(r.config) or "end_of_decode" not in r.rss or r.budget_bytes is None:
         return None

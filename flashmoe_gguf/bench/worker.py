@@ -254,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     import llama_cpp  # noqa: F401  (libraries loaded before the baseline RSS)
     if is_flashmoe(spec.config):
         import flashmoe_gguf.runtime  # noqa: F401
-    emit("start", pid=os.getpid(), io=proc_io(), status=proc_status())
+    gpus: list[str] = []
+    if spec.gpu_layers:
+        # the GPU runtime's own host memory (the CUDA context) into the baseline, not into flashmoe's memory check
+        from ..ggml_devices import open_gpu_devices
+        from ..rpc import connect_from_env
+        connect_from_env()
+        gpus = open_gpu_devices()
+    emit("start", pid=os.getpid(), io=proc_io(), status=proc_status(), gpus_opened=gpus)
     t0 = time.perf_counter()
     llm = make_llama(spec)
     load_s = time.perf_counter() - t0
