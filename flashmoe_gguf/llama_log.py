@@ -5,7 +5,8 @@ stderr. Ours sits in front of it and does two things:
 - passes each line on to llama-cpp-python's callback, unless `quiet()` was called: the command line calls it (not
   with --verbose), so that a failure is our one `flashmoe CMD: error: ...` line and not llama.cpp's lines first;
 - keeps the error lines logged on a thread while `errors_during()` runs there, so that a load llama.cpp refuses can
-  say why (llama.cpp logs the reason and returns NULL; llama-cpp-python then says only "Failed to load model").
+  say why (llama.cpp logs the reason and returns NULL; llama-cpp-python then says only "Failed to load model");
+- keeps everything logged on a thread while `text_during()` runs there (tests and tools read a load's facts).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class _Router:
                 sink[-1] += text.decode("utf-8", errors="replace")
             if level != GGML_LOG_LEVEL_CONT:
                 self.local.last = level
+        everything: list[str] | None = getattr(self.local, "everything", None)
+        if everything is not None:
+            everything.append(text.decode("utf-8", errors="replace"))
         if self.passthrough:
             self.forward(level, text, user_data)
 
@@ -75,6 +79,21 @@ def errors_during() -> Iterator[list[str]]:
     finally:
         router.local.sink = outer
         sink[:] = [s.strip() for s in sink if s.strip()]
+
+
+@contextlib.contextmanager
+def text_during() -> Iterator[list[str]]:
+    """Everything llama.cpp (and ggml) log on this thread inside the block, every level, as logged (pieces, each
+    usually a line with its newline): what its verbose log shows, e.g. a load's buffer sizes and graph splits.
+    llama.cpp logs at every level whatever `verbose` is; verbose only decides whether they are printed."""
+    router = install()
+    outer = getattr(router.local, "everything", None)
+    pieces: list[str] = []
+    router.local.everything = pieces
+    try:
+        yield pieces
+    finally:
+        router.local.everything = outer
 
 
 def reason(lines: list[str]) -> str | None:

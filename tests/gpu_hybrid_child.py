@@ -6,7 +6,7 @@ later model would get a context on it, and the server stops with the test).
 
 For stock (extra buffer types off, the routed experts overridden to the CPU as flashmoe's loader does) and for
 flashmoe_gguf.Llama at each budget: prompt-batch logits, token-by-token logits, a greedy continuation, and from
-llama.cpp's own log (verbose, fd 2 captured during the load): the bytes of weights on the RPC device and the
+llama.cpp's own log (captured during the load): the bytes of weights on the RPC device and the
 scheduler's graph splits.
 """
 
@@ -29,18 +29,14 @@ import rpc_standin  # noqa: E402
 
 
 @contextlib.contextmanager
-def fd2_to(path: Path) -> Iterator[None]:
-    """llama.cpp's log (fd 2) into a file for the duration"""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "wb") as f:
-        os.dup2(f.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+def log_to(path: Path) -> Iterator[None]:
+    """llama.cpp's log (every level, flashmoe_gguf.llama_log) into a file for the duration"""
+    from flashmoe_gguf.llama_log import text_during
+    with text_during() as pieces:
+        try:
+            yield
+        finally:
+            path.write_text("".join(pieces))
 
 
 def load_facts(log: str) -> dict[str, Any]:
@@ -138,14 +134,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     with rpc_standin.server(build) as endpoint:
         rpc_standin.register(build, endpoint)
-        with fd2_to(tmp / "stock.log"), no_extra_buffer_types(), tensor_overrides(experts_to_cpu()):
+        with log_to(tmp / "stock.log"), no_extra_buffer_types(), tensor_overrides(experts_to_cpu()):
             ref = llama_cpp.Llama(model_path=path, **kw)
         want = measure(ref, BATCH, PROMPT, 32)
         ref.close()
         out["stock"] = load_facts((tmp / "stock.log").read_text(errors="replace"))
         runs = []
         for budget in spec["budgets"]:
-            with fd2_to(tmp / "fm.log"):
+            with log_to(tmp / "fm.log"):
                 llm = Llama(model_path=path, ram_budget=budget, **kw)
             got = measure(llm, BATCH, PROMPT, 32)
             stats = llm.flashmoe_stats()

@@ -3,7 +3,7 @@ the CPU, then flashmoe_gguf.Llama(resident_repack=True) at each budget, on one m
 whose logits must differ for the case to tell the configurations apart).
 
 Run as `python resident_repack_child.py SPEC_JSON`; prints one line `RESULT {json}` (the parent asserts). A child
-per model so that llama.cpp's log (verbose, fd 2) can be read back for each load: which buffer type holds how
+per model so that llama.cpp's log (flashmoe_gguf.llama_log) can be read back for each load: which buffer type holds how
 many MiB of weights (`load_tensors: ... model buffer size`), which tensors CPU_REPACK repacked, and where the
 routed experts went (`tensor ... buffer type overridden to ...`).
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 
-from gpu_hybrid_child import fd2_to, measure  # noqa: E402
+from gpu_hybrid_child import log_to, measure  # noqa: E402
 
 
 def load_facts(log: str) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     out: dict[str, Any] = {}
     # llama.cpp's defaults (extra buffer types on) with `-ot exps=CPU`
-    with fd2_to(tmp / "stock.log"), tensor_overrides(experts_to_cpu()):
+    with log_to(tmp / "stock.log"), tensor_overrides(experts_to_cpu()):
         ref = llama_cpp.Llama(model_path=path, **kw)
     want = measure(ref, BATCH, PROMPT, 32)
     ref.close()
@@ -56,13 +56,13 @@ def main() -> None:
     # the case tells the two configurations apart: stock with extra buffer types off gives other logits
     from flashmoe_gguf.stock import no_extra_buffer_types
     from test_runtime import logits
-    with fd2_to(tmp / "norepack.log"), no_extra_buffer_types():
+    with log_to(tmp / "norepack.log"), no_extra_buffer_types():
         plain = llama_cpp.Llama(model_path=path, **kw)
     out["norepack_max_diff"] = float(np.abs(logits(plain, BATCH, batch=True) - want["batch"]).max())
     plain.close()
     runs = []
     for budget in spec["budgets"]:
-        with fd2_to(tmp / "fm.log"):
+        with log_to(tmp / "fm.log"):
             llm = Llama(model_path=path, ram_budget=budget, resident_repack=True, **kw)
         got = measure(llm, BATCH, PROMPT, 32)
         st = llm.flashmoe_stats()
@@ -77,7 +77,7 @@ def main() -> None:
         runs.append(run)
     out["flashmoe"] = runs
     # the default (resident_repack=False): nothing in the extra buffer types
-    with fd2_to(tmp / "off.log"):
+    with log_to(tmp / "off.log"):
         llm = Llama(model_path=path, ram_budget=spec["budgets"][0], **kw)
     llm.close()
     out["flashmoe_off"] = load_facts((tmp / "off.log").read_text(errors="replace"))

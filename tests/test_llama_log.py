@@ -94,3 +94,34 @@ def test_library_keeps_llama_cpp_pythons_log(refused: Path) -> None:
                        cwd=tempfile.gettempdir(), env={**os.environ, "PYTHONSAFEPATH": "1"})
     assert r.stdout.strip() == "REFUSED", r.stderr[-3000:]
     assert "llama_model_loader: " in r.stderr and MISSING in r.stderr, r.stderr[-3000:]
+
+
+def test_text_during_keeps_what_llama_cpp_logs_on_this_thread() -> None:
+    """A quiet load (verbose=False) still logs: the block gets every level, e.g. the mapped model buffer's size,
+    which is the file's tensor data range (first tensor's start to last one's end, by gguf-py's reader, the
+    independent account; llama.cpp prints MiB with two decimals); a load on another thread during the block does
+    not come into it."""
+    import threading
+
+    import llama_cpp
+    from gguf import GGUFReader
+
+    from flashmoe_gguf.llama_log import text_during
+    path = gguf_for("qwen3_moe", "Q4_K")
+    with text_during() as pieces:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, verbose=False)
+    llm.close()
+    log = "".join(pieces)
+    mib = [float(m) for m in re.findall(r"CPU_Mapped model buffer size =\s+([\d.]+) MiB", log)]
+    tensors = GGUFReader(str(path)).tensors
+    data = max(t.data_offset + int(t.n_bytes) for t in tensors) - min(t.data_offset for t in tensors)
+    assert len(mib) == 1 and abs(mib[0] - data / 2**20) <= 0.005, (mib, data)
+    other: list[str] = []
+
+    def load_elsewhere() -> None:
+        llama_cpp.Llama(model_path=str(path), n_ctx=32, verbose=False).close()
+    with text_during() as other:
+        t = threading.Thread(target=load_elsewhere)
+        t.start()
+        t.join()
+    assert other == []

@@ -9,7 +9,7 @@ overridden to the CPU buffer type (llama.cpp's `-ot exps=CPU`; flashmoe_gguf/off
 flashmoe_gguf.Llama with the same n_gpu_layers. Both with op_offload off: llama.cpp would otherwise copy stock's
 host-memory experts to the GPU for batches of 32+ tokens and multiply them there (other arithmetic), which
 flashmoe's streamed experts never are. F32 KV cache, logits for every token. Prints one JSON line per budget and
-exits 1 if anything differs. Also from llama.cpp's own log of each load (fd 2 captured): the graph splits the
+exits 1 if anything differs. Also from llama.cpp's own log of each load (flashmoe_gguf.llama_log): the graph splits the
 scheduler made (flashmoe's should equal stock's: the expert block crosses devices once each way) and the model
 buffers per device. FLASHMOE_RPC=LIB@HOST:PORT: llama.cpp's RPC backend as the GPU (flashmoe_gguf/rpc.py).
 """
@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import sys
-import tempfile
 from typing import Any, Iterator
 
 import numpy as np
@@ -54,19 +52,11 @@ def run(llm: Any, batch: list[int], prompt: list[int], n: int) -> dict[str, Any]
 
 @contextlib.contextmanager
 def llama_log(into: dict[str, Any]) -> Iterator[None]:
-    """fd 2 (llama.cpp's log, verbose loads) into a file; the splits and model buffers it names into `into`"""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            f.seek(0)
-            log = f.read().decode(errors="replace")
+    """llama.cpp's log during the block (flashmoe_gguf.llama_log); the splits and model buffers it names into `into`"""
+    from flashmoe_gguf.llama_log import text_during
+    with text_during() as pieces:
+        yield
+    log = "".join(pieces)
     into["splits"] = re.findall(r"graph: nodes = \S+, splits = ([^,]+),", log)
     into["model_buffers_mib"] = {m.group(1).strip(): float(m.group(2))
                                  for m in re.finditer(r"load_tensors:\s+(.+?) model buffer size =\s+([\d.]+) MiB", log)}
