@@ -8,18 +8,19 @@
  * half every HALF_LIFE visits: the frequency of that expert in that layer, i.e. the layer's own popularity). The
  * policy learns, over all tensors, the hazard h(n, c) = P(the visit selects the expert | its state), from every
  * visit: each visit of a tensor counts one exposure for every expert of that tensor seen before and one event
- * for each expert it selects; the estimate is made non-increasing in age (a rarely seen old cell does not outrank
- * a younger one). Ranks are h of the state at the next visit (evict the lowest; for the tensor being acquired,
- * an expert this visit has not used yet is ranked by h at this visit, since it may be among the experts still to
- * come), and a missed expert is cached only if its h after this use is above the victim's (otherwise read, used
- * and dropped: a token whose experts exceed the budget does not flush the hot ones). Among equal h, the expert whose
+ * for each expert it selects; the estimate is made non-increasing in age by isotonic regression (a rarely seen old
+ * cell does not outrank a younger one, and a noisy young cell does not cap the older ones: see refresh). Ranks are
+ * h of the state at the next visit (evict the lowest; for the tensor being acquired, an expert this visit has not
+ * used yet is ranked by h at this visit, since it may be among the experts still to come), and a missed expert is
+ * cached only if its h after this use is above the victim's (otherwise read, used and dropped: a token whose
+ * experts exceed the budget does not flush the hot ones). Among equal h, the expert whose
  * tensor comes back last goes first (the store's own tie order, least recently used, would evict the experts of the
  * tensors about to be acquired). Recency (h falls with n: most reuse is within a few tokens) and frequency (h grows
  * with c), and their trade-off per trace and per budget, come from the table, not from fixed weights; skewed
  * layers hold more of the budget because their experts have larger c.
  *
  * The visit pass costs O(experts seen in the tensor) per acquire, the rest O(1) per call. Ages and counts are
- * bucketed (AGE_EDGES, COUNT_EDGES); an unseen cell has the prior (1 event in 4 exposures). */
+ * bucketed (AGE_EDGES, COUNT_EDGES); every cell counts the prior (1 event in 4 exposures), an unseen cell only it. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -63,14 +64,30 @@ static int age_bucket_of(int64_t n) {
     return b;
 }
 
-/* h[a][k] = min over ages a' <= a of (events + prior) / (exposures + prior) in count bucket k: a cell seen
-   rarely (old ages) never ranks above a younger one of the same count */
+/* h[.][k]: the non-increasing fit in age of the estimates (events + prior) / (exposures + prior) of count bucket k,
+   each weighted by its exposures + prior: pool adjacent violators, the isotonic regression, which for these
+   binomial counts (the prior counted as data in every cell) is the most likely non-increasing hazard. Adjacent cells that break the order are pooled into
+   one estimate (the sum of their events over the sum of their exposures), so a young cell seen in few independent
+   draws (a batch leaves many experts in one state at once: their outcomes at the next visits are one token's
+   draws, counted many times) is outweighed by its neighbours instead of capping every older age, as a running
+   minimum did. */
 static void refresh(hazard *p, int k) {
-    double lo = 1.0;
+    double ev[N_AGE], ex[N_AGE];
+    int len[N_AGE], nb = 0;
     for (int a = 0; a < N_AGE; a++) {
-        const double e = (p->events[a][k] + PRIOR_EVENTS) / (p->exposures[a][k] + PRIOR_EXPOSURES);
-        lo = e < lo ? e : lo;
-        p->h[a][k] = lo;
+        ev[nb] = p->events[a][k] + PRIOR_EVENTS;
+        ex[nb] = p->exposures[a][k] + PRIOR_EXPOSURES;
+        len[nb++] = 1;
+        while (nb > 1 && ev[nb - 2] / ex[nb - 2] < ev[nb - 1] / ex[nb - 1]) {
+            ev[nb - 2] += ev[nb - 1];
+            ex[nb - 2] += ex[nb - 1];
+            len[nb - 2] += len[nb - 1];
+            nb--;
+        }
+    }
+    for (int b = 0, a = 0; b < nb; b++) {
+        const double e = ev[b] / ex[b], h = e < 1.0 ? e : 1.0;
+        for (int i = 0; i < len[b]; i++) p->h[a++][k] = h;
     }
 }
 

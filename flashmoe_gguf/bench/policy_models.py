@@ -15,6 +15,20 @@ H_SCALE = 2.0 ** 20      # the C policy's ranks are floor(h x 2^20) x 2^11 + a t
 TIE_MAX = 2047
 
 
+def isotonic(events: np.ndarray, exposures: np.ndarray) -> np.ndarray:
+    """The non-increasing fit of events / exposures (capped at 1), each cell weighted by its exposures: pool adjacent
+    violators, in the order of operations of refresh() in fm_policy_hazard.c, so that the ranks are the same."""
+    blocks: list[list[float]] = []      # [events, exposures, cells]
+    for e, x in zip(events.tolist(), exposures.tolist()):
+        blocks.append([e, x, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+            e2, x2, n2 = blocks.pop()
+            blocks[-1][0] += e2
+            blocks[-1][1] += x2
+            blocks[-1][2] += n2
+    return np.array([min(e / x, 1.0) for e, x, n in blocks for _ in range(int(n))])
+
+
 class LRU:
     def create(self, n_keys: int, n_expert: int) -> None:
         pass
@@ -86,7 +100,7 @@ class Hazard:
 
     def h(self) -> np.ndarray:
         ev, ex = self.table if self.table is not None else (self.events, self.exposures)
-        return np.minimum.accumulate(np.minimum((ev + PRIOR[0]) / (ex + PRIOR[1]), 1.0), axis=0)
+        return np.stack([isotonic(ev[:, k] + PRIOR[0], ex[:, k] + PRIOR[1]) for k in range(ev.shape[1])], axis=1)
 
     def on_acquire(self, tensor: int) -> None:
         self.cur = tensor
