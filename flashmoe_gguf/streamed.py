@@ -16,6 +16,7 @@ from . import extension
 from . import budget as budget_rule
 from .budget import Available, auto_budget
 from .experts import ExpertTableError, ExpertTensor, expert_tensors
+from .hugepages import HugePageReport, LoadPages
 from .ggml_devices import has_gpu
 from .gguf_index import GGUFIndexError, GGUFModel, read_model
 from .isa import IsaError, resolve_isa, tiled_mode
@@ -113,6 +114,7 @@ class StreamedModel:
         expert_total = sum(e.stride * e.n_expert for e in self.experts)
         self.expert_bytes = expert_total
         self.context_bytes: int | None = None      # llama.cpp's context, once created (context_created)
+        self.huge_pages: HugePageReport | None = None     # set after the load (runtime.py, hugepages.py)
         # ram_budget="auto": memory available before the load; the cache is sized once the context exists
         self.auto: tuple[Available, int | None] | None = None
         if ram_budget == "auto":
@@ -211,11 +213,28 @@ class StreamedModel:
         if self.lib.fm_model_begin_load(self.handle, err, 1024) != 0:
             self.lib.fm_close_file(fp)
             raise FlashMoeError(self.ffi.string(err).decode(errors="replace"))
+        # 2 MiB pages for the resident weights: advised between llama.cpp's buffer allocation and its first read
+        # into them, i.e. at its first progress call (hugepages.py); a caller's progress callback still runs
+        pages = LoadPages()
+        # the caller's callback by its address: the field's object is a view of params, which ours then overwrites
+        address = ctypes.cast(params.progress_callback, ctypes.c_void_p).value
+        theirs = llama_cpp.llama_progress_callback(address) if address else None
+
+        def progress(done: float, user_data: Any) -> bool:
+            try:
+                pages.advise()
+            except Exception as exc:  # noqa: BLE001 - only a speed-up: never abort the load for it
+                warnings.warn(f"flashmoe: huge pages for the resident weights: {exc}", RuntimeWarning, stacklevel=1)
+            return bool(theirs(done, user_data)) if theirs else True
+        ours = llama_cpp.llama_progress_callback(progress)
+        params.progress_callback = ours
         try:
             with errors_during() as llama_errors:      # why llama.cpp refused the file, if it does
                 model = llama_cpp.llama_cpp.llama_model_load_from_file_ptr(
                     ctypes.c_void_p(int(self.ffi.cast("uintptr_t", fp))), params)
         finally:
+            params.progress_callback = theirs if theirs else llama_cpp.llama_progress_callback()
+            self.huge_pages = pages.report()
             rc = self.lib.fm_model_end_load(self.handle, err, 1024)
             self.lib.fm_close_file(fp)
             self.load_bytes_read = int(counter[0])
@@ -292,6 +311,9 @@ class StreamedModel:
             "load_bytes_read": self.load_bytes_read, "ram_budget": self.ram_budget, "direct_io": self.direct_io,
             "context_bytes": self.context_bytes,
             "kernel_isa": self.kernel_isa,
+            # resident weights in 2 MiB pages (the kernel's account after the load) and advised: hugepages.py
+            "huge_page_bytes": self.huge_pages.huge_bytes if self.huge_pages else 0,
+            "huge_page_advised_bytes": self.huge_pages.advised_bytes if self.huge_pages else 0,
         }
 
     def set_routing(self, experts: Any | None) -> None:

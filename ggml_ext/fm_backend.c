@@ -174,6 +174,11 @@ static ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t buft, 
         free(c);
         return NULL;
     }
+#ifdef MADV_NOHUGEPAGE
+    /* a reservation: never huge pages (a touched page would commit 2 MiB), and flashmoe_gguf/hugepages.py, which
+       advises the buffers llama.cpp fills during a load, tells it apart by this flag. Failure changes neither. */
+    (void) madvise(c->base, c->size, MADV_NOHUGEPAGE);
+#endif
     c->model = tl_loading;
     return fm_g.ggml_backend_buffer_init(buft, g_buffer_iface, c, size);
 }

@@ -116,8 +116,6 @@ def test_text_during_keeps_what_llama_cpp_logs_on_this_thread() -> None:
     tensors = GGUFReader(str(path)).tensors
     data = max(t.data_offset + int(t.n_bytes) for t in tensors) - min(t.data_offset for t in tensors)
     assert len(mib) == 1 and abs(mib[0] - data / 2**20) <= 0.005, (mib, data)
-    other: list[str] = []
-
     def load_elsewhere() -> None:
         llama_cpp.Llama(model_path=str(path), n_ctx=32, verbose=False).close()
     with text_during() as other:

@@ -1,0 +1,152 @@
+"""Huge pages for the resident weights of a flashmoe load (flashmoe_gguf/hugepages.py), checked against the kernel's
+own account (/proc/self/smaps: AnonHugePages, Rss, VmFlags) and, for a model, against stock's logits."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import re
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+from flashmoe_gguf import hugepages
+from test_runtime import BATCH, assert_same_logits, gguf_for, logits
+
+MiB = 1 << 20
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's THP")
+ADVISES = hugepages.thp_mode() == "madvise"      # where there is something to ask for (see hugepages.py)
+
+
+def smaps_of(lo: int, hi: int) -> dict[str, int]:
+    """Rss and AnonHugePages (bytes) of the mappings inside [lo, hi) (madvise may have split the one we made)"""
+    out = {"Rss": 0, "AnonHugePages": 0}
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if m:
+                inside = lo <= int(m.group(1), 16) and int(m.group(2), 16) <= hi
+            elif inside and line.split(":")[0] in out:
+                out[line.split(":")[0]] += int(line.split()[1]) * 1024
+    return out
+
+
+def address(m: mmap.mmap) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+
+def madvise(m: mmap.mmap, advice: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.madvise(address(m), len(m), advice) == 0
+
+
+def separate(n_mib: int, guards: list[mmap.mmap]) -> mmap.mmap:
+    """an anonymous mapping with an inaccessible page on each side (the kernel would merge adjacent ones into one)"""
+    guards.append(mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0))   # PROT_NONE
+    m = mmap.mmap(-1, n_mib * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    guards.append(mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0))   # PROT_NONE
+    return m
+
+
+def test_only_new_unpopulated_unmarked_mappings_are_advised() -> None:
+    """Made after LoadPages: an empty 32 MiB mapping (to be filled: advised, and filling it then takes huge pages),
+    a filled one (not advised: it would need copying), one marked MADV_NOHUGEPAGE (our reservations: left alone)
+    and a small one (under MIN_BYTES); one made before is not looked at."""
+    guards: list[mmap.mmap] = []
+    old = separate(32, guards)
+    pages = hugepages.LoadPages()
+    empty, filled, marked, small = (separate(n, guards) for n in (32, 32, 32, 2))
+    filled[:] = b"\1" * (32 * MiB)
+    madvise(marked, 15)                                   # MADV_NOHUGEPAGE
+    pages.advise()
+    if not ADVISES:
+        assert pages.ranges == [] and pages.report().skipped
+        pytest.skip(f"transparent huge pages are {hugepages.thp_mode() or 'not available'} here")
+    lo = address(empty)
+    assert len(pages.ranges) == 1 and lo <= pages.ranges[0][0] and pages.ranges[0][1] <= lo + 32 * MiB
+    assert pages.ranges[0][1] - pages.ranges[0][0] >= 30 * MiB         # its 2 MiB-aligned interior
+    pattern = np.random.default_rng(1).integers(0, 256, 32 * MiB, dtype=np.uint8).tobytes()
+    empty[:] = pattern
+    marked[:] = pattern
+    old[:] = pattern
+    assert empty[:] == pattern
+    got = smaps_of(lo, lo + 32 * MiB)
+    assert got["AnonHugePages"] >= 30 * MiB, got      # the kernel gave the advised range huge pages as it filled
+    for m in (filled, marked, old):                   # not advised: 4 KiB pages (THP is madvise here)
+        assert smaps_of(address(m), address(m) + len(m))["AnonHugePages"] == 0
+    report = pages.report()
+    assert report.advised_bytes == pages.ranges[0][1] - pages.ranges[0][0] and report.huge_bytes >= 30 * MiB
+    pages.advise()                                    # once per load
+    assert len(pages.ranges) == 1
+    for m in (old, empty, filled, marked, small, *guards):
+        m.close()
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(hugepages.ENV, "0")
+    pages = hugepages.LoadPages()
+    m = mmap.mmap(-1, 8 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    pages.advise()
+    assert pages.ranges == [] and pages.report().skipped == f"{hugepages.ENV}=0"
+    m.close()
+
+
+class Progress:
+    """a caller's llama.cpp progress callback, installed in llama-cpp-python's default model params"""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, answer: bool) -> None:
+        import llama_cpp
+        self.seen: list[float] = []
+        self.cb = llama_cpp.llama_progress_callback(lambda p, _u: (self.seen.append(p), answer)[1])
+        default = llama_cpp.llama_cpp.llama_model_default_params
+
+        def params() -> Any:
+            p = default()
+            p.progress_callback = self.cb
+            return p
+        monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", params)
+
+
+def test_a_flashmoe_load_fills_the_resident_weights_in_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resident weights' buffer of a flashmoe load is advised before llama.cpp fills it: the kernel then holds
+    it in huge pages (its AnonHugePages, at least the advised bytes less one page per range); the logits are
+    stock's (extra buffer types off) bit for bit; a caller's own progress callback still sees the whole load."""
+    import llama_cpp
+
+    from flashmoe_gguf import Llama
+    from flashmoe_gguf.stock import no_extra_buffer_types
+    path = gguf_for("qwen3_moe", "Q4_K")
+    kw = dict(n_ctx=256, n_batch=256, logits_all=True, verbose=False, seed=0, n_threads=2, type_k=0, type_v=0)
+    with no_extra_buffer_types():
+        ref = llama_cpp.Llama(model_path=str(path), **kw)
+    want = logits(ref, BATCH, batch=True)
+    ref.close()
+    monkeypatch.setattr(hugepages, "MIN_BYTES", 2 * MiB)   # the test model's resident weights are a few MiB
+    theirs = Progress(monkeypatch, True)
+    llm = Llama(model_path=str(path), ram_budget="64M", **kw)
+    try:
+        fm = llm._fm
+        assert theirs.seen and theirs.seen[-1] == 1.0 and theirs.seen == sorted(theirs.seen)
+        resident = fm.model.size - fm.expert_bytes
+        report = fm.huge_pages
+        if not ADVISES:
+            assert report.advised_bytes == 0 and report.skipped
+            pytest.skip(f"transparent huge pages are {report.mode or 'not available'} here")
+        assert report.advised_bytes >= resident - 4 * MiB, (report, resident)
+        assert report.huge_bytes == report.advised_bytes, report
+        assert llm.flashmoe_stats()["huge_page_bytes"] == report.huge_bytes
+        assert_same_logits(logits(llm, BATCH, batch=True), want, "flashmoe with huge pages")
+    finally:
+        llm.close()
+
+
+def test_a_callers_progress_callback_can_still_cancel_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flashmoe_gguf import FlashMoeError, Llama
+    theirs = Progress(monkeypatch, False)
+    with pytest.raises(FlashMoeError):
+        Llama(model_path=str(gguf_for("qwen3_moe", "Q4_K")), ram_budget="64M", n_ctx=64, verbose=False)
+    assert len(theirs.seen) == 1
