@@ -294,6 +294,12 @@ class StreamedModel:
         buf = self.ffi.new("char[1024]")
         return self.ffi.string(buf).decode(errors="replace") if self.lib.fm_model_error(self.handle, buf, 1024) else None
 
+    def timeline(self) -> list[tuple[float, float]]:
+        """Diagnostic: (entry, exit) monotonic seconds of our backend's graph computes since the last call."""
+        out = self.ffi.new("double[]", 2 * 512)
+        n = self.lib.fm_model_timeline(self.handle, out, 512)
+        return [(out[2 * i], out[2 * i + 1]) for i in range(n)]
+
     def stats(self) -> dict[str, Any]:
         s = self.ffi.new("fm_stats *")
         self.lib.fm_model_get_stats(self.handle, s)

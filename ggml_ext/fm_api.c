@@ -174,6 +174,19 @@ void fm_model_get_stats(fm_model *m, fm_stats *out) {
     fm_store_get_stats(m->store, out);
 }
 
+int fm_model_timeline(fm_model *m, double *out, int max) {
+    uint64_t n = m->timeline_n < FM_TIMELINE ? m->timeline_n : FM_TIMELINE;
+    if (max < 0) max = 0;
+    if (n > (uint64_t) max) n = (uint64_t) max;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t k = (m->timeline_n - n + i) % FM_TIMELINE;
+        out[2 * i] = m->timeline[2 * k];
+        out[2 * i + 1] = m->timeline[2 * k + 1];
+    }
+    m->timeline_n = 0;
+    return (int) n;
+}
+
 int fm_model_error(fm_model *m, char *buf, size_t len) {
     return fm_store_error(m->store, buf, len);
 }

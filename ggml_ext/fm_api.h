@@ -52,6 +52,9 @@ void fm_model_set_budget(fm_model *m, uint64_t budget);
    block's element-wise ops (activation, expert biases) so that the block crosses devices once, as stock's does */
 void fm_model_set_expert_block(fm_model *m, int on);
 void fm_model_get_stats(fm_model *m, fm_stats *out);
+/* Diagnostic: the backend's graph computes since the last call, oldest first, as entry/exit pairs of monotonic
+   seconds (at most max pairs into out[2*max]); returns the number of pairs and forgets them. */
+int fm_model_timeline(fm_model *m, double *out, int max);
 /* Non-zero if the model failed (read error, file changed...); the message goes into buf. */
 int fm_model_error(fm_model *m, char *buf, size_t len);
 /* Test hook: make the Nth expert read from now on fail with EIO (0 turns it off). */

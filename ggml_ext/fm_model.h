@@ -5,6 +5,8 @@
 #include "fm_matmul.h"
 #include "fm_store.h"
 
+#define FM_TIMELINE 512
+
 typedef struct fm_model {
     fm_store *store;
     fm_mm_opts mm;        /* how expert products are computed */
@@ -12,6 +14,9 @@ typedef struct fm_model {
     uint64_t dropped;     /* expert bytes the loader handed over and we did not keep */
     int expert_block;     /* the backend also computes the element-wise ops between the expert products
                              (fm_backend.c, expert_block_model), as stock's CPU does in a GPU-hybrid model */
+    /* diagnostic: monotonic entry/exit seconds of the backend's last FM_TIMELINE graph computes (a ring) */
+    double timeline[2 * FM_TIMELINE];
+    uint64_t timeline_n;
 } fm_model;
 
 /* The load scope: llama.cpp loads m's weights on this thread until fm_backend_end_load (buffers allocated
