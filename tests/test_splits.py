@@ -43,3 +43,38 @@ def test_decode_step_copies_nothing(arch: str, experts: str) -> None:
     assert ours, f"no split ran on our backend:\n{step[-2000:]}"
     copied = [s for s in splits if s[1] != 0]
     assert not copied, f"splits with inputs copied from another backend: {copied}"
+
+
+TIMELINE_CHILD = """
+import json, sys, time
+from flashmoe_gguf import Llama
+llm = Llama(model_path=sys.argv[1], ram_budget="64M", n_ctx=64, n_threads=2, verbose=True)
+llm.eval([1, 2, 3, 4])
+llm._fm.timeline()
+print("==== DECODE STEP", file=sys.stderr, flush=True)
+t0 = time.monotonic()
+llm.eval([5])
+t1 = time.monotonic()
+print("==== END", file=sys.stderr, flush=True)
+print("RESULT " + json.dumps({"t0": t0, "t1": t1, "timeline": llm._fm.timeline(), "again": llm._fm.timeline()}))
+llm.close()
+"""
+
+
+def test_timeline_has_one_entry_per_split_of_ours() -> None:
+    """fm_model_timeline (the diagnostic of tools/step_timeline.py): one (entry, exit) pair per graph compute of our
+    backend in a decode step, as many as ggml's own split account gives our backend, in order, inside the step's
+    wall time; reading it forgets it."""
+    import json
+    env = dict(os.environ, GGML_SCHED_DEBUG="1")
+    proc = subprocess.run([sys.executable, "-c", TIMELINE_CHILD, str(gguf_for("qwen3_moe", "Q4_K"))],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = proc.stderr.split("==== DECODE STEP", 1)[1].split("==== END", 1)[0]
+    ours = [m for m in SPLIT.finditer(step) if m.group(2) == "FLASHMOE"]
+    res = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    tl = res["timeline"]
+    assert len(ours) >= 2 and len(tl) == len(ours), (len(tl), len(ours))
+    flat = [t for pair in tl for t in pair]
+    assert flat == sorted(flat) and res["t0"] <= flat[0] and flat[-1] <= res["t1"]
+    assert res["again"] == []

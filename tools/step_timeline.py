@@ -30,26 +30,6 @@ def memory_facts() -> str:
         return f"memory facts unavailable: {exc}"
 
 
-def collapse_anonymous(min_bytes: int = 64 << 20) -> str:
-    """madvise(MADV_COLLAPSE) on every anonymous read-write mapping of at least min_bytes (huge pages now)"""
-    import ctypes
-    import re
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    done, failed, total = 0, 0, 0
-    for line in open("/proc/self/maps"):
-        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) rw.p \S+ 00:00 0\s*$", line)
-        if not m:
-            continue
-        lo, hi = int(m.group(1), 16), int(m.group(2), 16)
-        lo2, hi2 = (lo + (2 << 20) - 1) & ~((2 << 20) - 1), hi & ~((2 << 20) - 1)
-        if hi2 - lo2 < min_bytes:
-            continue
-        rc = libc.madvise(lo2, hi2 - lo2, 25)       # MADV_COLLAPSE
-        done, failed, total = done + (rc == 0), failed + (rc != 0), total + hi2 - lo2
-    return f"collapse: {done} mappings ok, {failed} failed, {total >> 20} MB; " + memory_facts()
-
-
 def steps_of(llm, steps: int) -> list[float]:  # type: ignore[no-untyped-def]
     prompt, decode = list(range(10, 42)), list(range(100, 100 + steps))
     out = []
@@ -89,7 +69,6 @@ def main() -> int:
     ap.add_argument("--expert-block", choices=("0", "1"))
     ap.add_argument("--stock", choices=("norepack", "repack"),
                     help="time stock's steps the same way instead (without / with extra buffer types)")
-    ap.add_argument("--collapse", action="store_true", help="experiment: MADV_COLLAPSE every large anonymous mapping")
     ap.add_argument("--ram-budget", default="64G", help="flashmoe ram_budget (default: more than the experts)")
     a = ap.parse_args()
     if a.expert_block is not None:
@@ -100,8 +79,6 @@ def main() -> int:
     llm = Llama(model_path=a.model, n_ctx=512, n_threads=a.threads, n_threads_batch=a.threads, verbose=False,
                 resident_repack=a.resident_repack, ram_budget=a.ram_budget)
     fm = llm._fm
-    if a.collapse:
-        print(collapse_anonymous())
     prompt, decode = list(range(10, 42)), list(range(100, 100 + a.steps))
     llm.eval(prompt)                         # warm pass: the same tokens, so the timed pass reads nothing
     for tok in decode:                       # one by one, as timed (a batch's arithmetic can route differently)
