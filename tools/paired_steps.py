@@ -1,6 +1,7 @@
 """A/B of a load-time setting on warm decode steps, paired within one process (noisy machines).
 
     python tools/paired_steps.py MODEL.gguf --env FLASHMOE_HUGEPAGES=0,1 [--threads T] [--steps N] [--resident-repack]
+    python tools/paired_steps.py MODEL.gguf --against stock [--resident-repack] ...   # A: stock, B: flashmoe
 
 Loads the model twice with flashmoe_gguf.Llama, the environment variable set to the first value for A and the
 second for B during each load (ram_budget large enough for every expert), evaluates the same prompt and the same
@@ -22,16 +23,18 @@ from typing import Any
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
-    ap.add_argument("--env", required=True, help="NAME=A,B: the variable's value during A's and B's load")
+    ap.add_argument("--env", help="NAME=A,B: the variable's value during A's and B's load")
+    ap.add_argument("--against", choices=("stock", "stock-norepack"),
+                    help="A is stock llama_cpp.Llama (extra buffer types on / off) instead, B flashmoe")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--resident-repack", action="store_true")
     ap.add_argument("--ram-budget", default="64G")
     a = ap.parse_args(argv)
-    name, _, values = a.env.partition("=")
+    name, _, values = (a.env or "FLASHMOE_UNUSED=,").partition("=")
     va, _, vb = values.partition(",")
-    if not name or not vb:
-        ap.error("--env NAME=A,B")
+    if bool(a.env) == bool(a.against) or (a.env and (not name or not vb)):
+        ap.error("one of --env NAME=A,B or --against")
     from flashmoe_gguf import Llama
 
     def load(value: str) -> Any:
@@ -45,7 +48,19 @@ def main(argv: list[str] | None = None) -> int:
                 del os.environ[name]
             else:
                 os.environ[name] = old
-    llm_a, llm_b = load(va), load(vb)
+    if a.against:
+        import contextlib
+
+        import llama_cpp
+
+        from flashmoe_gguf.stock import no_extra_buffer_types
+        with no_extra_buffer_types() if a.against == "stock-norepack" else contextlib.nullcontext():
+            llm_a = llama_cpp.Llama(model_path=a.model, n_ctx=512, n_threads=a.threads, n_threads_batch=a.threads,
+                                    verbose=False)
+        name, va, vb = "model", a.against, "flashmoe"
+        llm_b = load("")
+    else:
+        llm_a, llm_b = load(va), load(vb)
     prompt, decode = list(range(10, 42)), list(range(100, 100 + a.steps))
     times: dict[int, list[float]] = {}
     for timed in (False, True):
@@ -64,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
           f"B ({name}={vb}) {med(tb) * 1e3:.2f} ms per step; B / A per step, median {med(y / x for x, y in zip(ta, tb)):.3f}"
           f" over {len(ta)} steps")
     for tag, llm in (("A", llm_a), ("B", llm_b)):
+        if not hasattr(llm, "flashmoe_stats"):
+            llm.close()
+            continue
         st = llm.flashmoe_stats()
         print(f"  {tag}: huge_page_bytes {st['huge_page_bytes'] >> 20} MiB, cache_misses {st['cache_misses']}")
         llm.close()
