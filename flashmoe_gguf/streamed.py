@@ -314,6 +314,8 @@ class StreamedModel:
             "mul_mat_id_calls": int(s.mul_mat_id_calls), "io_seconds": float(s.io_seconds),
             "io_wait_seconds": float(s.io_wait_seconds),
             "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),
+            # of the expert products' time, on the calling thread alone (routing, cache bookkeeping, setup)
+            "expert_serial_seconds": float(s.serial_seconds),
             "load_bytes_read": self.load_bytes_read, "ram_budget": self.ram_budget, "direct_io": self.direct_io,
             "context_bytes": self.context_bytes,
             "kernel_isa": self.kernel_isa,

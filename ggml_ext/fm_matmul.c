@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "fm_ggml.h"
@@ -82,10 +83,12 @@ typedef struct {
     char *done;                  /* arrived and handed out */
     int *order;                  /* wave indices in order of arrival */
     int nw, cpe, n_items;
-    /* claimed under mu */
-    pthread_mutex_t mu;
-    int next_item, n_arrived, failed;
-    double io_wait;
+    atomic_int next_item;        /* the next work item to claim */
+    atomic_int n_arrived;        /* order[0..n_arrived) are set (written under mu) */
+    atomic_int failed;
+    pthread_mutex_t mu;          /* registers arrivals (arrive) */
+    double io_wait;              /* under mu */
+    double region_seconds;       /* in the parallel regions (the rest of the node is the calling thread's alone) */
 } mm_ctx;
 
 static void quantize_task(void *arg, int ith, int nth) {
@@ -145,41 +148,47 @@ static int expert_rows(mm_ctx *c, mm_thread *th, int e, const char *w, int64_t r
     return 0;
 }
 
-/* Threads claim work items in order; the thread whose item belongs to an expert that has not arrived yet waits
- * for the next arrival (holding mu, so arrivals are registered in order and only one thread waits on the
- * store). One parallel region per wave, no barrier per expert. */
+/* until the ei-th expert of the wave has arrived: arrivals are registered in order under mu, so only one thread
+ * waits on the store at a time; 0, or -1 when the store failed */
+static int arrive(mm_ctx *c, int ei) {
+    pthread_mutex_lock(&c->mu);
+    int n = atomic_load_explicit(&c->n_arrived, memory_order_relaxed);
+    while (ei >= n) {
+        double tw = now_s();
+        int i = fm_store_wait_any(c->s, c->slots, c->done, c->nw);
+        c->io_wait += now_s() - tw;
+        if (i < 0) {
+            atomic_store(&c->failed, 1);
+            pthread_mutex_unlock(&c->mu);
+            return -1;
+        }
+        c->done[i] = 1;
+        c->order[n++] = i;
+        atomic_store_explicit(&c->n_arrived, n, memory_order_release);   /* order[n - 1] is visible with it */
+    }
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}
+
+/* Threads claim work items in order (one atomic counter); a thread whose item belongs to an expert that has not
+ * arrived yet waits for it (arrive). Experts already in the cache were registered before the region
+ * (run_waves), so a warm node's threads take no lock at all. One parallel region per wave, no barrier per
+ * expert. */
 static void wave_task(void *arg, int ith, int nth) {
     mm_ctx *c = arg;
     (void) nth;
     for (;;) {
-        pthread_mutex_lock(&c->mu);
-        if (c->failed || c->next_item >= c->n_items) {
-            pthread_mutex_unlock(&c->mu);
-            return;
-        }
-        int item = c->next_item++;
-        int ei = item / c->cpe;
-        while (ei >= c->n_arrived) {
-            double tw = now_s();
-            int i = fm_store_wait_any(c->s, c->slots, c->done, c->nw);
-            c->io_wait += now_s() - tw;
-            if (i < 0) {
-                c->failed = 1;
-                pthread_mutex_unlock(&c->mu);
-                return;
-            }
-            c->done[i] = 1;
-            c->order[c->n_arrived++] = i;
-        }
-        int wi = c->order[ei];
-        pthread_mutex_unlock(&c->mu);
-        int chunk = item % c->cpe;
-        int64_t r0 = c->ne01 * chunk / c->cpe, r1 = c->ne01 * (chunk + 1) / c->cpe;
+        if (atomic_load_explicit(&c->failed, memory_order_relaxed)) return;
+        const int item = atomic_fetch_add_explicit(&c->next_item, 1, memory_order_relaxed);
+        if (item >= c->n_items) return;
+        const int ei = item / c->cpe;
+        if (ei >= atomic_load_explicit(&c->n_arrived, memory_order_acquire) && arrive(c, ei) != 0) return;
+        const int wi = c->order[ei];
+        const int chunk = item % c->cpe;
+        const int64_t r0 = c->ne01 * chunk / c->cpe, r1 = c->ne01 * (chunk + 1) / c->cpe;
         if (r1 > r0 && expert_rows(c, &c->th[ith], c->uniq[wi], fm_store_data(c->s, c->slots[wi]), r0, r1) != 0) {
             fm_store_set_error(c->s, c->th[ith].err);
-            pthread_mutex_lock(&c->mu);
-            c->failed = 1;
-            pthread_mutex_unlock(&c->mu);
+            atomic_store(&c->failed, 1);
             return;
         }
     }
@@ -344,12 +353,22 @@ static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, i
         /* split an expert's rows between threads only when there are too few experts to go round */
         c->cpe = nw >= 2 * nth ? 1 : (2 * nth + nw - 1) / nw;
         c->n_items = nw * c->cpe;
-        c->next_item = c->n_arrived = 0;
         c->io_wait = 0;
+        /* what is cached already arrived: registered here, so the region's threads need no lock for it */
+        const int ready = fm_store_take_ready(s, c->slots, c->done, nw, c->order);
+        if (ready < 0) {
+            fm_store_release(s, slots + w0, nw);
+            return -1;
+        }
+        atomic_store(&c->next_item, 0);
+        atomic_store(&c->n_arrived, ready);
+        atomic_store(&c->failed, 0);
+        const double t0 = now_s();
         fm_pool_run(pool, nth, wave_task, c);
+        c->region_seconds += now_s() - t0;
         fm_store_release(s, slots + w0, nw);
         *io_wait += c->io_wait;
-        if (c->failed) return -1;
+        if (atomic_load(&c->failed)) return -1;
     }
     return 0;
 }
@@ -362,6 +381,9 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
     double io_wait = 0;
     mm_ctx c;
     memset(&c, 0, sizeof c);
+    atomic_init(&c.next_item, 0);
+    atomic_init(&c.n_arrived, 0);
+    atomic_init(&c.failed, 0);
     c.s = s;
     setup(&c, t, opts, dst);
     pthread_mutex_init(&c.mu, NULL);
@@ -390,7 +412,8 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
         if (alloc_threads(&c, nth, uniq, n_uniq) != 0) fm_store_set_error(s, "out of memory in MUL_MAT_ID");
         else rc = run_waves(&c, pool, nth, tensor, uniq, n_uniq, slots, done, order, &io_wait);
     }
-    fm_store_add_compute(s, now_s() - t_start, io_wait);
+    const double seconds = now_s() - t_start;
+    fm_store_add_compute(s, seconds, io_wait, seconds > c.region_seconds ? seconds - c.region_seconds : 0.0);
     free(count);
     free(start);
     free(pairs);

@@ -323,6 +323,19 @@ int fm_store_wait_any(fm_store *s, const int *slots, const char *done, int n) {
     }
 }
 
+int fm_store_take_ready(fm_store *s, const int *slots, char *done, int n, int *order) {
+    pthread_mutex_lock(&s->mu);
+    int k = s->failed ? -1 : 0;
+    for (int i = 0; k >= 0 && i < n; i++) {
+        if (!done[i] && s->slots.v[slots[i]].state == FM_SLOT_READY) {
+            done[i] = 1;
+            order[k++] = i;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return k;
+}
+
 void fm_store_release(fm_store *s, const int *slots, int n) {
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < n; i++) unpin_locked(s, slots[i]);
@@ -376,10 +389,11 @@ int fm_store_read_weights(fm_store *s, int tensor, uint64_t offset, void *dst, s
 
 /* ---- stats and test hooks ---------------------------------------------------------------------------- */
 
-void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds) {
+void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds, double serial_seconds) {
     pthread_mutex_lock(&s->mu);
     s->stats.mul_mat_id_calls++;
     s->stats.compute_seconds += seconds;
+    s->stats.serial_seconds += serial_seconds;
     s->stats.io_wait_seconds += io_wait_seconds;
     pthread_mutex_unlock(&s->mu);
 }

@@ -68,6 +68,9 @@ int fm_store_acquire(fm_store *s, int tensor, const int *experts, int n, int *ou
 void fm_store_prefetch(fm_store *s, int tensor, const int *experts, int n);
 /* Wait until one of slots[i] with done[i] == 0 is ready; returns i, or -1 on a read error. */
 int fm_store_wait_any(fm_store *s, const int *slots, const char *done, int n);
+/* Without waiting: marks every slot i of slots[0..n) not done[i] whose data is ready as done and appends i to
+   order (in slot order); returns how many. -1 if the store failed. */
+int fm_store_take_ready(fm_store *s, const int *slots, char *done, int n, int *order);
 void fm_store_release(fm_store *s, const int *slots, int n);
 /* the bytes of a ready, pinned slot */
 const void *fm_store_data(const fm_store *s, int slot);
@@ -75,7 +78,7 @@ const void *fm_store_data(const fm_store *s, int slot);
 int fm_store_read_weights(fm_store *s, int tensor, uint64_t offset, void *dst, size_t len);
 
 /* one MUL_MAT_ID's time, and the part of it spent waiting for reads */
-void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds);
+void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds, double serial_seconds);
 void fm_store_get_stats(fm_store *s, fm_stats *out);
 /* The first error sticks: the store stays failed (no products from missing experts). */
 void fm_store_set_error(fm_store *s, const char *msg);

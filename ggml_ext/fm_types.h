@@ -54,6 +54,8 @@ typedef struct fm_stats {
     double io_seconds;          /* summed over I/O threads */
     double io_wait_seconds;     /* time the compute path waited for reads */
     double compute_seconds;     /* time in expert products */
+    double serial_seconds;      /* ... of it on the calling thread alone, outside the parallel regions (routing,
+                                   the cache's bookkeeping, quantizing a decode step's rows, the regions' setup) */
 } fm_stats;
 
 #endif

@@ -94,7 +94,7 @@ def main() -> int:
         t1 = time.monotonic()
         steps.append((t0, t1, fm.timeline()))
     s1 = llm.flashmoe_stats()
-    print("during the steps:", {k: round(s1[k] - s0[k], 4) for k in ("cache_misses", "expert_bytes_read",
+    print("during the steps:", {k: round(s1[k] - s0[k], 4) for k in ("cache_misses", "expert_bytes_read", "expert_serial_seconds",
                                                                   "io_wait_seconds", "expert_compute_seconds")})
     n_calls = {len(s[2]) for s in steps}
     if len(n_calls) != 1:
