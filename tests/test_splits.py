@@ -78,3 +78,24 @@ def test_timeline_has_one_entry_per_split_of_ours() -> None:
     flat = [t for pair in tl for t in pair]
     assert flat == sorted(flat) and res["t0"] <= flat[0] and flat[-1] <= res["t1"]
     assert res["again"] == []
+
+
+def test_the_products_time_accounts() -> None:
+    """Decode steps' times nest: our backend's graph computes (its timeline, timed in fm_backend.c) hold the expert
+    products (flashmoe_stats, timed in fm_matmul.c: compute + I/O wait), which hold the part the calling thread
+    runs alone (expert_serial_seconds), which is not zero (routing, the cache's bookkeeping)."""
+    from test_runtime import streamed
+    llm = streamed(gguf_for("qwen3_moe", "Q4_K"), "64M")
+    try:
+        llm.eval([1, 2, 3, 4])
+        llm._fm.timeline()
+        s0 = llm.flashmoe_stats()
+        for t in (5, 6, 7, 8):
+            llm.eval([t])
+        s1 = llm.flashmoe_stats()
+        in_backend = sum(x - e for e, x in llm._fm.timeline())
+        d = {k: s1[k] - s0[k] for k in ("expert_compute_seconds", "io_wait_seconds", "expert_serial_seconds")}
+        products = d["expert_compute_seconds"] + d["io_wait_seconds"]
+        assert 0 < d["expert_serial_seconds"] < products <= in_backend, (d, in_backend)
+    finally:
+        llm.close()
