@@ -86,7 +86,8 @@ def open_gpu_devices() -> list[str]:
     opened = []
     for i in range(lib.reg.ggml_backend_dev_count()):
         dev = lib.reg.ggml_backend_dev_get(i)
-        if DEVICE_TYPES[lib.base.ggml_backend_dev_type(dev)] not in ("GPU", "IGPU"):
+        kind = lib.base.ggml_backend_dev_type(dev)
+        if not 0 <= kind < len(DEVICE_TYPES) or DEVICE_TYPES[kind] not in ("GPU", "IGPU"):
             continue
         name = lib.base.ggml_backend_dev_name(dev).decode(errors="replace")
         backend = lib.base.ggml_backend_dev_init(dev, None)
