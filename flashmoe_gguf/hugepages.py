@@ -38,7 +38,8 @@ _SMAPS_HEAD = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")
 @dataclass(frozen=True)
 class HugePageReport:
     mode: str                 # the kernel's THP mode ("always", "madvise", "never", "" where unknown)
-    advised_bytes: int = 0    # advised MADV_HUGEPAGE before llama.cpp filled them
+    advised_bytes: int = 0    # advised MADV_HUGEPAGE before llama.cpp filled them (with buffers it used during the
+                              # load only, e.g. upload staging, freed since)
     huge_bytes: int = 0       # of those, in huge pages after the load (the kernel's AnonHugePages)
     skipped: str = ""         # why nothing was advised, if so
 
