@@ -23,6 +23,7 @@ long-running server may want the trade, a cold start does not. Nothing is advise
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import re
 import sys
@@ -156,17 +157,12 @@ class LoadPages:
             raw = present.raw           # one byte per page, bit 0: resident (the others are reserved, 0)
             empty = [per - raw.count(0, i * per, (i + 1) * per) < UNPOPULATED * per for i in range((b - a) // HUGE)]
             i = 0
-            while i < len(empty):
-                if not empty[i]:
-                    i += 1
-                    continue
-                j = i
-                while j < len(empty) and empty[j]:
-                    j += 1
-                start, end = a + i * HUGE, a + j * HUGE
-                if libc.madvise(start, end - start, MADV_HUGEPAGE) == 0:
+            for is_empty, run in itertools.groupby(empty):
+                n = len(list(run))
+                start, end = a + i * HUGE, a + (i + n) * HUGE
+                i += n
+                if is_empty and libc.madvise(start, end - start, MADV_HUGEPAGE) == 0:
                     self.ranges.append((start, end))
-                i = j
 
     def report(self) -> HugePageReport:
         """What was advised and how much of it the kernel holds in huge pages now."""

@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "fm_clock.h"
 #include "fm_ggml.h"
 #include "fm_matmul.h"
 #include "fm_model.h"
@@ -294,7 +294,8 @@ static enum ggml_status run_cpu_ops(fm_backend_ctx *c, struct ggml_tensor **node
     return st;
 }
 
-static enum ggml_status compute_nodes(fm_backend_ctx *c, struct ggml_cgraph *cgraph) {
+/* the graph's nodes; *model: the model whose experts it multiplied (NULL if none) */
+static enum ggml_status compute_nodes(fm_backend_ctx *c, struct ggml_cgraph *cgraph, fm_model **model) {
     int n = fm_g.ggml_graph_n_nodes(cgraph);
     struct ggml_tensor *run[FM_RUN_NODES];
     int n_run = 0;
@@ -327,6 +328,7 @@ static enum ggml_status compute_nodes(fm_backend_ctx *c, struct ggml_cgraph *cgr
             const fm_tensor_info *t = as ? as->extra : NULL;
             if (!t || !as->buffer || as->buffer->buft != &g_buft) return GGML_STATUS_FAILED;
             fm_model *m = ((fm_buffer_ctx *) as->buffer->context)->model;
+            *model = m;
             if (fm_mul_mat_id(m->store, c->pool, c->n_threads, t->index, &m->mm, node) != 0) {
                 return GGML_STATUS_FAILED;
             }
@@ -339,32 +341,14 @@ static enum ggml_status compute_nodes(fm_backend_ctx *c, struct ggml_cgraph *cgr
     return n_run > 0 ? run_cpu_ops(c, run, n_run) : GGML_STATUS_SUCCESS;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
-}
-
-/* the model whose experts the graph multiplies (its first MUL_MAT_ID), NULL if none */
-static fm_model *graph_model(struct ggml_cgraph *cgraph) {
-    int n = fm_g.ggml_graph_n_nodes(cgraph);
-    for (int i = 0; i < n; i++) {
-        struct ggml_tensor *node = fm_g.ggml_graph_node(cgraph, i);
-        if (node->op != GGML_OP_MUL_MAT_ID) continue;
-        struct ggml_tensor *as = node->src[0];
-        if (as && as->buffer && as->buffer->buft == &g_buft) return ((fm_buffer_ctx *) as->buffer->context)->model;
-    }
-    return NULL;
-}
-
 static enum ggml_status be_graph_compute(ggml_backend_t backend, struct ggml_cgraph *cgraph) {
-    double t0 = now_s();
-    enum ggml_status st = compute_nodes(backend->context, cgraph);
-    fm_model *m = graph_model(cgraph);
+    const double t0 = fm_now_s();
+    fm_model *m = NULL;
+    enum ggml_status st = compute_nodes(backend->context, cgraph, &m);
     if (m) {
         uint64_t k = m->timeline_n++ % FM_TIMELINE;
         m->timeline[2 * k] = t0;
-        m->timeline[2 * k + 1] = now_s();
+        m->timeline[2 * k + 1] = fm_now_s();
     }
     return st;
 }

@@ -1,6 +1,7 @@
 /* The store's I/O (see fm_io.h). */
 #define _GNU_SOURCE
 #include "fm_io.h"
+#include "fm_clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #define FM_DIRECT_ALIGN 4096u
@@ -41,12 +41,6 @@ struct fm_io {
     uint64_t started;   /* reads taken from the queue */
     uint64_t fault_at;  /* test hook: this read fails (0: none) */
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
-}
 
 /* one request, on an I/O thread without the lock */
 static void do_read(fm_io *io, const io_req *q, fm_io_result *r) {
@@ -94,10 +88,10 @@ static void *io_main(void *arg) {
         pthread_mutex_unlock(&io->mu);
         fm_io_result r;
         memset(&r, 0, sizeof r);
-        const double t0 = now_s();
+        const double t0 = fm_now_s();
         if (fault) snprintf(r.detail, sizeof r.detail, "%s (injected)", strerror(EIO));
         else do_read(io, &q, &r);
-        r.seconds = now_s() - t0;
+        r.seconds = fm_now_s() - t0;
         io->done(io->owner, q.job, &r);
         pthread_mutex_lock(&io->mu);
     }

@@ -14,6 +14,7 @@
  * All selected experts are requested from the store at once; each is multiplied as soon as its bytes arrive,
  * so computing overlaps the remaining reads. */
 #include "fm_matmul.h"
+#include "fm_clock.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -21,7 +22,6 @@
 #include <string.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <time.h>
 
 #include "fm_ggml.h"
 #include "fm_ggml_mmid.h"
@@ -41,12 +41,6 @@
    expert's rows between threads at arbitrary rows), so blocks change no bit. */
 #define FM_OUT_CAP ((size_t) 256 << 10)
 #define FM_BLOCK_UNIT 16
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
-}
 
 /* per compute thread */
 typedef struct {
@@ -154,9 +148,9 @@ static int arrive(mm_ctx *c, int ei) {
     pthread_mutex_lock(&c->mu);
     int n = atomic_load_explicit(&c->n_arrived, memory_order_relaxed);
     while (ei >= n) {
-        double tw = now_s();
+        double tw = fm_now_s();
         int i = fm_store_wait_any(c->s, c->slots, c->done, c->nw);
-        c->io_wait += now_s() - tw;
+        c->io_wait += fm_now_s() - tw;
         if (i < 0) {
             atomic_store(&c->failed, 1);
             pthread_mutex_unlock(&c->mu);
@@ -363,9 +357,9 @@ static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, i
         atomic_store(&c->next_item, 0);
         atomic_store(&c->n_arrived, ready);
         atomic_store(&c->failed, 0);
-        const double t0 = now_s();
+        const double t0 = fm_now_s();
         fm_pool_run(pool, nth, wave_task, c);
-        c->region_seconds += now_s() - t0;
+        c->region_seconds += fm_now_s() - t0;
         fm_store_release(s, slots + w0, nw);
         *io_wait += c->io_wait;
         if (atomic_load(&c->failed)) return -1;
@@ -377,7 +371,7 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
                   struct ggml_tensor *dst) {
     const fm_tensor_info *t = fm_store_tensor(s, tensor);
     if (check_operands(s, t, dst) != 0 || fm_store_check_file(s) != 0) return -1;
-    const double t_start = now_s();
+    const double t_start = fm_now_s();
     double io_wait = 0;
     mm_ctx c;
     memset(&c, 0, sizeof c);
@@ -412,7 +406,7 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
         if (alloc_threads(&c, nth, uniq, n_uniq) != 0) fm_store_set_error(s, "out of memory in MUL_MAT_ID");
         else rc = run_waves(&c, pool, nth, tensor, uniq, n_uniq, slots, done, order, &io_wait);
     }
-    const double seconds = now_s() - t_start;
+    const double seconds = fm_now_s() - t_start;
     fm_store_add_compute(s, seconds, io_wait, seconds > c.region_seconds ? seconds - c.region_seconds : 0.0);
     free(count);
     free(start);
