@@ -316,6 +316,9 @@ class StreamedModel:
             "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),
             # of the expert products' time, on the calling thread alone (routing, cache bookkeeping, setup)
             "expert_serial_seconds": float(s.serial_seconds),
+            # the parallel regions' wall time x threads, and of it the time in the products themselves
+            "expert_region_thread_seconds": float(s.region_thread_seconds),
+            "expert_busy_thread_seconds": float(s.busy_thread_seconds),
             "load_bytes_read": self.load_bytes_read, "ram_budget": self.ram_budget, "direct_io": self.direct_io,
             "context_bytes": self.context_bytes,
             "kernel_isa": self.kernel_isa,

@@ -47,6 +47,7 @@ typedef struct {
     char *gathered;              /* an expert's activation rows, contiguous (quantized, or float for ggml) */
     float *out;                  /* [n_pairs][rows of a block] results: block_rows x the node's largest pair count */
     fm_ggml_scratch ggml;
+    double busy;                 /* seconds in expert_rows */
     char err[256];
 } mm_thread;
 
@@ -83,6 +84,7 @@ typedef struct {
     pthread_mutex_t mu;          /* registers arrivals (arrive) */
     double io_wait;              /* under mu */
     double region_seconds;       /* in the parallel regions (the rest of the node is the calling thread's alone) */
+    double region_thread_seconds; /* ... times their threads */
 } mm_ctx;
 
 static void quantize_task(void *arg, int ith, int nth) {
@@ -180,8 +182,13 @@ static void wave_task(void *arg, int ith, int nth) {
         const int wi = c->order[ei];
         const int chunk = item % c->cpe;
         const int64_t r0 = c->ne01 * chunk / c->cpe, r1 = c->ne01 * (chunk + 1) / c->cpe;
-        if (r1 > r0 && expert_rows(c, &c->th[ith], c->uniq[wi], fm_store_data(c->s, c->slots[wi]), r0, r1) != 0) {
-            fm_store_set_error(c->s, c->th[ith].err);
+        if (r1 <= r0) continue;
+        mm_thread *th = &c->th[ith];
+        const double t0 = fm_now_s();
+        const int rc = expert_rows(c, th, c->uniq[wi], fm_store_data(c->s, c->slots[wi]), r0, r1);
+        th->busy += fm_now_s() - t0;
+        if (rc != 0) {
+            fm_store_set_error(c->s, th->err);
             atomic_store(&c->failed, 1);
             return;
         }
@@ -360,6 +367,7 @@ static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, i
         const double t0 = fm_now_s();
         fm_pool_run(pool, nth, wave_task, c);
         c->region_seconds += fm_now_s() - t0;
+        c->region_thread_seconds += (fm_now_s() - t0) * nth;
         fm_store_release(s, slots + w0, nw);
         *io_wait += c->io_wait;
         if (atomic_load(&c->failed)) return -1;
@@ -407,7 +415,10 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
         else rc = run_waves(&c, pool, nth, tensor, uniq, n_uniq, slots, done, order, &io_wait);
     }
     const double seconds = fm_now_s() - t_start;
-    fm_store_add_compute(s, seconds, io_wait, seconds > c.region_seconds ? seconds - c.region_seconds : 0.0);
+    double busy = 0;
+    for (int i = 0; c.th && i < nth; i++) busy += c.th[i].busy;
+    fm_store_add_compute(s, seconds, io_wait, seconds > c.region_seconds ? seconds - c.region_seconds : 0.0,
+                         c.region_thread_seconds, busy);
     free(count);
     free(start);
     free(pairs);

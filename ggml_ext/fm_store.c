@@ -389,8 +389,11 @@ int fm_store_read_weights(fm_store *s, int tensor, uint64_t offset, void *dst, s
 
 /* ---- stats and test hooks ---------------------------------------------------------------------------- */
 
-void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds, double serial_seconds) {
+void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds, double serial_seconds,
+                          double region_thread_seconds, double busy_thread_seconds) {
     pthread_mutex_lock(&s->mu);
+    s->stats.region_thread_seconds += region_thread_seconds;
+    s->stats.busy_thread_seconds += busy_thread_seconds;
     s->stats.mul_mat_id_calls++;
     s->stats.compute_seconds += seconds;
     s->stats.serial_seconds += serial_seconds;

@@ -78,7 +78,8 @@ const void *fm_store_data(const fm_store *s, int slot);
 int fm_store_read_weights(fm_store *s, int tensor, uint64_t offset, void *dst, size_t len);
 
 /* one MUL_MAT_ID's time, and the part of it spent waiting for reads */
-void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds, double serial_seconds);
+void fm_store_add_compute(fm_store *s, double seconds, double io_wait_seconds, double serial_seconds,
+                          double region_thread_seconds, double busy_thread_seconds);
 void fm_store_get_stats(fm_store *s, fm_stats *out);
 /* The first error sticks: the store stays failed (no products from missing experts). */
 void fm_store_set_error(fm_store *s, const char *msg);

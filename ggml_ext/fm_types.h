@@ -56,6 +56,9 @@ typedef struct fm_stats {
     double compute_seconds;     /* time in expert products */
     double serial_seconds;      /* ... of it on the calling thread alone, outside the parallel regions (routing,
                                    the cache's bookkeeping, quantizing a decode step's rows, the regions' setup) */
+    double region_thread_seconds; /* the parallel regions' wall time x their threads */
+    double busy_thread_seconds; /* ... of it in the products themselves (the rest: entering and leaving the
+                                   regions, waiting for reads, claiming work, threads with nothing left to do) */
 } fm_stats;
 
 #endif

@@ -83,7 +83,8 @@ def test_timeline_has_one_entry_per_split_of_ours() -> None:
 def test_the_products_time_accounts() -> None:
     """Decode steps' times nest: our backend's graph computes (its timeline, timed in fm_backend.c) hold the expert
     products (flashmoe_stats, timed in fm_matmul.c: compute + I/O wait), which hold the part the calling thread
-    runs alone (expert_serial_seconds), which is not zero (routing, the cache's bookkeeping)."""
+    runs alone (expert_serial_seconds), which is not zero (routing, the cache's bookkeeping); the parallel regions'
+    thread time holds the threads' time in the products."""
     from test_runtime import streamed
     llm = streamed(gguf_for("qwen3_moe", "Q4_K"), "64M")
     try:
@@ -94,8 +95,14 @@ def test_the_products_time_accounts() -> None:
             llm.eval([t])
         s1 = llm.flashmoe_stats()
         in_backend = sum(x - e for e, x in llm._fm.timeline())
-        d = {k: s1[k] - s0[k] for k in ("expert_compute_seconds", "io_wait_seconds", "expert_serial_seconds")}
+        d = {k: s1[k] - s0[k] for k in ("expert_compute_seconds", "io_wait_seconds", "expert_serial_seconds",
+                                         "expert_region_thread_seconds", "expert_busy_thread_seconds")}
         products = d["expert_compute_seconds"] + d["io_wait_seconds"]
         assert 0 < d["expert_serial_seconds"] < products <= in_backend, (d, in_backend)
+        # the regions' thread time holds the threads' time in the products, and is the regions' wall time (the
+        # products' less the serial part, at most) times the threads
+        in_regions = products - d["expert_serial_seconds"]
+        assert 0 < d["expert_busy_thread_seconds"] <= d["expert_region_thread_seconds"], d
+        assert d["expert_region_thread_seconds"] <= in_regions * llm.n_threads * 1.001, (d, llm.n_threads)
     finally:
         llm.close()

@@ -95,7 +95,14 @@ def main() -> int:
         steps.append((t0, t1, fm.timeline()))
     s1 = llm.flashmoe_stats()
     print("during the steps:", {k: round(s1[k] - s0[k], 4) for k in ("cache_misses", "expert_bytes_read", "expert_serial_seconds",
-                                                                  "io_wait_seconds", "expert_compute_seconds")})
+                                                                  "io_wait_seconds", "expert_compute_seconds",
+                                                                  "expert_region_thread_seconds",
+                                                                  "expert_busy_thread_seconds")})
+    region = s1["expert_region_thread_seconds"] - s0["expert_region_thread_seconds"]
+    busy = s1["expert_busy_thread_seconds"] - s0["expert_busy_thread_seconds"]
+    if region > 0:
+        print(f"threads busy in the products {busy / region:.1%} of the regions' thread time "
+              f"({busy / len(steps) * 1e3:.3f} of {region / len(steps) * 1e3:.3f} thread-ms per step)")
     n_calls = {len(s[2]) for s in steps}
     if len(n_calls) != 1:
         print("calls per step differ:", n_calls)
