@@ -103,7 +103,7 @@ def openmp_flags() -> list[str]:
 
 
 SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_ggml_mmid.c", "fm_matmul.c", "fm_pool.c", "fm_store.c",
-           "fm_io.c", "fm_slots.c", "fm_policy.c", "fm_policy_lfu.c", "fm_policy_lru.c", "fm_policy_lrfu.c",
+           "fm_io.c", "fm_readahead.c", "fm_slots.c", "fm_policy.c", "fm_policy_lfu.c", "fm_policy_lru.c", "fm_policy_lrfu.c",
            "fm_policy_hazard.c", "fm_routing.c", "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c", "fm_quant.c"]
 
 

@@ -13,6 +13,7 @@
 #include "fm_ggml.h"
 #include "fm_kernels.h"
 #include "fm_model.h"
+#include "fm_readahead.h"
 
 
 int fm_init(const char *lib_dir, char *err, size_t err_len) {
@@ -239,7 +240,15 @@ uint64_t fm_model_dropped_bytes(fm_model *m) {
 typedef struct {
     uint64_t start, len, src_off;
     int kind, src;
+    int run;          /* FM_SEG_FILE: its run (seg_run), else -1 */
 } segment;
+
+/* consecutive FILE segments that are one range of one file (a layer's non-expert tensors and their padding): the
+   loader's chunks are a grid over the run, so one chunk serves several tensors in whatever order llama.cpp asks */
+typedef struct {
+    int src;
+    uint64_t lo, hi;  /* [lo, hi) of file src */
+} seg_run;
 
 typedef struct {
     int *fds;
@@ -248,6 +257,8 @@ typedef struct {
     size_t blob_len;
     segment *segs;    /* sorted, contiguous from 0 */
     int n;
+    seg_run *runs;    /* in stream order */
+    int n_runs;
     uint64_t pos, size;
     uint64_t *bytes_read; /* caller's counter */
     char **paths;         /* owned copies, for read_err */
@@ -255,7 +266,9 @@ typedef struct {
     size_t read_err_len;
     int *dfds;            /* the same files opened with O_DIRECT (through /proc/self/fd), or -1 where refused */
     char *iobuf;          /* the FILE's buffer (setvbuf) */
-    char *chunk;          /* FM_CHUNK bytes aligned for O_DIRECT, allocated on first use: the last chunk read */
+    fm_readahead *ra;     /* the chunks' reader (fm_readahead.h), made on first use */
+    int ra_failed;        /* ... could not be made: everything is read with seg_pread */
+    const char *chunk;    /* the last chunk read (a buffer of ra) */
     int chunk_src;        /* its file, or -1 while it holds nothing */
     uint64_t chunk_off;   /* its file offset */
     uint64_t chunk_len;   /* bytes in it */
@@ -268,8 +281,13 @@ typedef struct {
    streams 1.2 GB/s. So the file is read here in large aligned chunks, with O_DIRECT where the file system allows
    it (no second copy of the resident weights in the page cache, which a memory limit would count), each chunk
    kept until a read falls outside it; a chunk never extends past the file range of the segment it serves, so
-   no expert byte is read (up to the 4 KiB alignment at its edges). */
+   no expert byte is read (up to the 4 KiB alignment at its edges). Chunks are a grid over each run of segments
+   (seg_run); while llama.cpp copies from one, fm_readahead's thread reads the rest of the run and the next run's
+   first chunks, and keeps a few chunks taken (llama.cpp reads a layer's tensors in its own order, not the file's). */
 #define FM_CHUNK (8u << 20)        /* bytes per read from the file */
+#define FM_CHUNK_SLOTS 64          /* chunks fm_readahead may hold ... */
+#define FM_CHUNK_BUDGET (48u << 20) /* ... in so many bytes */
+#define FM_READ_AHEAD 4            /* chunks asked for ahead of the one being copied */
 #define FM_DIRECT_ALIGN 4096u      /* offset, length and buffer alignment O_DIRECT needs */
 #define FM_IOBUF (8u << 10)        /* the FILE's buffer: the pieces sf_read is asked for, and what it re-reads
                                       around a seek (glibc reads a buffer's worth past what was asked) */
@@ -303,61 +321,80 @@ static int seg_pread(seg_file *f, int src, char *dst, uint64_t len, uint64_t off
     return 0;
 }
 
-/* Reads [a, a + n) of file src into the chunk buffer, O_DIRECT where allowed (a, n aligned), until n bytes or the
-   end of the file. A short O_DIRECT read (at the end of the file, or from a signal) is continued through the
-   buffered descriptor, whose reads need no alignment. 0, or -1 with the error noted (nothing read at all: the file
-   ends at a). */
+/* Reads [a, a + n) of file src (a, n aligned) into a chunk, until n bytes or the end of the file (fm_readahead
+   reads O_DIRECT where allowed). 0, or -1 with the error noted (nothing read at all: the file ends at a). */
 static int fill_chunk(seg_file *f, int src, uint64_t a, size_t n) {
     f->chunk_src = -1;
-    size_t total = 0;
-    int direct = f->dfds[src] >= 0;
-    while (total < n) {
-        const ssize_t got = pread(direct ? f->dfds[src] : f->fds[src], f->chunk + total, n - total,
-                                  (off_t) (a + total));
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0 && errno == EINVAL && direct) { /* O_DIRECT refused here: buffered from now on */
-            close(f->dfds[src]);
-            f->dfds[src] = -1;
-            direct = 0;
-            continue;
-        }
-        if (got < 0) {
-            note_read_error(f, src, a + total, got, errno);
-            return -1;
-        }
-        if (got == 0) break; /* the end of the file */
-        total += (size_t) got;
-        direct = 0; /* if that was short, the rest through the buffered descriptor */
+    fm_read_result res;
+    const char *p = fm_readahead_take(f->ra, f->fds[src], f->dfds[src], a, n, &res);
+    if (res.direct_refused && f->dfds[src] >= 0) { /* O_DIRECT refused here: buffered from now on */
+        close(f->dfds[src]);
+        f->dfds[src] = -1;
     }
-    if (total == 0) {
-        note_read_error(f, src, a, 0, 0);
+    if (!p) {
+        note_read_error(f, src, a + res.got, res.err ? -1 : 0, res.err);
         return -1;
     }
+    f->chunk = p;
     f->chunk_src = src;
     f->chunk_off = a;
-    f->chunk_len = total;
-    if (f->bytes_read) *f->bytes_read += total;
+    f->chunk_len = res.got;
     return 0;
 }
 
-/* [off, off + len) of file src into dst, from the chunk, reading chunks within [lo, hi) (the segment's range) */
-static int seg_read_file(seg_file *f, int src, char *dst, uint64_t len, uint64_t off, uint64_t lo, uint64_t hi) {
-    if (!f->chunk && posix_memalign((void **) &f->chunk, FM_DIRECT_ALIGN, FM_CHUNK) != 0) {
-        f->chunk = NULL;
+/* chunk i of run r: [*a, *a + returned length) of its file; 0 past the run's end */
+static size_t run_chunk(const seg_run *r, uint64_t i, uint64_t *a) {
+    const uint64_t base = r->lo & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
+    const uint64_t end = (r->hi + FM_DIRECT_ALIGN - 1) & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
+    if (i > (end - base) / FM_CHUNK) return 0;
+    *a = base + i * FM_CHUNK;
+    return *a >= end ? 0 : end - *a < FM_CHUNK ? (size_t) (end - *a) : FM_CHUNK;
+}
+
+/* the chunks the loader will most likely ask for after chunk `at` of run `run`: the rest of that run (and its chunks
+   before `at`, if the reader can hold the run), then the following runs from their start; FM_READ_AHEAD of them
+   are asked of the reader */
+static void read_ahead(seg_file *f, int run, uint64_t at) {
+    int asked = 0;
+    for (int r = run; r < f->n_runs && asked < FM_READ_AHEAD; r++) {
+        const seg_run *q = &f->runs[r];
+        uint64_t a, n_chunks = 0;
+        while (run_chunk(q, n_chunks, &a)) n_chunks++;
+        /* a run the reader holds whole is read around: llama.cpp may ask for its chunks in any order */
+        const int around = r == run && n_chunks <= FM_READ_AHEAD;
+        for (uint64_t k = 0; k < n_chunks && asked < FM_READ_AHEAD; k++) {
+            const uint64_t i = r == run ? (around ? (at + 1 + k) % n_chunks : at + 1 + k) : k;
+            if (r == run && (i == at || i >= n_chunks)) continue;
+            const size_t n = run_chunk(q, i, &a);
+            if (!fm_readahead_hint(f->ra, f->fds[q->src], f->dfds[q->src], a, n)) return;
+            asked++;
+        }
+    }
+}
+
+/* [off, off + len) of segment s's file into dst, from the chunk, reading chunks within the segment's range */
+static int seg_read_file(seg_file *f, const segment *s, char *dst, uint64_t len, uint64_t off) {
+    const int src = s->src;
+    const seg_run *run = &f->runs[s->run];
+    if (!f->ra && !f->ra_failed && !(f->ra = fm_readahead_new(FM_CHUNK_SLOTS, FM_CHUNK, FM_CHUNK_BUDGET,
+                                                               FM_DIRECT_ALIGN, f->bytes_read)))
+        f->ra_failed = 1;
+    if (!f->ra) {
         if (seg_pread(f, src, dst, len, off) != 0) return -1;
         if (f->bytes_read) *f->bytes_read += len;
         return 0;
     }
     while (len > 0) {
         if (f->chunk_src != src || off < f->chunk_off || off >= f->chunk_off + f->chunk_len) {
-            const uint64_t a = (off > lo ? off : lo) & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
-            const uint64_t end = (hi + FM_DIRECT_ALIGN - 1) & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
-            const size_t n = end - a < FM_CHUNK ? (size_t) (end - a) : FM_CHUNK;
-            if (fill_chunk(f, src, a, n) != 0) return -1;
+            const uint64_t i = (off - (run->lo & ~(uint64_t) (FM_DIRECT_ALIGN - 1))) / FM_CHUNK;
+            uint64_t a = 0;
+            const size_t n = run_chunk(run, i, &a);
+            if (n == 0 || fill_chunk(f, src, a, n) != 0) return -1;
             if (off >= f->chunk_off + f->chunk_len) { /* the file ends before off */
                 note_read_error(f, src, f->chunk_off + f->chunk_len, 0, 0);
                 return -1;
             }
+            read_ahead(f, s->run, i);
         }
         const uint64_t in = off - f->chunk_off, take = f->chunk_len - in < len ? f->chunk_len - in : len;
         memcpy(dst, f->chunk + in, (size_t) take);
@@ -383,7 +420,7 @@ static int seg_copy(seg_file *f, const segment *s, char *dst, uint64_t p, uint64
             if (f->bytes_read) *f->bytes_read += len;
             return 0;
         }
-        return seg_read_file(f, s->src, dst, len, s->src_off + in, s->src_off, s->src_off + s->len);
+        return seg_read_file(f, s, dst, len, s->src_off + in);
     }
 }
 
@@ -424,6 +461,7 @@ static int sf_seek(void *cookie, off64_t *offset, int whence) {
 static int sf_close(void *cookie) {
     seg_file *f = cookie;
     int rc = 0;
+    fm_readahead_free(f->ra); /* first: its thread may be reading from the files */
     for (int i = 0; i < f->n_fds; i++) {
         if (f->fds && f->fds[i] >= 0 && close(f->fds[i]) != 0) rc = -1;
         if (f->dfds && f->dfds[i] >= 0) close(f->dfds[i]);
@@ -431,11 +469,11 @@ static int sf_close(void *cookie) {
     }
     free(f->fds);
     free(f->dfds);
-    free(f->chunk);
     free(f->iobuf); /* fclose calls sf_close last: glibc does not touch a caller's buffer after that */
     free(f->paths);
     free((void *) f->blob);
     free(f->segs);
+    free(f->runs);
     free(f);
     return rc;
 }
@@ -462,6 +500,24 @@ static int check_segments(seg_file *f, const struct stat *st, char *err, size_t 
         pos += s->len;
     }
     f->size = pos;
+    return 0;
+}
+
+/* the runs of FILE segments (check_segments first: each within its file) */
+static int make_runs(seg_file *f) {
+    f->runs = malloc((size_t) f->n * sizeof *f->runs);
+    if (!f->runs) return -1;
+    f->n_runs = 0;
+    for (int i = 0; i < f->n; i++) {
+        segment *s = &f->segs[i];
+        s->run = -1;
+        if (s->kind != FM_SEG_FILE) continue;
+        seg_run *last = f->n_runs ? &f->runs[f->n_runs - 1] : NULL;
+        if (!(last && i > 0 && f->segs[i - 1].kind == FM_SEG_FILE && last->src == s->src && last->hi == s->src_off))
+            f->runs[f->n_runs++] = (seg_run){s->src, s->src_off, s->src_off};
+        f->runs[f->n_runs - 1].hi = s->src_off + s->len;
+        s->run = f->n_runs - 1;
+    }
     return 0;
 }
 
@@ -517,10 +573,14 @@ void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t
     f->n = n_segs;
     for (int i = 0; i < n_segs; i++) {
         const uint64_t *q = segs + 5 * (size_t) i;
-        f->segs[i] = (segment){q[0], q[1], q[4], (int) q[2], (int) q[3]};
+        f->segs[i] = (segment){q[0], q[1], q[4], (int) q[2], (int) q[3], -1};
     }
     f->bytes_read = bytes_read;
     if (check_segments(f, st, err, err_len) != 0) goto fail;
+    if (make_runs(f) != 0) {
+        snprintf(err, err_len, "out of memory");
+        goto fail;
+    }
     free(st);
     cookie_io_functions_t io = {.read = sf_read, .write = NULL, .seek = sf_seek, .close = sf_close};
     FILE *fp = fopencookie(f, "rb", io);
