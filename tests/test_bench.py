@@ -517,6 +517,11 @@ def test_e2e_report_is_complete(e2e: tuple[Path, dict, int], tiny: Path) -> None
                 assert not r["cap_enforced"] and r["cgroup"]["limit_bytes"] == int(0.9 * m["ram_bytes"])
     disk = rep["disk_bandwidth"]
     assert disk["gb_s"] > 0 and len(disk["rounds"]) == 2          # before the capped runs and after them
+    # the sequential read the cold loads are set against: the file's first max(non-expert bytes, 1 GiB), all of this
+    # small file
+    seq = rep["sequential_disk"]
+    assert seq["bytes"] == min(max(model_info(tiny).resident_bytes, 1 << 30), tiny.stat().st_size)
+    assert seq["gb_s"] == pytest.approx(seq["bytes"] / seq["seconds"] / 1e9) and seq["cold"] == rep["control"]["drop_caches"]
     assert (out / "report.md").is_file()
 
 
@@ -619,6 +624,14 @@ def test_e2e_markdown_and_plots(e2e: tuple[Path, dict, int]) -> None:
             assert f"| {r['name']} | {1e3 / r['decode_tok_s']:.1f} | {t['io_wait'] * 1e3:.1f} |" in md
     for r in rep["runs"]:
         assert f"| {r['name']} | ok |" in md
+    # every cold flashmoe load against the sequential read: non-expert bytes / load time
+    resident, seq = rep["model"]["resident_bytes"], rep["sequential_disk"]["gb_s"]
+    cold = [r for r in rep["runs"] if r["cold"] and r["config"].startswith("flashmoe")]
+    assert bool(cold) == rep["control"]["drop_caches"]         # capped runs are cold where caches can be dropped
+    assert ("sequential read of the file's first" in md) == bool(cold)
+    for r in cold:
+        rate = resident / r["load_s"] / 1e9
+        assert f"{r['name']}: {r['load_s']:.2f} s, {rate:.3f} GB/s = {rate / seq:.0%}" in md, r["name"]
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -219,6 +219,12 @@ def _run(args: argparse.Namespace, st: Setup, say: Callable[[str], None]) -> int
     try:
         measure_disk("before the runs", 0)
         disk = diskmod.combine(rounds)
+        if args.disk_repeats > 0 and any(p.cold for p in plan):
+            # what a cold load of the non-expert weights should reach (the report sets each cold load against it)
+            seq = diskmod.sequential_cold(info.path, max(info.resident_bytes, 1 << 30), control.drop_caches)
+            meta["sequential_disk"] = seq
+            say(f"disk: sequential read {seq['gb_s']:.3f} GB/s ({seq['bytes'] / 1e9:.2f} GB"
+                f"{', cold' if seq['cold'] else ''})")
         for i, p in enumerate(plan, 1):
             if p.setting == "nocap":
                 if not warmed and any(q.setting == "capped" for q in plan):

@@ -248,6 +248,23 @@ def fixed_parts(results: list[RunResult]) -> dict[tuple[str, int], FixedPart]:
     return out
 
 
+def cold_load_lines(rep: dict[str, Any]) -> list[str]:
+    """Each cold flashmoe load against the sequential read of the same run: the non-expert bytes over the load's
+    time (Llama() construction: everything the load does, not only its reads)"""
+    seq = rep.get("sequential_disk")
+    resident = rep["model"]["resident_bytes"]
+    cold = [r for r in rep["runs"] if r.get("cold") and r["load_s"] and r["config"].startswith("flashmoe")]
+    if not seq or not seq.get("gb_s") or not cold:
+        return []
+    out = [f"**Cold load:** the non-expert weights ({resident / 1e9:.3f} GB) over the load's time, against one "
+           f"sequential read of the file's first {seq['bytes'] / 1e9:.2f} GB in {seq['block'] >> 20} MiB blocks"
+           f"{' (O_DIRECT' if seq['direct'] else ' (buffered'}{', cold)' if seq['cold'] else ')'}: "
+           f"{seq['gb_s']:.3f} GB/s. " + "; ".join(
+               f"{r['name']}: {r['load_s']:.2f} s, {resident / r['load_s'] / 1e9:.3f} GB/s = "
+               f"{resident / r['load_s'] / 1e9 / seq['gb_s']:.0%}" for r in cold) + ".", ""]
+    return out
+
+
 def build(meta: dict[str, Any], info: ModelInfo, results: list[RunResult], disk: dict[str, Any],
           derived: dict[str, Any]) -> dict[str, Any]:
     return dict(meta, model=asdict(info), disk_bandwidth=disk, runs=[asdict(r) for r in results], **derived)
@@ -386,6 +403,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 " (with the context: " + ("pass" if mc["pass_with_context"] else "FAIL") + ")"),
             f"{r['others_cores']:.2f} |"]))
     L.append("")
+    L.extend(cold_load_lines(rep))
     L.append("Decode tok/s marked * is partial (tokens done before the worker died). Expert MB/token read: "
              "flashmoe_stats() expert_bytes_read per decode token; hit rate (bytes): 1 - that / the expert bytes a "
              "token needs (stock: from the disk's read_bytes, so readahead can make it negative); peak MB: the "
