@@ -268,6 +268,7 @@ typedef struct {
     char *iobuf;          /* the FILE's buffer (setvbuf) */
     fm_readahead *ra;     /* the chunks' reader (fm_readahead.h), made on first use */
     int ra_failed;        /* ... could not be made: everything is read with seg_pread */
+    int no_hints;         /* measurements only (FLASHMOE_READAHEAD=0): chunks read when asked, none ahead */
     const char *chunk;    /* the last chunk read (a buffer of ra) */
     int chunk_src;        /* its file, or -1 while it holds nothing */
     uint64_t chunk_off;   /* its file offset */
@@ -394,7 +395,7 @@ static int seg_read_file(seg_file *f, const segment *s, char *dst, uint64_t len,
                 note_read_error(f, src, f->chunk_off + f->chunk_len, 0, 0);
                 return -1;
             }
-            read_ahead(f, s->run, i);
+            if (!f->no_hints) read_ahead(f, s->run, i);
         }
         const uint64_t in = off - f->chunk_off, take = f->chunk_len - in < len ? f->chunk_len - in : len;
         memcpy(dst, f->chunk + in, (size_t) take);
@@ -576,6 +577,8 @@ void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t
         f->segs[i] = (segment){q[0], q[1], q[4], (int) q[2], (int) q[3], -1};
     }
     f->bytes_read = bytes_read;
+    const char *ra = getenv("FLASHMOE_READAHEAD");
+    f->no_hints = ra && strcmp(ra, "0") == 0;
     if (check_segments(f, st, err, err_len) != 0) goto fail;
     if (make_runs(f) != 0) {
         snprintf(err, err_len, "out of memory");

@@ -1,7 +1,8 @@
 """Does loading read the routed experts? Cold page cache, load, then count what was read and what is resident.
 
 For flashmoe and for stock llama-cpp-python, each in a fresh process after dropping the page cache (root):
-the process's read_bytes (/proc/self/io), the model file's resident pages (fincore), RSS, and load time.
+the process's read_bytes (/proc/self/io), the model file's resident pages (fincore), RSS, and load time (the
+Llama() construction, after the imports, as `flashmoe bench` times it; the imports' time is printed beside it).
 
     python tools/measure_load.py /work/synth/q3-4L.gguf [--json out.json] [--modes flashmoe]
 
@@ -22,17 +23,18 @@ from pathlib import Path
 WORKER = r"""
 import json, os, sys, time, resource
 path, mode = sys.argv[1], sys.argv[2]
+t_imp = time.monotonic()
+import llama_cpp
+from flashmoe_gguf import Llama
 t0 = time.monotonic()
 if mode == "flashmoe":
-    from flashmoe_gguf import Llama
     llm = Llama(model_path=path, ram_budget="256M", n_ctx=256, verbose=False)
 else:
-    import llama_cpp
     llm = llama_cpp.Llama(model_path=path, n_ctx=256, verbose=False, use_mmap=(mode == "stock-mmap"))
 load = time.monotonic() - t0
 io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
 rss = int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) * 1024
-print(json.dumps({"load_s": load, "read_bytes": int(io["read_bytes"]), "rchar": int(io["rchar"]), "rss": rss}))
+print(json.dumps({"load_s": load, "import_s": t0 - t_imp, "read_bytes": int(io["read_bytes"]), "rchar": int(io["rchar"]), "rss": rss}))
 """
 
 
@@ -106,7 +108,7 @@ def main() -> None:
             print(f"{mode:13s} failed: {r['error']}")
             continue
         rate = (size - experts) / r["load_s"]
-        print(f"{mode:13s} load {r['load_s']:6.2f} s  read_bytes {r['read_bytes'] / 1e6:9.1f} MB  file resident "
+        print(f"{mode:13s} load {r['load_s']:6.2f} s (imports before it {r['import_s']:.2f} s)  read_bytes {r['read_bytes'] / 1e6:9.1f} MB  file resident "
               f"{r['file_resident_bytes'] / 1e6:9.1f} MB  RSS {r['rss'] / 1e6:8.1f} MB  non-expert bytes at "
               f"{rate / 1e6:.0f} MB/s = {rate / seq:.0%} of the sequential cold read")
     if args.json:
