@@ -73,6 +73,9 @@ class GGUFIndex:
     identity: FileIdentity | None = None
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Reader:
     """Cursor over the file's header, read in chunks on demand."""
 
@@ -122,6 +125,27 @@ class _Reader:
     def skip(self, n: int) -> None:
         self._take(n)
 
+    def skip_strings(self, count: int, key: str) -> None:
+        """count strings (u64 length, bytes) skipped in one loop: a vocabulary array is ~150k of them, and a call
+        per field took most of the index's time"""
+        u64 = _U64.unpack_from
+        buf, pos = self.buf, self.pos
+        for _ in range(count):
+            if pos + 8 > len(buf):
+                self.pos = pos
+                self._take(8)
+                self.pos = pos
+                buf = self.buf
+            (n,) = u64(buf, pos)
+            if n > MAX_STRING:
+                raise GGUFIndexError(f"{self.path}: implausible string length {n} in {key}")
+            pos += 8 + n
+            if pos > len(buf):
+                self.pos = pos - n
+                self._take(n)
+                buf = self.buf
+        self.pos = pos
+
 
 ARRAY_PREFIXES = ("flashmoe.",)   # keys whose arrays are read (the flashmoe.* index is small), not skipped
 
@@ -139,14 +163,14 @@ def _read_array(r: _Reader, path: Path, key: str, keep: bool) -> list[Any] | Non
     elif etype == STRING:
         if count > MAX_HEADER // 8:
             raise GGUFIndexError(f"{path}: implausible array length {count} in {key}")
+        if out is None:
+            r.skip_strings(count, key)
+            return None
         for _ in range(count):
             n = r.u64()
             if n > MAX_STRING:
                 raise GGUFIndexError(f"{path}: implausible string length {n} in {key}")
-            if out is None:
-                r.skip(n)
-            else:
-                out.append(r.read(n).decode("utf-8", errors="replace"))
+            out.append(r.read(n).decode("utf-8", errors="replace"))
     else:
         raise GGUFIndexError(f"{path}: unsupported array element type {etype} in {key}")
     return out
