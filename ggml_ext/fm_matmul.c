@@ -366,8 +366,9 @@ static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, i
         atomic_store(&c->failed, 0);
         const double t0 = fm_now_s();
         fm_pool_run(pool, nth, wave_task, c);
-        c->region_seconds += fm_now_s() - t0;
-        c->region_thread_seconds += (fm_now_s() - t0) * nth;
+        const double region = fm_now_s() - t0;
+        c->region_seconds += region;
+        c->region_thread_seconds += region * nth;
         fm_store_release(s, slots + w0, nw);
         *io_wait += c->io_wait;
         if (atomic_load(&c->failed)) return -1;
