@@ -49,6 +49,10 @@ def drop_caches() -> bool:
 
 
 def resident_bytes(path: Path) -> int:
+    """the file's bytes in the page cache (util-linux fincore), -1 where fincore is missing"""
+    import shutil
+    if shutil.which("fincore") is None:
+        return -1
     out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
                          capture_output=True, text=True, check=True).stdout.split()
     return int(out[0]) if out else 0
