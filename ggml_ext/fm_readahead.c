@@ -23,6 +23,7 @@ typedef struct {
     char *mem;
     size_t cap;         /* bytes at mem (kept when the slot is reused for a chunk that fits) */
     int counted;        /* its bytes are in *bytes_read */
+    int taken;          /* taken since it was read */
     uint64_t touched;   /* when it was last taken or hinted (LRU) */
     uint64_t queued;    /* when it was queued (the thread reads in that order) */
 } ra_buf;
@@ -162,17 +163,21 @@ static int find(const fm_readahead *r, int fd, int dfd, uint64_t off, size_t n) 
 }
 
 /* under mu: the slot given up the soonest, other than `but`: a free one (with a buffer, if want_buffer), else the
-   one touched longest ago (taken, or asked for by a hint: a chunk read ahead and never taken ages out like one
-   taken); never one queued, being read or held. -1: none */
-static int oldest(const fm_readahead *r, int but, int want_buffer) {
-    int best = -1;
+   chunk taken longest ago, else (only if stale_too) the chunk read ahead longest ago and never taken; never one
+   queued, being read or held. A hint never drops a chunk read ahead for an earlier hint: llama.cpp reads the
+   output head between the embedding and layer 0, and layer 0's chunks, read ahead after the embedding, would
+   otherwise be dropped by the output head's before llama.cpp asks for them. -1: none */
+static int oldest(const fm_readahead *r, int but, int want_buffer, int stale_too) {
+    int best = -1, stale = -1;
     for (int i = 0; i < r->n_bufs; i++) {
         const ra_buf *b = &r->b[i];
         if (i == but || (want_buffer && b->cap == 0)) continue;
         if (b->state == RA_FREE) return i;
-        if (b->state == RA_DONE && i != r->held && (best < 0 || b->touched < r->b[best].touched)) best = i;
+        if (b->state != RA_DONE || i == r->held) continue;
+        if (b->taken && (best < 0 || b->touched < r->b[best].touched)) best = i;
+        if (!b->taken && (stale < 0 || b->touched < r->b[stale].touched)) stale = i;
     }
-    return best;
+    return best >= 0 ? best : stale_too ? stale : -1;
 }
 
 /* under mu: slot i given up (its chunk's bytes counted) */
@@ -184,13 +189,13 @@ static void empty(fm_readahead *r, int i) {
 /* under mu: a slot with a buffer of n bytes (n <= budget) within the budget, empty; the buffers of other slots,
    oldest first, are given up until it fits. -1: not now (the other buffers are queued, being read or held),
    -2: out of memory */
-static int slot_for(fm_readahead *r, size_t n) {
-    const int i = oldest(r, -1, 0);
+static int slot_for(fm_readahead *r, size_t n, int stale_too) {
+    const int i = oldest(r, -1, 0, stale_too);
     if (i < 0) return -1;
     ra_buf *b = &r->b[i];
     empty(r, i);
     while (b->cap < n && r->held_bytes - b->cap + n > r->budget) {
-        const int j = oldest(r, i, 1);
+        const int j = oldest(r, i, 1, stale_too);
         if (j < 0) return -1;
         empty(r, j);
         free(r->b[j].mem);
@@ -220,7 +225,7 @@ const char *fm_readahead_take(fm_readahead *r, int fd, int dfd, uint64_t off, si
     if (i >= 0) {
         while (r->b[i].state == RA_PENDING || r->b[i].state == RA_BUSY) pthread_cond_wait(&r->cv, &r->mu);
     } else {
-        while ((i = slot_for(r, n)) == -1) pthread_cond_wait(&r->cv, &r->mu); /* everything is being read */
+        while ((i = slot_for(r, n, 1)) == -1) pthread_cond_wait(&r->cv, &r->mu); /* everything is being read */
         if (i < 0) {
             pthread_mutex_unlock(&r->mu);
             *res = (fm_read_result){0, ENOMEM, 0};
@@ -243,6 +248,7 @@ const char *fm_readahead_take(fm_readahead *r, int fd, int dfd, uint64_t off, si
         b->state = RA_FREE; /* asked again, it is read again */
     } else {
         b->touched = ++r->clock;
+        b->taken = 1;
         r->held = i;
         p = b->mem;
     }
@@ -258,7 +264,7 @@ int fm_readahead_hint(fm_readahead *r, int fd, int dfd, uint64_t off, size_t n) 
     if (have >= 0) {
         r->b[have].touched = ++r->clock;
     } else {
-        const int i = slot_for(r, n);
+        const int i = slot_for(r, n, 0);
         if (i < 0) {
             ok = 0;
         } else {
