@@ -138,3 +138,23 @@ def test_inspect_split_model() -> None:
     text = info.render()
     assert "split into 3 files: m-00001-of-00003.gguf, m-00002-of-00003.gguf, m-00003-of-00003.gguf" in text
     assert "Q4_K    computed by our kernel (" in text and "streams: yes" in text
+
+
+def test_without_read_ahead_the_load_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader's chunks read ahead by fm_readahead's thread (default) and read only when llama.cpp asks
+    (FLASHMOE_READAHEAD=0): the same logits as stock either way, and read-ahead reads at most 1 MiB more than the
+    non-expert tensors here (every chunk of this small model stays in its cache)"""
+    paths = shards("qwen3_moe", "Q4_K")
+    ref = stock_llama(paths[0])
+    want = logits(ref, BATCH, batch=True)
+    ref.close()
+    read = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("FLASHMOE_READAHEAD", mode)
+        llm = streamed(paths[0], "64M")
+        try:
+            assert_same_logits(logits(llm, BATCH, batch=True), want, f"FLASHMOE_READAHEAD={mode}")
+            read[mode] = llm.flashmoe_stats()["load_bytes_read"]
+        finally:
+            llm.close()
+    assert read["0"] <= read["1"] <= read["0"] + (1 << 20), read
