@@ -70,6 +70,16 @@ static void read_range(int fd, int dfd, char *buf, uint64_t off, size_t n, fm_re
     res->got = total;
 }
 
+/* under mu, b RA_BUSY (nobody else touches it): its range read with mu released; then RA_DONE */
+static void read_slot(fm_readahead *r, ra_buf *b) {
+    pthread_mutex_unlock(&r->mu);
+    fm_read_result res;
+    read_range(b->fd, b->dfd, b->mem, b->off, b->n, &res);
+    pthread_mutex_lock(&r->mu);
+    b->res = res;
+    b->state = RA_DONE;
+}
+
 static void *reader_main(void *arg) {
     fm_readahead *r = arg;
     pthread_mutex_lock(&r->mu);
@@ -82,17 +92,8 @@ static void *reader_main(void *arg) {
             pthread_cond_wait(&r->cv, &r->mu);
         }
         if (r->stop) break;
-        ra_buf *b = &r->b[next];
-        b->state = RA_BUSY;
-        const int fd = b->fd, dfd = b->dfd;
-        const uint64_t off = b->off;
-        const size_t n = b->n;
-        pthread_mutex_unlock(&r->mu);
-        fm_read_result res;
-        read_range(fd, dfd, b->mem, off, n, &res);
-        pthread_mutex_lock(&r->mu);
-        b->res = res;
-        b->state = RA_DONE;
+        r->b[next].state = RA_BUSY;
+        read_slot(r, &r->b[next]);
         pthread_cond_broadcast(&r->cv);
     }
     pthread_mutex_unlock(&r->mu);
@@ -233,12 +234,7 @@ const char *fm_readahead_take(fm_readahead *r, int fd, int dfd, uint64_t off, si
         }
         ra_buf *b = &r->b[i];
         *b = (ra_buf){.state = RA_BUSY, .fd = fd, .dfd = dfd, .off = off, .n = n, .mem = b->mem, .cap = b->cap};
-        pthread_mutex_unlock(&r->mu);
-        fm_read_result got;
-        read_range(fd, dfd, b->mem, off, n, &got);
-        pthread_mutex_lock(&r->mu);
-        b->res = got;
-        b->state = RA_DONE;
+        read_slot(r, b);
     }
     ra_buf *b = &r->b[i];
     account(r, b);

@@ -69,27 +69,6 @@ def measure(path: Path, mode: str) -> dict[str, float]:
     return out
 
 
-def sequential_cold_bandwidth(path: Path, nbytes: int, block: int = 8 << 20) -> float:
-    """Bytes/s of one sequential O_DIRECT read of the file's first nbytes from a cold cache (the disk's best case
-    for reading the non-expert weights, which sit in a few long runs of the file)."""
-    import mmap
-    drop_caches()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-    buf = mmap.mmap(-1, block)
-    try:
-        t0 = time.monotonic()
-        done = 0
-        while done < nbytes:
-            n = os.preadv(fd, [buf], done)
-            if n <= 0:
-                break
-            done += n
-        return done / (time.monotonic() - t0)
-    finally:
-        os.close(fd)
-        buf.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
@@ -102,7 +81,8 @@ def main() -> None:
     size = args.model.stat().st_size
     print(f"{args.model}: {size / 1e9:.3f} GB, routed experts {experts / 1e9:.3f} GB, "
           f"everything else {(size - experts) / 1e9:.3f} GB")
-    seq = sequential_cold_bandwidth(args.model, min(size, max(size - experts, 1 << 30)))
+    from flashmoe_gguf.bench.disk import sequential_cold
+    seq = sequential_cold(args.model, max(size - experts, 1 << 30), drop=True)["gb_s"] * 1e9
     print(f"sequential cold read: {seq / 1e6:.0f} MB/s (O_DIRECT, 8 MiB blocks)")
     results: dict[str, object] = {"sequential_cold_bytes_per_s": seq}
     for mode in args.modes.split(","):
