@@ -10,8 +10,10 @@ them without binding to ggml, so code that only needs a number does not load lib
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
+from .openmp_runtimes import mismatch_warning, runtime_of
 from .runtime_errors import FlashMoeError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -42,7 +44,7 @@ def load() -> Any:
         import llama_cpp  # noqa: F401  (loads libllama and its ggml first)
         from importlib.metadata import version
 
-        from .ggml_lib import llama_cpp_lib_dir
+        from .ggml_lib import ggml_cpu_library, llama_cpp_lib_dir
         ext = _module()
         installed = version("llama-cpp-python")
         if installed != LLAMA_CPP_PYTHON_VERSION:
@@ -51,5 +53,9 @@ def load() -> Any:
         err = ext.ffi.new("char[1024]")
         if ext.lib.fm_init(str(llama_cpp_lib_dir()).encode(), err, 1024) != 0:
             raise FlashMoeError(ext.ffi.string(err).decode(errors="replace"))
+        cpu = ggml_cpu_library()
+        note = mismatch_warning(runtime_of(ext.__file__), runtime_of(cpu)) if cpu is not None else None
+        if note:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
         _bound = ext
         return ext

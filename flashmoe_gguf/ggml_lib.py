@@ -68,6 +68,14 @@ def llama_cpp_lib_dir() -> Path:
     return lib_dir
 
 
+def ggml_cpu_library() -> Path | None:
+    """llama-cpp-python's libggml-cpu (the CPU backend), None if it is not there"""
+    try:
+        return _library_path(llama_cpp_lib_dir(), "libggml-cpu")
+    except GgmlLibraryError:
+        return None
+
+
 def _library_path(lib_dir: Path, stem: str) -> Path:
     for name in (f"{stem}.so.0", f"{stem}.so", f"{stem}.dylib"):
         if (lib_dir / name).exists():
