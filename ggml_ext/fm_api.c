@@ -343,13 +343,24 @@ static int fill_chunk(seg_file *f, int src, uint64_t a, size_t n) {
     return 0;
 }
 
-/* chunk i of run r: [*a, *a + returned length) of its file; 0 past the run's end */
+/* the run's first byte and its end, 4 KiB-aligned outwards: the chunk grid starts at the first */
+static uint64_t run_base(const seg_run *r) {
+    return r->lo & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
+}
+
+static uint64_t run_end(const seg_run *r) {
+    return (r->hi + FM_DIRECT_ALIGN - 1) & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
+}
+
+static uint64_t run_n_chunks(const seg_run *r) {
+    return (run_end(r) - run_base(r) + FM_CHUNK - 1) / FM_CHUNK;
+}
+
+/* chunk i < run_n_chunks(r) of run r: [*a, *a + returned length) of its file */
 static size_t run_chunk(const seg_run *r, uint64_t i, uint64_t *a) {
-    const uint64_t base = r->lo & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
-    const uint64_t end = (r->hi + FM_DIRECT_ALIGN - 1) & ~(uint64_t) (FM_DIRECT_ALIGN - 1);
-    if (i > (end - base) / FM_CHUNK) return 0;
-    *a = base + i * FM_CHUNK;
-    return *a >= end ? 0 : end - *a < FM_CHUNK ? (size_t) (end - *a) : FM_CHUNK;
+    *a = run_base(r) + i * FM_CHUNK;
+    const uint64_t end = run_end(r);
+    return end - *a < FM_CHUNK ? (size_t) (end - *a) : FM_CHUNK;
 }
 
 /* the chunks the loader will most likely ask for after chunk `at` of run `run`: the rest of that run (and its chunks
@@ -359,13 +370,14 @@ static void read_ahead(seg_file *f, int run, uint64_t at) {
     int asked = 0;
     for (int r = run; r < f->n_runs && asked < FM_READ_AHEAD; r++) {
         const seg_run *q = &f->runs[r];
-        uint64_t a, n_chunks = 0;
-        while (run_chunk(q, n_chunks, &a)) n_chunks++;
+        const uint64_t n_chunks = run_n_chunks(q);
         /* a run the reader holds whole is read around: llama.cpp may ask for its chunks in any order */
         const int around = r == run && n_chunks <= FM_READ_AHEAD;
         for (uint64_t k = 0; k < n_chunks && asked < FM_READ_AHEAD; k++) {
-            const uint64_t i = r == run ? (around ? (at + 1 + k) % n_chunks : at + 1 + k) : k;
-            if (r == run && (i == at || i >= n_chunks)) continue;
+            uint64_t i = r == run ? at + 1 + k : k;
+            if (around) i %= n_chunks;
+            if (i >= n_chunks || (r == run && i == at)) continue;
+            uint64_t a;
             const size_t n = run_chunk(q, i, &a);
             if (!fm_readahead_hint(f->ra, f->fds[q->src], f->dfds[q->src], a, n)) return;
             asked++;
@@ -387,10 +399,10 @@ static int seg_read_file(seg_file *f, const segment *s, char *dst, uint64_t len,
     }
     while (len > 0) {
         if (f->chunk_src != src || off < f->chunk_off || off >= f->chunk_off + f->chunk_len) {
-            const uint64_t i = (off - (run->lo & ~(uint64_t) (FM_DIRECT_ALIGN - 1))) / FM_CHUNK;
+            const uint64_t i = (off - run_base(run)) / FM_CHUNK;   /* off is within the run: i < its chunks */
             uint64_t a = 0;
             const size_t n = run_chunk(run, i, &a);
-            if (n == 0 || fill_chunk(f, src, a, n) != 0) return -1;
+            if (fill_chunk(f, src, a, n) != 0) return -1;
             if (off >= f->chunk_off + f->chunk_len) { /* the file ends before off */
                 note_read_error(f, src, f->chunk_off + f->chunk_len, 0, 0);
                 return -1;

@@ -84,7 +84,6 @@ typedef struct {
     pthread_mutex_t mu;          /* registers arrivals (arrive) */
     double io_wait;              /* under mu */
     double region_seconds;       /* in the parallel regions (the rest of the node is the calling thread's alone) */
-    double region_thread_seconds; /* ... times their threads */
 } mm_ctx;
 
 static void quantize_task(void *arg, int ith, int nth) {
@@ -366,9 +365,7 @@ static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, i
         atomic_store(&c->failed, 0);
         const double t0 = fm_now_s();
         fm_pool_run(pool, nth, wave_task, c);
-        const double region = fm_now_s() - t0;
-        c->region_seconds += region;
-        c->region_thread_seconds += region * nth;
+        c->region_seconds += fm_now_s() - t0;
         fm_store_release(s, slots + w0, nw);
         *io_wait += c->io_wait;
         if (atomic_load(&c->failed)) return -1;
@@ -419,7 +416,7 @@ int fm_mul_mat_id(fm_store *s, fm_pool *pool, int n_threads, int tensor, const f
     double busy = 0;
     for (int i = 0; c.th && i < nth; i++) busy += c.th[i].busy;
     fm_store_add_compute(s, seconds, io_wait, seconds > c.region_seconds ? seconds - c.region_seconds : 0.0,
-                         c.region_thread_seconds, busy);
+                         c.region_seconds * nth, busy);
     free(count);
     free(start);
     free(pairs);
