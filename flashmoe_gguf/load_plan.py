@@ -13,6 +13,7 @@ ggml_ext/fm_api.c (`fm_open_segments`) implements the FILE*.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -28,8 +29,21 @@ SEG_BLOB, SEG_FILE, SEG_ZERO, SEG_SKIP = _C.FM_SEG_BLOB, _C.FM_SEG_FILE, _C.FM_S
 @dataclass(frozen=True)
 class LoadPlan:
     blob: bytes                                        # the header (a split model's merged one)
-    segments: tuple[tuple[int, int, int, int, int], ...]  # (stream start, length, kind, file, offset), in order
+    # (stream start, length, kind, file, offset, read order), in stream order
+    segments: tuple[tuple[int, int, int, int, int, int], ...]
     size: int                                          # bytes in the stream
+
+
+_LAYER = re.compile(r"blk\.(\d+)\.")
+
+
+def read_order(name: str) -> int:
+    """When llama.cpp is expected to read a tensor, as a rank: it creates (and then reads, in creation order) the
+    model's own tensors (embeddings, output norm and head) before layer 0's, then the layers in order; a file may
+    hold them in another order (the output head last). Only a hint for reading ahead (fm_api.c): a wrong one costs
+    speed, never bytes."""
+    m = _LAYER.match(name)
+    return int(m.group(1)) + 1 if m else 0
 
 
 def _align(n: int, a: int) -> int:
@@ -45,18 +59,20 @@ def _file_segments(model: GGUFModel, skip: set[str]) -> LoadPlan:
     if len(head) != f.data_offset:
         from .gguf_index import GGUFIndexError
         raise GGUFIndexError(f"{f.path}: the file is shorter than its header (truncated or rewritten on disk?)")
-    segs: list[tuple[int, int, int, int, int]] = [(0, len(head), SEG_BLOB, 0, 0)]
+    segs: list[tuple[int, int, int, int, int, int]] = [(0, len(head), SEG_BLOB, 0, 0, 0)]
     pos = len(head)
+    order = 0
     # one segment per tensor: the reader never reads past the tensor llama.cpp asked for (fm_api.c's chunks
     # stay within a segment), the padding between tensors apart
     for t in sorted(f.tensors, key=lambda t: t.offset):
-        if t.offset > pos:
-            segs.append((pos, t.offset - pos, SEG_FILE, 0, pos))
+        if t.offset > pos:      # padding: read with the tensor before it
+            segs.append((pos, t.offset - pos, SEG_FILE, 0, pos, order))
+        order = read_order(t.name)
         if t.nbytes:
-            segs.append((t.offset, t.nbytes, SEG_SKIP if t.name in skip else SEG_FILE, 0, t.offset))
+            segs.append((t.offset, t.nbytes, SEG_SKIP if t.name in skip else SEG_FILE, 0, t.offset, order))
         pos = max(pos, t.offset + t.nbytes)
     if f.size > pos:
-        segs.append((pos, f.size - pos, SEG_FILE, 0, pos))
+        segs.append((pos, f.size - pos, SEG_FILE, 0, pos, order))
     return LoadPlan(head, tuple(segs), f.size)
 
 
@@ -94,14 +110,15 @@ def _split_segments(model: GGUFModel, skip: set[str]) -> LoadPlan:
         pos = _align(pos + t.nbytes, align)
     blob = merged_header(model, offsets)
     base = len(blob)
-    segs: list[tuple[int, int, int, int, int]] = [(0, base, SEG_BLOB, 0, 0)]
+    segs: list[tuple[int, int, int, int, int, int]] = [(0, base, SEG_BLOB, 0, 0, 0)]
     end = base
     t: TensorInfo
     for t, off in zip(model.tensors, offsets):
         start = base + off
         if start > end:
-            segs.append((end, start - end, SEG_ZERO, 0, 0))
-        segs.append((start, t.nbytes, SEG_SKIP if t.name in skip else SEG_FILE, t.shard, t.offset))
+            segs.append((end, start - end, SEG_ZERO, 0, 0, 0))
+        segs.append((start, t.nbytes, SEG_SKIP if t.name in skip else SEG_FILE, t.shard, t.offset,
+                     read_order(t.name)))
         end = start + t.nbytes
     return LoadPlan(blob, tuple(segs), end)
 

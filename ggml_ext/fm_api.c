@@ -239,15 +239,19 @@ uint64_t fm_model_dropped_bytes(fm_model *m) {
 
 typedef struct {
     uint64_t start, len, src_off;
+    uint64_t order;   /* when llama.cpp is expected to read it (load_plan.read_order): a rank, not a position */
     int kind, src;
     int run;          /* FM_SEG_FILE: its run (seg_run), else -1 */
 } segment;
 
-/* consecutive FILE segments that are one range of one file (a layer's non-expert tensors and their padding): the
-   loader's chunks are a grid over the run, so one chunk serves several tensors in whatever order llama.cpp asks */
+/* consecutive FILE segments of one read order that are one range of one file (a layer's non-expert tensors and
+   their padding): the loader's chunks are a grid over the run, so one chunk serves several tensors in whatever
+   order llama.cpp asks */
 typedef struct {
     int src;
     uint64_t lo, hi;  /* [lo, hi) of file src */
+    uint64_t order;   /* its segments' read order */
+    int id;           /* its place in the stream (runs are sorted by read order, then by this) */
 } seg_run;
 
 typedef struct {
@@ -257,7 +261,7 @@ typedef struct {
     size_t blob_len;
     segment *segs;    /* sorted, contiguous from 0 */
     int n;
-    seg_run *runs;    /* in stream order */
+    seg_run *runs;    /* in the order llama.cpp is expected to read them */
     int n_runs;
     uint64_t pos, size;
     uint64_t *bytes_read; /* caller's counter */
@@ -284,7 +288,11 @@ typedef struct {
    kept until a read falls outside it; a chunk never extends past the file range of the segment it serves, so
    no expert byte is read (up to the 4 KiB alignment at its edges). Chunks are a grid over each run of segments
    (seg_run); while llama.cpp copies from one, fm_readahead's thread reads the rest of the run and the next run's
-   first chunks, and keeps a few chunks taken (llama.cpp reads a layer's tensors in its own order, not the file's). */
+   first chunks, and keeps a few chunks taken (llama.cpp reads a layer's tensors in its own order, not the file's).
+   "Next" is in the order llama.cpp reads the runs (load_plan.read_order: the model's own tensors, then layer by
+   layer), not the file's, where the output head may come last: read ahead in file order, the chunks after the
+   embeddings (layer 0's) were read, dropped while llama.cpp read the head, and read again (5 % of a 48-layer
+   model's non-expert bytes). Reading starts when the FILE is opened, while llama.cpp parses the header. */
 #define FM_CHUNK (8u << 20)        /* bytes per read from the file */
 #define FM_CHUNK_SLOTS 64          /* chunks fm_readahead may hold ... */
 #define FM_CHUNK_BUDGET (48u << 20) /* ... in so many bytes */
@@ -364,8 +372,8 @@ static size_t run_chunk(const seg_run *r, uint64_t i, uint64_t *a) {
 }
 
 /* the chunks the loader will most likely ask for after chunk `at` of run `run`: the rest of that run (and its chunks
-   before `at`, if the reader can hold the run), then the following runs from their start; FM_READ_AHEAD of them
-   are asked of the reader */
+   before `at`, if the reader can hold the run), then the following runs (in read order) from their start;
+   FM_READ_AHEAD of them are asked of the reader */
 static void read_ahead(seg_file *f, int run, uint64_t at) {
     int asked = 0;
     for (int r = run; r < f->n_runs && asked < FM_READ_AHEAD; r++) {
@@ -385,14 +393,19 @@ static void read_ahead(seg_file *f, int run, uint64_t at) {
     }
 }
 
+/* the chunks' reader, made on first use; NULL where it cannot be (everything is then read with seg_pread) */
+static fm_readahead *reader(seg_file *f) {
+    if (!f->ra && !f->ra_failed && !(f->ra = fm_readahead_new(FM_CHUNK_SLOTS, FM_CHUNK, FM_CHUNK_BUDGET,
+                                                               FM_DIRECT_ALIGN, f->bytes_read)))
+        f->ra_failed = 1;
+    return f->ra;
+}
+
 /* [off, off + len) of segment s's file into dst, from the chunk, reading chunks within the segment's range */
 static int seg_read_file(seg_file *f, const segment *s, char *dst, uint64_t len, uint64_t off) {
     const int src = s->src;
     const seg_run *run = &f->runs[s->run];
-    if (!f->ra && !f->ra_failed && !(f->ra = fm_readahead_new(FM_CHUNK_SLOTS, FM_CHUNK, FM_CHUNK_BUDGET,
-                                                               FM_DIRECT_ALIGN, f->bytes_read)))
-        f->ra_failed = 1;
-    if (!f->ra) {
+    if (!reader(f)) {
         if (seg_pread(f, src, dst, len, off) != 0) return -1;
         if (f->bytes_read) *f->bytes_read += len;
         return 0;
@@ -516,21 +529,39 @@ static int check_segments(seg_file *f, const struct stat *st, char *err, size_t 
     return 0;
 }
 
-/* the runs of FILE segments (check_segments first: each within its file) */
+static int run_cmp(const void *a, const void *b) {
+    const seg_run *x = a, *y = b;
+    if (x->order != y->order) return x->order < y->order ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* the runs of FILE segments (check_segments first: each within its file), in read order */
 static int make_runs(seg_file *f) {
     f->runs = malloc((size_t) f->n * sizeof *f->runs);
-    if (!f->runs) return -1;
+    int *moved = malloc((size_t) f->n * sizeof *moved);
+    if (!f->runs || !moved) {
+        free(moved);
+        return -1;
+    }
     f->n_runs = 0;
     for (int i = 0; i < f->n; i++) {
         segment *s = &f->segs[i];
         s->run = -1;
         if (s->kind != FM_SEG_FILE) continue;
         seg_run *last = f->n_runs ? &f->runs[f->n_runs - 1] : NULL;
-        if (!(last && i > 0 && f->segs[i - 1].kind == FM_SEG_FILE && last->src == s->src && last->hi == s->src_off))
-            f->runs[f->n_runs++] = (seg_run){s->src, s->src_off, s->src_off};
+        if (!(last && i > 0 && f->segs[i - 1].kind == FM_SEG_FILE && last->src == s->src && last->hi == s->src_off &&
+              last->order == s->order)) {
+            f->runs[f->n_runs] = (seg_run){s->src, s->src_off, s->src_off, s->order, f->n_runs};
+            f->n_runs++;
+        }
         f->runs[f->n_runs - 1].hi = s->src_off + s->len;
         s->run = f->n_runs - 1;
     }
+    qsort(f->runs, (size_t) f->n_runs, sizeof *f->runs, run_cmp);
+    for (int r = 0; r < f->n_runs; r++) moved[f->runs[r].id] = r;
+    for (int i = 0; i < f->n; i++)
+        if (f->segs[i].run >= 0) f->segs[i].run = moved[f->segs[i].run];
+    free(moved);
     return 0;
 }
 
@@ -585,8 +616,8 @@ void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t
     f->blob_len = blob_len;
     f->n = n_segs;
     for (int i = 0; i < n_segs; i++) {
-        const uint64_t *q = segs + 5 * (size_t) i;
-        f->segs[i] = (segment){q[0], q[1], q[4], (int) q[2], (int) q[3], -1};
+        const uint64_t *q = segs + 6 * (size_t) i;
+        f->segs[i] = (segment){q[0], q[1], q[4], q[5], (int) q[2], (int) q[3], -1};
     }
     f->bytes_read = bytes_read;
     const char *ra = getenv("FLASHMOE_READAHEAD");
@@ -597,6 +628,9 @@ void *fm_open_segments(const char **paths, int n_paths, const char *blob, size_t
         goto fail;
     }
     free(st);
+    /* the first chunks are read while llama.cpp parses the header and the vocabulary (chunk "before the first" of
+       the first run in read order: at + 1 wraps to 0) */
+    if (!f->no_hints && f->n_runs > 0 && reader(f)) read_ahead(f, 0, UINT64_MAX);
     cookie_io_functions_t io = {.read = sf_read, .write = NULL, .seek = sf_seek, .close = sf_close};
     FILE *fp = fopencookie(f, "rb", io);
     if (!fp) {

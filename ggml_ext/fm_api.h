@@ -71,8 +71,9 @@ int fm_model_set_routing(fm_model *m, const int32_t *ids, int n_tok, int n_layer
 /* The tensor takes the trace's layer `layer` (after fm_model_set_routing). 0, or -1 with a message. */
 int fm_model_route_tensor(fm_model *m, const char *tensor, int layer, char *err, size_t err_len);
 
-/* A FILE* reading a stream of segments (flashmoe_gguf/load_plan.py): segs holds n_segs rows of 5 numbers
-   (stream start, length, kind (enum fm_segment_kind), file index into paths, offset in the file or the blob),
+/* A FILE* reading a stream of segments (flashmoe_gguf/load_plan.py): segs holds n_segs rows of 6 numbers
+   (stream start, length, kind (enum fm_segment_kind), file index into paths, offset in the file or the blob,
+   read order: a rank, lower for what llama.cpp is expected to read first; only what is read ahead follows it),
    contiguous from 0. FM_SEG_SKIP ranges are never read (the loader's copy of those bytes, routed experts, is
    discarded anyway). bytes_read counts what it read from the files; the first read that fails (an I/O error, or
    the file ending early) is described in read_err (read_err_len bytes, "" while none; NULL: not wanted), which
