@@ -35,6 +35,7 @@ class LoadPlan:
 
 
 _LAYER = re.compile(r"blk\.(\d+)\.")
+MAX_RANK = 1 << 20      # ranks are passed to C as uint64: far below
 
 
 def read_order(name: str) -> int:
@@ -43,7 +44,11 @@ def read_order(name: str) -> int:
     hold them in another order (the output head last). Only a hint for reading ahead (fm_api.c): a wrong one costs
     speed, never bytes."""
     m = _LAYER.match(name)
-    return int(m.group(1)) + 1 if m else 0
+    if not m:
+        return 0
+    # the name comes from the file: a layer number of any length (llama.cpp refuses such a model) stays a small rank
+    layer = int(m.group(1)) if len(m.group(1)) <= 7 else MAX_RANK
+    return min(layer + 1, MAX_RANK)
 
 
 def _align(n: int, a: int) -> int:

@@ -207,3 +207,6 @@ def test_read_order_ranks() -> None:
     assert read_order("blk.0.ffn_gate_exps.weight") == 1
     assert read_order("blk.11.ffn_down_exps.weight") == 12
     assert read_order("blk.x.weight") == 0
+    # names come from the file: an absurd layer number is still a rank C can take (uint64), after every real layer
+    assert read_order("blk." + "9" * 60 + ".attn_q.weight") == read_order("blk.99999999.x") == 1 << 20
+    assert read_order("blk.1000.x") == 1001 > read_order("blk.47.x") == 48
