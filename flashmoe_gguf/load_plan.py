@@ -35,14 +35,14 @@ class LoadPlan:
 
 
 _LAYER = re.compile(r"blk\.(\d+)\.")
-MAX_RANK = 1 << 20      # ranks are passed to C as uint64: far below
+MAX_RANK = 1 << 20      # the largest rank (C takes them as uint64)
 
 
 def read_order(name: str) -> int:
     """When llama.cpp is expected to read a tensor, as a rank: it creates (and then reads, in creation order) the
     model's own tensors (embeddings, output norm and head) before layer 0's, then the layers in order; a file may
     hold them in another order (the output head last). Only a hint for reading ahead (fm_api.c): a wrong one costs
-    speed, never bytes."""
+    time and chunks read twice, never wrong bytes."""
     m = _LAYER.match(name)
     if not m:
         return 0
