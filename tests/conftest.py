@@ -55,6 +55,18 @@ def cache() -> Path:
     return cache_root()
 
 
+def synth_cached(cache: Path, name: str, preset: str, **kw: object) -> Path:
+    """`flashmoe_gguf.synth.synth(preset, ..., **kw)` written once as cache/name (atomically: a run interrupted
+    while writing leaves no half file under that name)"""
+    from flashmoe_gguf.synth import synth
+    out = cache / name
+    if not out.exists():
+        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+        synth(preset, tmp, cache_dir=cache, **kw)  # type: ignore[arg-type]
+        os.replace(tmp, out)
+    return out
+
+
 def spec_key(name: str) -> str:
     """Short hash of everything that shapes a tiny checkpoint, so a changed entry never reuses a stale cache."""
     t = TINY[name]

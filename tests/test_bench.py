@@ -26,20 +26,15 @@ from flashmoe_gguf.bench.worker import WorkerSpec
 from flashmoe_gguf.cli import build_parser
 from flashmoe_gguf.gguf_index import read_index
 from flashmoe_gguf.experts import expert_tensors
+from conftest import synth_cached
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HEADROOM = 64 << 20
 
 
 def _synth_cached(cache: Path, preset: str, layers: int | None) -> Path:
-    from flashmoe_gguf.synth import synth
-    out = cache / f"bench-{preset}-tiny-L{layers or 'all'}-v1.gguf"
-    if not out.exists():
-        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-        synth(preset, tmp, layers=layers, tiny=True, pool=4, seed=1, threads=2, cache_dir=cache,
-              routing_tokens=256)
-        os.replace(tmp, out)
-    return out
+    return synth_cached(cache, f"bench-{preset}-tiny-L{layers or 'all'}-v1.gguf", preset, layers=layers, tiny=True,
+                        pool=4, seed=1, threads=2, routing_tokens=256)
 
 
 def context_bytes(path: Path, n_ctx: int, k: int, n_ubatch: int = 512) -> int:

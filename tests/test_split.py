@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cache_root, spec_key
+from conftest import cache_root, spec_key, synth_cached
 from split_gguf import split_gguf
 from test_runtime import BATCH, PROMPT, assert_same_logits, expert_bytes, gguf_for, greedy, logits, streamed
 
@@ -165,14 +165,8 @@ def head_last(cache: Path) -> Path:
     """One layer of the full-size Qwen3-30B-A3B shape (random weights): embeddings and output head of 175 MB each
     (Q4_0), 21 of the loader's 8 MiB chunks apiece, the head at the end of the file (after the layer's experts),
     where llama.cpp reads it second, before layer 0"""
-    from flashmoe_gguf.synth import synth
-    out = cache / "synth-qwen3-30b-a3b-L1-dense-Q4_0-v1.gguf"
-    if not out.exists():
-        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-        synth("qwen3-30b-a3b", tmp, layers=1, dense="Q4_0", pool=4, seed=0, threads=2, cache_dir=cache,
-              routing_tokens=256)
-        os.replace(tmp, out)
-    return out
+    return synth_cached(cache, "synth-qwen3-30b-a3b-L1-dense-Q4_0-v1.gguf", "qwen3-30b-a3b", layers=1, dense="Q4_0",
+                        pool=4, seed=0, threads=2, routing_tokens=256)
 
 
 def test_read_ahead_follows_llamas_read_order(head_last: Path) -> None:
