@@ -81,6 +81,10 @@ fm_model *fm_model_new(const char **paths, int n_files, uint64_t budget, int io_
     }
     m->mm.isa = isa;
     m->mm.tiled = tiled;
+    /* measurement only: work items per thread of a node's region (FM_ITEMS_PER_THREAD unless 1..64 is given) */
+    const char *items = getenv("FLASHMOE_ITEMS_PER_THREAD");
+    const long per = items ? strtol(items, NULL, 10) : 0;
+    m->mm.items = per >= 1 && per <= 64 ? (int) per : FM_ITEMS_PER_THREAD;
     return m;
 }
 

@@ -8,10 +8,14 @@
 #include "fm_store.h"
 #include "fm_types.h"
 
+/* work items per thread in a node's parallel region: an expert's rows are split when there are fewer experts */
+#define FM_ITEMS_PER_THREAD 2
+
 typedef struct {
     int isa;   /* our kernels' instruction set (FM_ISA_SCALAR, _AVX2, _AVX512), or FM_ISA_GGML */
     int tiled; /* enum fm_tiled: ggml's tiled K-quant path */
     fm_routing *routing; /* benchmarks only: a routing trace replayed in place of the router's choice, or NULL */
+    int items; /* work items per thread in a node's region (measurement knob FLASHMOE_ITEMS_PER_THREAD; default 2) */
 } fm_mm_opts;
 
 /* Computes dst (a GGML_OP_MUL_MAT_ID node whose src0 is store tensor `tensor`), bitwise as ggml's CPU backend.
