@@ -310,7 +310,7 @@ class StreamedModel:
             "prefetches": int(s.prefetches), "not_admitted": int(s.not_admitted),
             "expert_bytes_used": int(s.expert_bytes_used),
             "cache_bytes": int(s.cache_bytes), "cache_peak_bytes": int(s.cache_peak_bytes),
-            "kept_buffer_bytes": int(s.kept_buffer_bytes),
+            "kept_buffer_bytes": int(s.kept_buffer_bytes), "expert_buffers_made": int(s.buffers_made),
             "mul_mat_id_calls": int(s.mul_mat_id_calls), "io_seconds": float(s.io_seconds),
             "io_wait_seconds": float(s.io_wait_seconds),
             "expert_compute_seconds": max(0.0, float(s.compute_seconds) - float(s.io_wait_seconds)),

@@ -31,13 +31,16 @@ typedef struct fm_slot {
     const void *data;  /* READY: the expert's bytes within buf */
     int transient;     /* not cached: freed when its last pin goes */
     int cpos;          /* index in the store's list of cached slots, or -1 */
-    int next_free;
+    int next_free, prev_free; /* free lists (fm_slots.c) */
 } fm_slot;
 
 typedef struct {
     fm_slot *v;
     int n, cap;        /* slots made, and room for */
-    int free_head, n_free_bufs;
+    int free_head, free_tail; /* free slots keeping a buffer, most recently given back first */
+    int bare_head;            /* free slots without one */
+    int n_free_bufs;
+    uint64_t made;            /* buffers allocated so far */
     size_t free_bytes; /* bytes of the buffers kept by free slots */
     size_t align;
     int may_map;       /* buffers may be mappings of their own (align <= the page size) */
@@ -49,10 +52,10 @@ void fm_slots_destroy(fm_slots *t);
 /* a slot with a buffer of at least need bytes (a free buffer is reused only if it fits without waste), reset
    to LOADING with one pin; -1 when out of memory */
 int fm_slots_take(fm_slots *t, size_t need);
-/* back to the free list, keeping its buffer for the next reads while fewer than FM_FREE_BUFS are kept or the
-   kept bytes stay within keep_limit; otherwise the memory goes back */
+/* back to the free lists, keeping its buffer for the next reads; then the oldest kept buffers go back while more
+   than FM_FREE_BUFS are kept and their bytes exceed keep_limit */
 void fm_slots_give_back(fm_slots *t, int idx, size_t keep_limit);
-/* frees kept buffers until their bytes are at most keep_limit */
+/* frees kept buffers, the oldest first, until their bytes are at most keep_limit */
 void fm_slots_trim(fm_slots *t, size_t keep_limit);
 
 #endif

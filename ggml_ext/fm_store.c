@@ -406,6 +406,7 @@ void fm_store_get_stats(fm_store *s, fm_stats *out) {
     *out = s->stats;
     out->cache_bytes = s->used;
     out->kept_buffer_bytes = s->slots.free_bytes;
+    out->buffers_made = s->slots.made;
     pthread_mutex_unlock(&s->mu);
 }
 

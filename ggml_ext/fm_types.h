@@ -49,6 +49,7 @@ typedef struct fm_stats {
     uint64_t cache_bytes;
     uint64_t cache_peak_bytes;
     uint64_t kept_buffer_bytes; /* buffers of free slots kept for the next reads (fm_slots.h) */
+    uint64_t buffers_made;      /* expert buffers allocated (a read that reused a kept one made none) */
     uint64_t mul_mat_id_calls;
     uint64_t expert_bytes_used; /* bytes of the experts MUL_MAT_ID nodes used (hits and misses) */
     double io_seconds;          /* summed over I/O threads */
