@@ -35,6 +35,12 @@ def constants() -> Any:
     return _module().lib
 
 
+def unbound() -> Any:
+    """The extension's module (`.lib`, `.ffi`) for its functions that need no ggml (fm_strings.h's scanners), without
+    loading llama_cpp."""
+    return _module()
+
+
 def load() -> Any:
     """The extension, bound to llama_cpp's ggml (imports llama_cpp first)."""
     global _bound

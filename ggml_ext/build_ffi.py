@@ -80,7 +80,7 @@ def ggml_version(src: Path) -> str:
 
 def _cdef() -> str:
     """What Python sees: the extension's public headers, comments and preprocessor lines removed."""
-    text = "".join((HERE / h).read_text() for h in ("fm_types.h", "fm_api.h", "fm_quant.h"))
+    text = "".join((HERE / h).read_text() for h in ("fm_types.h", "fm_api.h", "fm_quant.h", "fm_strings.h"))
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
@@ -104,7 +104,8 @@ def openmp_flags() -> list[str]:
 
 SOURCES = ["fm_api.c", "fm_backend.c", "fm_ggml.c", "fm_ggml_mmid.c", "fm_matmul.c", "fm_pool.c", "fm_store.c",
            "fm_io.c", "fm_readahead.c", "fm_slots.c", "fm_policy.c", "fm_policy_lfu.c", "fm_policy_lru.c", "fm_policy_lrfu.c",
-           "fm_policy_hazard.c", "fm_routing.c", "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c", "fm_quant.c"]
+           "fm_policy_hazard.c", "fm_routing.c", "fm_kernels.c", "fm_kernels_avx2.c", "fm_kernels_avx512.c", "fm_quant.c",
+           "fm_strings.c"]
 
 
 def make_ffi(relative: bool = True, simde_include: str | None = None, extra_flags: tuple[str, ...] = ()) -> FFI:
@@ -127,7 +128,7 @@ def make_ffi(relative: bool = True, simde_include: str | None = None, extra_flag
     ffi.cdef(_cdef())
     ffi.set_source(
         "flashmoe_gguf._fmext",
-        "#include \"fm_api.h\"\n#include \"fm_quant.h\"\n",
+        "#include \"fm_api.h\"\n#include \"fm_quant.h\"\n#include \"fm_strings.h\"\n",
         sources=sources,
         include_dirs=[str(HERE), str(gen), str(src / "ggml" / "include"), str(src / "ggml" / "src"),
                       *([simde_include] if simde_include else [])],
