@@ -6,6 +6,9 @@
 #   bash tools/device/bench_gpu.sh diag                # first: one load + eval per configuration, logs kept
 #   bash tools/device/bench_gpu.sh bench               # call 2: parity (c) vs (b), warm bench (a) (b) (c)
 #   bash tools/device/bench_gpu.sh capped              # call 3: the same under a RAM cap the experts exceed
+#   bash tools/device/bench_gpu.sh paired              # warm decode steps of (b) and (c) alternated in one process
+#                                                      # (tools/paired_steps.py): single bench runs vary by up to
+#                                                      # 60 % on the device (2026-12-08), more than the gap
 #   bash tools/device/bench_gpu.sh crossings           # optional: (c) warm with the expert block crossing devices
 #                                                      # 4x per layer (FLASHMOE_EXPERT_BLOCK=0) against 2x (default)
 #
@@ -152,6 +155,15 @@ print('eval ok', m.n_tokens, flush=True)
   return 0
 }
 
+paired() {   # (c) against (b), warm decode steps alternated in one process, at each of THREADS_LIST
+  test -f $MODEL || { echo "no $MODEL: run the build stage first"; return 3; }
+  for t in ${THREADS_LIST:-8 16}; do
+    timeout ${RUN_TIMEOUT:-200} $PY -P tools/paired_steps.py $MODEL --against stock-exps-cpu --gpu-layers -1 \
+      --threads $t --steps ${STEPS:-48} 2>&1 | grep -E "B / A|rror" | tee -a $OUT/paired.log
+  done
+  return 0
+}
+
 crossings() {   # what the two extra device crossings per MoE layer cost: flashmoe alone, block ops off and on
   for block in 0 1; do
     FLASHMOE_EXPERT_BLOCK=$block $PY -P -m flashmoe_gguf.cli bench $MODEL --ram none --gpu-layers -1 --compare none \
@@ -169,7 +181,8 @@ case $STAGE in
   bench)  parity; bench nocap ;;
   capped) bench capped ;;
   crossings) crossings ;;
+  paired) paired ;;
   diag)   diag ;;
   all)    gpu_info; build && parity && bench nocap && bench capped ;;
-  *) echo "usage: $0 build|diag|bench|capped|crossings|all"; exit 2 ;;
+  *) echo "usage: $0 build|diag|bench|capped|paired|crossings|all"; exit 2 ;;
 esac
