@@ -19,23 +19,28 @@ KINDS = ("gate", "up", "down")
 STRIDE = ROWS * COLS * 4  # F32
 
 
-@pytest.fixture(scope="module")
-def experts_only_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_experts_gguf(path: Path, down_rows: int = ROWS) -> Path:
+    """A GGUF of expert tensors only (F32): gate and up of ROWS rows per expert, down of down_rows."""
     import gguf
-    path = tmp_path_factory.mktemp("policy") / "experts.gguf"
     w = gguf.GGUFWriter(str(path), "qwen3moe")
     w.add_expert_count(EXPERTS)      # as every MoE GGUF has them (the model reader checks them)
     w.add_expert_used_count(K)
     rng = np.random.default_rng(0)
     for layer in range(LAYERS):
         for kind in KINDS:
+            rows = down_rows if kind == "down" else ROWS
             w.add_tensor(f"blk.{layer}.ffn_{kind}_exps.weight",
-                         rng.standard_normal((EXPERTS, ROWS, COLS)).astype(np.float32))
+                         rng.standard_normal((EXPERTS, rows, COLS)).astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+@pytest.fixture(scope="module")
+def experts_only_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_experts_gguf(tmp_path_factory.mktemp("policy") / "experts.gguf")
 
 
 def trace(tokens: int, zipf: float, seed: int) -> list[tuple[str, list[int]]]:
@@ -120,24 +125,9 @@ def test_os_mode_keeps_nothing(experts_only_gguf: Path) -> None:
 
 @pytest.fixture(scope="module")
 def two_size_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """As experts_only_gguf, but a down expert is twice the bytes of a gate or up one (as Q6_K down next to Q4_K
-    gate/up in a Q4_K_M file): free buffers of one size do not fit reads of the other."""
-    import gguf
-    path = tmp_path_factory.mktemp("policy2") / "two_sizes.gguf"
-    w = gguf.GGUFWriter(str(path), "qwen3moe")
-    w.add_expert_count(EXPERTS)
-    w.add_expert_used_count(K)
-    rng = np.random.default_rng(0)
-    for layer in range(LAYERS):
-        for kind in KINDS:
-            rows = 2 * ROWS if kind == "down" else ROWS
-            w.add_tensor(f"blk.{layer}.ffn_{kind}_exps.weight",
-                         rng.standard_normal((EXPERTS, rows, COLS)).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    """A down expert twice the bytes of a gate or up one (as Q6_K down next to Q4_K gate/up in a Q4_K_M file): free
+    buffers of one size do not fit reads of the other."""
+    return write_experts_gguf(tmp_path_factory.mktemp("policy2") / "two_sizes.gguf", down_rows=2 * ROWS)
 
 
 @pytest.mark.parametrize("cache", ["lfu", "hazard"])
