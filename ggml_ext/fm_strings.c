@@ -3,8 +3,8 @@
 
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define EMPTY_NAME 32 /* "[EMPTY_" + up to 20 digits + "]" + NUL */
 
@@ -38,6 +38,18 @@ typedef struct {
     int64_t index; /* -1: empty entry of the table */
 } entry;
 
+/* the scan's tables are mappings of their own: a 16 MB malloc'ed table, once freed, would raise glibc's dynamic
+   mmap threshold (and with it its trim threshold) for the rest of the process, so that llama.cpp's later
+   allocations of up to that size stay in the heap and their memory in RSS after they are freed */
+static void *table_alloc(size_t n) {
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void table_free(void *p, size_t n) {
+    if (p) munmap(p, n); /* a whole mapping made above: cannot fail */
+}
+
 static uint64_t fnv1a(const uint8_t *p, uint64_t n) {
     uint64_t h = 1469598103934665603ULL;
     for (uint64_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ULL;
@@ -58,11 +70,12 @@ int fm_duplicate_string(const uint8_t *buf, uint64_t len, uint64_t count, int64_
     }
     uint64_t cap = 16;
     while (cap < 2 * count) cap <<= 1;
-    entry *table = malloc(cap * sizeof *table);
-    char *names = n_empty ? malloc(n_empty * EMPTY_NAME) : NULL;
+    const size_t table_bytes = cap * sizeof(entry), names_bytes = n_empty * EMPTY_NAME;
+    entry *table = table_alloc(table_bytes);
+    char *names = n_empty ? table_alloc(names_bytes) : NULL;
     if (!table || (n_empty && !names)) {
-        free(table);
-        free(names);
+        table_free(table, table_bytes);
+        table_free(names, names_bytes);
         return -1;
     }
     for (uint64_t i = 0; i < cap; i++) table[i].index = -1;
@@ -94,7 +107,7 @@ int fm_duplicate_string(const uint8_t *buf, uint64_t len, uint64_t count, int64_
             }
         }
     }
-    free(table);
-    free(names);
+    table_free(table, table_bytes);
+    table_free(names, names_bytes);
     return found;
 }
