@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #define EMPTY_NAME 32 /* "[EMPTY_" + up to 20 digits + "]" + NUL */
 
@@ -50,10 +51,28 @@ static void table_free(void *p, size_t n) {
     if (p) munmap(p, n); /* a whole mapping made above: cannot fail */
 }
 
-static uint64_t fnv1a(const uint8_t *p, uint64_t n) {
-    uint64_t h = 1469598103934665603ULL;
+/* splitmix64's finalizer: every bit of x reaches the low bits that pick a table position */
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* FNV-1a from a per-scan seed, mixed: a file cannot be made of tokens that all land in one run of the table (with a
+   fixed hash, tokens crafted to share the low bits would make the scan quadratic: a hang at load) */
+static uint64_t text_hash(const uint8_t *p, uint64_t n, uint64_t seed) {
+    uint64_t h = 1469598103934665603ULL ^ seed;
     for (uint64_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ULL;
-    return h;
+    return mix64(h);
+}
+
+/* not secret, only unknown to whoever wrote the file: the table's address (ASLR) and the clock */
+static uint64_t scan_seed(const void *table) {
+    struct timespec ts = {0, 0};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return mix64((uint64_t) (uintptr_t) table ^ ((uint64_t) ts.tv_sec * 1000000000ULL + (uint64_t) ts.tv_nsec));
 }
 
 int fm_duplicate_string(const uint8_t *buf, uint64_t len, uint64_t count, int64_t *first, int64_t *second) {
@@ -79,6 +98,7 @@ int fm_duplicate_string(const uint8_t *buf, uint64_t len, uint64_t count, int64_
         return -1;
     }
     for (uint64_t i = 0; i < cap; i++) table[i].index = -1;
+    const uint64_t seed = scan_seed(table);
     int found = 0;
     uint64_t pos = 0, k = 0;
     for (uint64_t i = 0; i < count && !found; i++) {
@@ -92,7 +112,7 @@ int fm_duplicate_string(const uint8_t *buf, uint64_t len, uint64_t count, int64_
             tl = (uint64_t) snprintf(name, EMPTY_NAME, "[EMPTY_%llu]", (unsigned long long) i);
             p = (const uint8_t *) name;
         }
-        const uint64_t h = fnv1a(p, tl);
+        const uint64_t h = text_hash(p, tl, seed);
         for (uint64_t j = h & (cap - 1);; j = (j + 1) & (cap - 1)) {
             entry *e = &table[j];
             if (e->index < 0) {
