@@ -78,7 +78,7 @@ typedef struct {
     char *done;                  /* arrived and handed out */
     int *order;                  /* wave indices in order of arrival */
     int nw, cpe, n_items;
-    int items_per_thread; /* opts->items, or FM_ITEMS_PER_THREAD */
+    int items_per_thread; /* opts->items (fm_model_new sets it: FM_ITEMS_PER_THREAD unless measuring) */
     atomic_int next_item;        /* the next work item to claim */
     atomic_int n_arrived;        /* order[0..n_arrived) are set (written under mu) */
     atomic_int failed;
@@ -232,7 +232,7 @@ static void setup(mm_ctx *c, const fm_tensor_info *t, const fm_mm_opts *opts, st
     c->w_row = fm_g.ggml_row_size((enum ggml_type) t->type, c->ne00);
     c->type = t->type;
     c->tiled_mode = opts->tiled;
-    c->items_per_thread = opts->items > 0 ? opts->items : FM_ITEMS_PER_THREAD;
+    c->items_per_thread = opts->items;
     const enum ggml_type vdt = fm_g.ggml_get_type_traits_cpu((enum ggml_type) t->type)->vec_dot_type;
     c->kernel = opts->isa != FM_ISA_GGML ? fm_kernel_get(t->type, opts->isa) : NULL;
     if (c->kernel && (int) vdt != fm_kernel_vec_dot_type(t->type)) c->kernel = NULL;
@@ -353,8 +353,8 @@ static int run_waves(mm_ctx *c, fm_pool *pool, int nth, int tensor, int *uniq, i
         c->order = order;
         c->nw = nw;
         /* split an expert's rows between threads only when there are too few experts to go round */
-        const int per = c->items_per_thread;
-        c->cpe = nw >= per * nth ? 1 : (per * nth + nw - 1) / nw;
+        const int want = c->items_per_thread * nth;
+        c->cpe = nw >= want ? 1 : (want + nw - 1) / nw;
         c->n_items = nw * c->cpe;
         c->io_wait = 0;
         /* what is cached already arrived: registered here, so the region's threads need no lock for it */
